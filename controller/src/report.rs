@@ -1,0 +1,228 @@
+//! `status`, `check` and `explain`: read-only views of policy and state.
+
+use crate::{Cli, Format, StatusArgs, EXIT_OK, EXIT_PROBLEM};
+use serde::Serialize;
+use sshidle::activity;
+use sshidle::policy::Policy;
+use sshidle::state::{SessionRecord, StateDir, StateError};
+use sshidle::{format_duration, users};
+
+/// One row of `status`.
+#[derive(Serialize, Debug)]
+pub struct SessionRow {
+    pub id: String,
+    pub pid: i32,
+    pub user: String,
+    pub uid: u32,
+    pub ttys: Vec<String>,
+    pub from: String,
+    pub service: String,
+    pub login_time: i64,
+    pub idle_secs: u64,
+    pub idle_limit_secs: Option<u64>,
+    pub warn_secs: Option<u64>,
+    pub hard_limit_secs: Option<u64>,
+    /// Seconds until the session is disconnected; `None` when it never is.
+    pub time_left_secs: Option<i64>,
+    pub rule: String,
+    pub warned: bool,
+}
+
+impl SessionRow {
+    pub fn new(record: &SessionRecord, now: i64) -> SessionRow {
+        let seen = activity::observe(record, now);
+        let age = (now - record.login_time).max(0);
+        let idle_left = record.limits.idle.map(|l| l as i64 - seen.idle_secs as i64);
+        let hard_left = record.limits.hard.map(|h| h as i64 - age);
+        let time_left = match (idle_left, hard_left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        SessionRow {
+            id: record.key.to_string(),
+            pid: record.key.pid,
+            user: record.user.clone(),
+            uid: record.uid,
+            ttys: seen.ttys,
+            from: record.rhost.clone(),
+            service: record.service.clone(),
+            login_time: record.login_time,
+            idle_secs: seen.idle_secs,
+            idle_limit_secs: record.limits.idle,
+            warn_secs: record.limits.warn,
+            hard_limit_secs: record.limits.hard,
+            time_left_secs: time_left.map(|t| t.max(0)),
+            rule: record.rule.clone(),
+            warned: record.warned_at.is_some(),
+        }
+    }
+}
+
+/// Loads the live sessions (records whose process is gone are left out).
+pub fn live_sessions(cli: &Cli) -> Result<Vec<SessionRecord>, StateError> {
+    let state = match StateDir::open(&cli.state_dir, false) {
+        Ok(state) => state,
+        Err(StateError::Io(_, err)) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let snapshot = state.load()?;
+    if snapshot.corrupt {
+        eprintln!("sshidlectl: {}: not a state file; it is moved aside at the next login", state.file_path().display());
+    }
+    Ok(snapshot.sessions.into_iter().filter(|r| r.key.is_alive()).collect())
+}
+
+pub fn status(cli: &Cli, args: &StatusArgs) -> u8 {
+    let sessions = match live_sessions(cli) {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("sshidlectl: {err}");
+            return EXIT_PROBLEM;
+        }
+    };
+    let now = sshidle::now_unix();
+    let rows: Vec<SessionRow> = sessions.iter().map(|r| SessionRow::new(r, now)).collect();
+    let format = if args.json { Format::Json } else { args.format };
+    match format {
+        Format::Json => match serde_json::to_string_pretty(&rows) {
+            Ok(json) => println!("{json}"),
+            Err(err) => {
+                eprintln!("sshidlectl: {err}");
+                return EXIT_PROBLEM;
+            }
+        },
+        Format::Table => print_table(&rows),
+        Format::Prometheus => print_prometheus(&rows),
+    }
+    EXIT_OK
+}
+
+fn print_table(rows: &[SessionRow]) {
+    let off = |v: Option<u64>| v.map_or_else(|| "off".to_string(), format_duration);
+    let mut table =
+        vec![["ID", "USER", "TTY", "FROM", "LOGIN", "IDLE", "LIMIT", "LEFT", "RULE"].map(String::from).to_vec()];
+    for r in rows {
+        let limit = match (r.idle_limit_secs, r.hard_limit_secs) {
+            (i, Some(h)) => format!("{} hard {}", off(i), format_duration(h)),
+            (i, None) => off(i),
+        };
+        table.push(vec![
+            r.id.clone(),
+            r.user.clone(),
+            if r.ttys.is_empty() { "-".into() } else { r.ttys.join(",") },
+            if r.from.is_empty() { "-".into() } else { r.from.clone() },
+            format_utc(r.login_time),
+            format_duration(r.idle_secs),
+            limit,
+            r.time_left_secs.map_or_else(|| "-".into(), |t| format_duration(t as u64)),
+            r.rule.clone(),
+        ]);
+    }
+    let widths: Vec<usize> =
+        (0..table[0].len()).map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0)).collect();
+    for row in &table {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+fn print_prometheus(rows: &[SessionRow]) {
+    println!("# HELP sshidle_sessions Recorded SSH sessions.");
+    println!("# TYPE sshidle_sessions gauge");
+    println!("sshidle_sessions {}", rows.len());
+    println!("# HELP sshidle_session_idle_seconds Seconds since the session's last activity.");
+    println!("# TYPE sshidle_session_idle_seconds gauge");
+    for r in rows {
+        println!("sshidle_session_idle_seconds{{id=\"{}\",user=\"{}\"}} {}", r.id, prom_escape(&r.user), r.idle_secs);
+    }
+    println!("# HELP sshidle_session_time_left_seconds Seconds until the session is disconnected.");
+    println!("# TYPE sshidle_session_time_left_seconds gauge");
+    for r in rows {
+        if let Some(left) = r.time_left_secs {
+            println!("sshidle_session_time_left_seconds{{id=\"{}\",user=\"{}\"}} {}", r.id, prom_escape(&r.user), left);
+        }
+    }
+}
+
+fn prom_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// `2026-11-27 20:41:34Z`, without pulling in a date crate.
+pub fn format_utc(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+pub fn check(cli: &Cli) -> u8 {
+    let policy = match Policy::load(&cli.config) {
+        Ok(policy) => policy,
+        Err(err) => {
+            eprintln!("{}: {err}", cli.config.display());
+            return EXIT_PROBLEM;
+        }
+    };
+    for error in &policy.errors {
+        eprintln!("{error}");
+    }
+    if policy.errors.is_empty() {
+        println!("{}: {} rules, no errors", cli.config.display(), policy.rules.len());
+        EXIT_OK
+    } else {
+        EXIT_PROBLEM
+    }
+}
+
+pub fn explain(cli: &Cli, user: &str) -> u8 {
+    let policy = match Policy::load(&cli.config) {
+        Ok(policy) => policy,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            println!("{}: no policy file; {user} has no limit", cli.config.display());
+            return EXIT_OK;
+        }
+        Err(err) => {
+            eprintln!("{}: {err}", cli.config.display());
+            return EXIT_PROBLEM;
+        }
+    };
+    for error in &policy.errors {
+        eprintln!("{error} (line skipped)");
+    }
+    let Some(account) = users::lookup_user(user) else {
+        eprintln!("sshidlectl: no such user: {user}");
+        return EXIT_PROBLEM;
+    };
+    let groups = users::group_names(&account);
+    let resolution = policy.resolve(&account.name, &mut || groups.clone());
+    println!("user:   {} (uid {})", account.name, account.uid);
+    println!("groups: {}", groups.join(" "));
+    match resolution.rule {
+        Some(_) => println!("rule:   {}", resolution.describe(&policy)),
+        None => println!("rule:   none matches; no limit"),
+    }
+    println!("limits: {}", resolution.limits);
+    EXIT_OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_utc;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00Z");
+        assert_eq!(format_utc(1_795_811_294), "2026-11-27 20:28:14Z");
+    }
+}

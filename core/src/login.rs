@@ -1,0 +1,234 @@
+//! What `pam_sm_open_session` and `pam_sm_close_session` do, independent of
+//! PAM so it can be unit-tested: the shim passes the PAM items in and a log
+//! sink that writes through `pam_syslog`.
+
+use crate::policy::{Policy, DEFAULT_POLICY_PATH};
+use crate::state::{SessionKey, SessionRecord, StateDir, DEFAULT_STATE_DIR};
+use crate::{users, Level, LogSink};
+use std::path::PathBuf;
+
+/// Module arguments: `conf=PATH state=DIR debug`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleArgs {
+    pub conf: PathBuf,
+    /// `conf=` was given: a missing file is then an error, not "no policy".
+    pub conf_explicit: bool,
+    pub state_dir: PathBuf,
+    pub debug: bool,
+}
+
+impl Default for ModuleArgs {
+    fn default() -> Self {
+        ModuleArgs {
+            conf: PathBuf::from(DEFAULT_POLICY_PATH),
+            conf_explicit: false,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            debug: false,
+        }
+    }
+}
+
+impl ModuleArgs {
+    /// Parses the arguments of the PAM line. Unknown ones are logged and ignored.
+    pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>, log: &dyn LogSink) -> ModuleArgs {
+        let mut parsed = ModuleArgs::default();
+        for arg in args {
+            if let Some(path) = arg.strip_prefix("conf=").filter(|p| !p.is_empty()) {
+                parsed.conf = PathBuf::from(path);
+                parsed.conf_explicit = true;
+            } else if let Some(dir) = arg.strip_prefix("state=").filter(|p| !p.is_empty()) {
+                parsed.state_dir = PathBuf::from(dir);
+            } else if arg == "debug" {
+                parsed.debug = true;
+            } else {
+                log.log(Level::Warning, &format!("unknown argument '{arg}' ignored"));
+            }
+        }
+        parsed
+    }
+}
+
+/// The PAM items of a login.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoginItems {
+    pub user: String,
+    pub rhost: String,
+    pub service: String,
+}
+
+/// Loads the policy for a login. Every problem is logged; none stops the login.
+pub fn load_policy(args: &ModuleArgs, log: &dyn LogSink) -> Policy {
+    match Policy::load(&args.conf) {
+        Ok(policy) => {
+            for error in &policy.errors {
+                log.log(Level::Error, &error.to_string());
+            }
+            policy
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !args.conf_explicit => {
+            if args.debug {
+                log.log(Level::Debug, &format!("{}: no policy file, no limits", args.conf.display()));
+            }
+            Policy::empty(&args.conf)
+        }
+        Err(err) => {
+            log.log(Level::Error, &format!("{}: {err}; this login gets no limit", args.conf.display()));
+            Policy::empty(&args.conf)
+        }
+    }
+}
+
+/// Records a new session for the calling process. Returns the key recorded,
+/// or `None` when nothing could be recorded (already logged).
+pub fn open_session(args: &ModuleArgs, items: &LoginItems, log: &dyn LogSink) -> Option<SessionKey> {
+    let Some(account) = users::lookup_user(&items.user) else {
+        log.log(Level::Error, &format!("user '{}' not found; session not recorded", items.user));
+        return None;
+    };
+    let Some(key) = SessionKey::current_process() else {
+        log.log(Level::Error, "cannot read own start time from /proc; session not recorded");
+        return None;
+    };
+    let policy = load_policy(args, log);
+    let resolution = policy.resolve(&account.name, &mut || users::group_names(&account));
+    let record = SessionRecord {
+        key,
+        uid: account.uid,
+        user: account.name.clone(),
+        rhost: items.rhost.clone(),
+        service: items.service.clone(),
+        login_time: crate::now_unix(),
+        limits: resolution.limits,
+        rule: resolution.describe(&policy),
+        warned_at: None,
+    };
+    let state = match StateDir::open(&args.state_dir, true) {
+        Ok(state) => state,
+        Err(err) => {
+            log.log(Level::Error, &format!("{err}; session of {} not recorded", items.user));
+            return None;
+        }
+    };
+    match state.record_open(&record) {
+        Ok(moved) => {
+            if let Some(moved) = moved {
+                log.log(Level::Error, &format!("corrupt state file moved aside to {}", moved.display()));
+            }
+        }
+        Err(err) => {
+            log.log(Level::Error, &format!("{err}; session of {} not recorded", items.user));
+            return None;
+        }
+    }
+    if args.debug {
+        log.log(
+            Level::Debug,
+            &format!(
+                "session {key} of {} from {} recorded: {} (rule {})",
+                record.user, record.rhost, record.limits, record.rule
+            ),
+        );
+    }
+    Some(key)
+}
+
+/// Removes the session's record and logs its end.
+pub fn close_session(args: &ModuleArgs, items: &LoginItems, key: Option<SessionKey>, log: &dyn LogSink) {
+    let Some(key) = key.or_else(SessionKey::current_process) else {
+        log.log(Level::Error, "cannot read own start time from /proc; session record left for the enforcer");
+        return;
+    };
+    let state = match StateDir::open(&args.state_dir, false) {
+        Ok(state) => state,
+        Err(err) => {
+            log.log(Level::Error, &format!("{err}; session {key} not removed"));
+            return;
+        }
+    };
+    if let Err(err) = state.record_close(key) {
+        log.log(Level::Error, &format!("{err}; session {key} not removed"));
+    }
+    match state.take_ending(key) {
+        Some(reason) => {
+            log.log(Level::Notice, &format!("session {key} of {} closed: ended by sshidle: {reason}", items.user))
+        }
+        None => log.log(Level::Info, &format!("session {key} of {} closed", items.user)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[derive(Default)]
+    struct Collect(RefCell<Vec<(Level, String)>>);
+    impl LogSink for Collect {
+        fn log(&self, level: Level, message: &str) {
+            self.0.borrow_mut().push((level, message.to_string()));
+        }
+    }
+
+    fn temp(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sshidle-login-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn args_parse_and_unknown_are_logged() {
+        let log = Collect::default();
+        let args = ModuleArgs::parse(["conf=/x.conf", "state=/tmp/s", "debug", "bogus=1"], &log);
+        assert_eq!(
+            args,
+            ModuleArgs { conf: "/x.conf".into(), conf_explicit: true, state_dir: "/tmp/s".into(), debug: true }
+        );
+        assert_eq!(log.0.borrow().as_slice(), &[(Level::Warning, "unknown argument 'bogus=1' ignored".to_string())]);
+    }
+
+    #[test]
+    fn open_then_close_records_and_removes() {
+        let dir = temp("cycle");
+        std::fs::write(dir.join("policy"), "user root idle=5m warn=1m\n").unwrap();
+        let args =
+            ModuleArgs { conf: dir.join("policy"), conf_explicit: true, state_dir: dir.join("state"), debug: false };
+        let items = LoginItems { user: "root".into(), rhost: "127.0.0.1".into(), service: "sshd".into() };
+        let log = Collect::default();
+        let key = open_session(&args, &items, &log).expect("recorded");
+        let state = StateDir::open(&args.state_dir, false).unwrap();
+        let sessions = state.load().unwrap().sessions;
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions[0].limits.idle, Some(300));
+        assert_eq!(sessions[0].rule, format!("{}:1: user root", dir.join("policy").display()));
+        close_session(&args, &items, Some(key), &log);
+        assert!(state.load().unwrap().sessions.is_empty());
+        assert!(log.0.borrow().iter().all(|(l, _)| *l > Level::Warning), "{:?}", log.0.borrow());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_explicit_conf_is_an_error_but_records_unlimited() {
+        let dir = temp("noconf");
+        let args =
+            ModuleArgs { conf: dir.join("missing"), conf_explicit: true, state_dir: dir.join("state"), debug: false };
+        let items = LoginItems { user: "root".into(), ..Default::default() };
+        let log = Collect::default();
+        assert!(open_session(&args, &items, &log).is_some());
+        assert!(log.0.borrow().iter().any(|(l, m)| *l == Level::Error && m.contains("missing")));
+        let state = StateDir::open(&args.state_dir, false).unwrap();
+        assert!(state.load().unwrap().sessions[0].limits.is_unlimited());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_user_is_logged_not_recorded() {
+        let dir = temp("nouser");
+        let args = ModuleArgs { state_dir: dir.join("state"), ..ModuleArgs::default() };
+        let items = LoginItems { user: "no-such-user-sshidle".into(), ..Default::default() };
+        let log = Collect::default();
+        assert_eq!(open_session(&args, &items, &log), None);
+        assert!(log.0.borrow()[0].1.contains("not found"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

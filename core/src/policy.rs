@@ -1,0 +1,530 @@
+//! The policy file, `/etc/security/sshidle.conf`.
+//!
+//! ```text
+//! # selector            settings
+//! user   backup         idle=off
+//! group  admins         idle=2h   warn=5m
+//! group  contractors    idle=10m  warn=1m  hard=8h
+//! *                     idle=15m  warn=1m
+//! keepalive             interval=60 count-max=3
+//! ```
+//! Rules are read top to bottom and the first one that matches a login wins.
+//! A bad line is reported as `FILE:LINE: message` and skipped; the rest of the
+//! file still applies, so a typo never stops logins.
+
+use crate::duration::{format_duration, parse_duration};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_POLICY_PATH: &str = "/etc/security/sshidle.conf";
+
+/// The warning lead used when a rule sets `idle=` but no `warn=`.
+pub const DEFAULT_WARN_SECS: u64 = 60;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    User(String),
+    Group(String),
+    Any,
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Selector::User(name) => write!(f, "user {name}"),
+            Selector::Group(name) => write!(f, "group {name}"),
+            Selector::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// Limits in seconds; `None` means off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub idle: Option<u64>,
+    /// How long before a disconnect the user is warned.
+    pub warn: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+impl Limits {
+    pub fn is_unlimited(&self) -> bool {
+        self.idle.is_none() && self.hard.is_none()
+    }
+}
+
+impl fmt::Display for Limits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |v: Option<u64>| v.map_or_else(|| "off".to_string(), format_duration);
+        write!(f, "idle={} warn={} hard={}", show(self.idle), show(self.warn), show(self.hard))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub selector: Selector,
+    pub limits: Limits,
+    /// `UnusedConnectionTimeout` for the logins this rule matches (rendered by
+    /// `sshidlectl keepalive` as a `Match` block).
+    pub unused_connection_timeout: Option<u64>,
+    pub line: usize,
+}
+
+/// sshd settings that `sshidlectl keepalive` applies when given no flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepaliveSettings {
+    pub interval: Option<u64>,
+    pub count_max: Option<u64>,
+    pub unused_connection_timeout: Option<u64>,
+    pub line: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.path.display(), self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub path: PathBuf,
+    pub rules: Vec<Rule>,
+    pub keepalive: KeepaliveSettings,
+    /// Lines that were skipped, in file order.
+    pub errors: Vec<PolicyError>,
+}
+
+/// What the policy gives one login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution<'a> {
+    pub rule: Option<&'a Rule>,
+    pub limits: Limits,
+}
+
+impl Resolution<'_> {
+    /// `FILE:LINE: selector`, or `none` when no rule matched.
+    pub fn describe(&self, policy: &Policy) -> String {
+        match self.rule {
+            Some(rule) => format!("{}:{}: {}", policy.path.display(), rule.line, rule.selector),
+            None => "none".to_string(),
+        }
+    }
+}
+
+impl Policy {
+    /// An empty policy: every login is unlimited.
+    pub fn empty(path: &Path) -> Policy {
+        Policy {
+            path: path.to_path_buf(),
+            rules: Vec::new(),
+            keepalive: KeepaliveSettings::default(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Reads and parses `path`. A missing or unreadable file is an `Err`; bad
+    /// lines are not (they are in `errors`).
+    pub fn load(path: &Path) -> std::io::Result<Policy> {
+        let text = std::fs::read(path)?;
+        Ok(Policy::parse(path, &String::from_utf8_lossy(&text)))
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Policy {
+        let mut policy = Policy::empty(path);
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let content = raw.split('#').next().unwrap_or("");
+            let mut words = content.split_whitespace();
+            let Some(first) = words.next() else { continue };
+            let result = match first {
+                "keepalive" => parse_keepalive(words, &mut policy.keepalive, line),
+                _ => parse_rule(first, &mut words, line).map(|rule| policy.rules.push(rule)),
+            };
+            if let Err(message) = result {
+                policy.errors.push(PolicyError { path: path.to_path_buf(), line, message });
+            }
+        }
+        policy
+    }
+
+    /// The first rule matching `user`. `groups` returns the names of the
+    /// user's primary and supplementary groups; it is called at most once, and
+    /// only when a `group` rule has to be tested.
+    pub fn resolve(&self, user: &str, groups: &mut dyn FnMut() -> Vec<String>) -> Resolution<'_> {
+        let mut group_names: Option<Vec<String>> = None;
+        for rule in &self.rules {
+            let matched = match &rule.selector {
+                Selector::Any => true,
+                Selector::User(pattern) => wildcard_match(pattern, user),
+                Selector::Group(pattern) => {
+                    group_names.get_or_insert_with(&mut *groups).iter().any(|g| wildcard_match(pattern, g))
+                }
+            };
+            if matched {
+                return Resolution { rule: Some(rule), limits: rule.limits };
+            }
+        }
+        Resolution { rule: None, limits: Limits::default() }
+    }
+}
+
+fn parse_rule<'a>(first: &str, words: &mut impl Iterator<Item = &'a str>, line: usize) -> Result<Rule, String> {
+    let selector = match first {
+        "*" => Selector::Any,
+        "user" | "group" => {
+            let name = words.next().ok_or_else(|| format!("'{first}' needs a name"))?;
+            if name.contains('=') {
+                return Err(format!("'{first}' needs a name before the settings, found '{name}'"));
+            }
+            if first == "user" {
+                Selector::User(name.to_string())
+            } else {
+                Selector::Group(name.to_string())
+            }
+        }
+        other => return Err(format!("unknown selector '{other}' (expected user NAME, group NAME, * or keepalive)")),
+    };
+    let mut idle: Option<Option<u64>> = None;
+    let mut warn: Option<Option<u64>> = None;
+    let mut hard: Option<Option<u64>> = None;
+    let mut unused: Option<Option<u64>> = None;
+    for word in words {
+        let (key, value) = split_setting(word)?;
+        let slot = match key {
+            "idle" => &mut idle,
+            "warn" => &mut warn,
+            "hard" => &mut hard,
+            "unused" => &mut unused,
+            _ => return Err(format!("unknown setting '{key}' (expected idle=, warn=, hard= or unused=)")),
+        };
+        if slot.is_some() {
+            return Err(format!("'{key}' is set twice"));
+        }
+        *slot = Some(parse_limit(key, value)?);
+    }
+    if idle.is_none() && warn.is_none() && hard.is_none() && unused.is_none() {
+        return Err(format!("'{selector}' has no settings (expected idle=, warn=, hard=)"));
+    }
+    let idle = idle.flatten();
+    let hard = hard.flatten();
+    let shortest = match (idle, hard) {
+        (Some(i), Some(h)) => Some(i.min(h)),
+        (i, h) => i.or(h),
+    };
+    let warn = match warn {
+        Some(explicit) => explicit,
+        None => shortest.map(|s| DEFAULT_WARN_SECS.min(s / 2)).filter(|w| *w > 0),
+    };
+    if let (Some(w), Some(s)) = (warn, shortest) {
+        if w >= s {
+            return Err(format!(
+                "warn={} must be shorter than the limit it warns of ({})",
+                format_duration(w),
+                format_duration(s)
+            ));
+        }
+    }
+    if let (Some(_), None) = (warn, shortest) {
+        return Err("warn= needs idle= or hard=".to_string());
+    }
+    Ok(Rule { selector, limits: Limits { idle, warn, hard }, unused_connection_timeout: unused.flatten(), line })
+}
+
+fn parse_keepalive<'a>(
+    words: impl Iterator<Item = &'a str>,
+    settings: &mut KeepaliveSettings,
+    line: usize,
+) -> Result<(), String> {
+    if let Some(first_line) = settings.line {
+        return Err(format!("keepalive is already set on line {first_line}"));
+    }
+    let mut parsed = KeepaliveSettings { line: Some(line), ..KeepaliveSettings::default() };
+    let mut any = false;
+    for word in words {
+        any = true;
+        let (key, value) = split_setting(word)?;
+        match key {
+            "interval" => {
+                let secs = parse_duration(value).map_err(|e| format!("interval: {e}"))?;
+                if secs == 0 {
+                    return Err("interval=0 would turn keepalives off; remove the line instead".to_string());
+                }
+                set_once(&mut parsed.interval, secs, key)?;
+            }
+            "count-max" => {
+                let n: u64 = value.parse().map_err(|_| format!("count-max: '{value}' is not a whole number"))?;
+                if n == 0 || n > 1000 {
+                    return Err(format!("count-max={n} is out of range (1 to 1000)"));
+                }
+                set_once(&mut parsed.count_max, n, key)?;
+            }
+            "unused" => {
+                let secs = parse_duration(value).map_err(|e| format!("unused: {e}"))?;
+                set_once(&mut parsed.unused_connection_timeout, secs, key)?;
+            }
+            _ => return Err(format!("unknown keepalive setting '{key}' (expected interval=, count-max=, unused=)")),
+        }
+    }
+    if !any {
+        return Err("keepalive has no settings (expected interval=, count-max=, unused=)".to_string());
+    }
+    *settings = parsed;
+    Ok(())
+}
+
+fn set_once(slot: &mut Option<u64>, value: u64, key: &str) -> Result<(), String> {
+    if slot.replace(value).is_some() {
+        return Err(format!("'{key}' is set twice"));
+    }
+    Ok(())
+}
+
+fn split_setting(word: &str) -> Result<(&str, &str), String> {
+    match word.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !value.is_empty() => Ok((key, value)),
+        Some((key, _)) if !key.is_empty() => Err(format!("'{key}=' needs a value")),
+        _ => Err(format!("expected KEY=VALUE, found '{word}'")),
+    }
+}
+
+/// `off` (or `0` for warn) disables; anything else is a duration.
+fn parse_limit(key: &str, value: &str) -> Result<Option<u64>, String> {
+    if value.eq_ignore_ascii_case("off") || value.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let secs = parse_duration(value).map_err(|e| format!("{key}: {e}"))?;
+    if secs == 0 {
+        if key == "warn" {
+            return Ok(None);
+        }
+        return Err(format!("{key}=0 would disconnect at once; use {key}=off for no limit"));
+    }
+    Ok(Some(secs))
+}
+
+/// Shell-style wildcard match with `*` and `?` (no classes), like pam_limits.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            backtrack = Some((pi, ti));
+            pi += 1;
+        } else if let Some((star, matched)) = backtrack {
+            pi = star + 1;
+            ti = matched + 1;
+            backtrack = Some((star, matched + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Policy {
+        Policy::parse(Path::new("/etc/security/sshidle.conf"), text)
+    }
+
+    fn resolve_for<'a>(policy: &'a Policy, user: &str, groups: &[&str]) -> Resolution<'a> {
+        let groups: Vec<String> = groups.iter().map(|s| s.to_string()).collect();
+        policy.resolve(user, &mut || groups.clone())
+    }
+
+    const SPEC_EXAMPLE: &str = "\
+# selector            settings
+user   backup         idle=off
+group  admins         idle=2h   warn=5m
+group  contractors    idle=10m  warn=1m  hard=8h
+*                     idle=15m  warn=1m
+";
+
+    #[test]
+    fn spec_example_parses_without_errors() {
+        let policy = parse(SPEC_EXAMPLE);
+        assert_eq!(policy.errors, vec![]);
+        assert_eq!(policy.rules.len(), 4);
+        assert_eq!(policy.rules[2].limits, Limits { idle: Some(600), warn: Some(60), hard: Some(8 * 3600) });
+        assert_eq!(policy.rules[2].line, 4);
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let policy = parse(SPEC_EXAMPLE);
+        // backup is also an admin, but its user rule comes first.
+        let r = resolve_for(&policy, "backup", &["backup", "admins"]);
+        assert_eq!(r.rule.unwrap().line, 2);
+        assert_eq!(r.limits, Limits::default());
+        let r = resolve_for(&policy, "alice", &["alice", "admins", "contractors"]);
+        assert_eq!(r.rule.unwrap().selector, Selector::Group("admins".into()));
+        assert_eq!(r.limits.idle, Some(7200));
+        let r = resolve_for(&policy, "carol", &["carol"]);
+        assert_eq!(r.rule.unwrap().selector, Selector::Any);
+        assert_eq!(r.describe(&policy), "/etc/security/sshidle.conf:5: *");
+    }
+
+    #[test]
+    fn supplementary_groups_match() {
+        let policy = parse("group contractors idle=10m\n");
+        // The primary group is listed first; the supplementary one matches.
+        let r = resolve_for(&policy, "dave", &["dave", "users", "contractors"]);
+        assert_eq!(r.limits.idle, Some(600));
+    }
+
+    #[test]
+    fn no_match_means_no_limit() {
+        let policy = parse("user alice idle=5m\n");
+        let r = resolve_for(&policy, "bob", &["bob"]);
+        assert!(r.rule.is_none());
+        assert!(r.limits.is_unlimited());
+        assert_eq!(r.describe(&policy), "none");
+    }
+
+    #[test]
+    fn groups_are_looked_up_lazily_and_once() {
+        let policy = parse("user alice idle=5m\ngroup a idle=1m\ngroup b idle=2m\n*  idle=3m\n");
+        let mut calls = 0;
+        policy.resolve("alice", &mut || {
+            calls += 1;
+            vec![]
+        });
+        assert_eq!(calls, 0);
+        let r = policy.resolve("bob", &mut || {
+            calls += 1;
+            vec!["c".into()]
+        });
+        assert_eq!(calls, 1);
+        assert_eq!(r.limits.idle, Some(180));
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("dev-*", "dev-alice"));
+        assert!(!wildcard_match("dev-*", "ops-alice"));
+        assert!(wildcard_match("a?c", "abc"));
+        assert!(!wildcard_match("a?c", "ac"));
+        assert!(wildcard_match("*x*y", "axxbxy"));
+        assert!(!wildcard_match("alice", "alice2"));
+        let policy = parse("user svc-* idle=off\ngroup team-? idle=1h\n* idle=5m\n");
+        assert!(resolve_for(&policy, "svc-backup", &[]).limits.is_unlimited());
+        assert_eq!(resolve_for(&policy, "eve", &["team-a"]).limits.idle, Some(3600));
+        assert_eq!(resolve_for(&policy, "eve", &["team-ab"]).limits.idle, Some(300));
+    }
+
+    #[test]
+    fn default_warn_is_a_minute_or_half_the_limit() {
+        let policy = parse("user a idle=10m\nuser b idle=40s\nuser c idle=1h warn=off\nuser d hard=8h\n");
+        assert_eq!(policy.errors, vec![]);
+        assert_eq!(policy.rules[0].limits.warn, Some(60));
+        assert_eq!(policy.rules[1].limits.warn, Some(20));
+        assert_eq!(policy.rules[2].limits.warn, None);
+        assert_eq!(policy.rules[3].limits, Limits { idle: None, warn: Some(60), hard: Some(8 * 3600) });
+    }
+
+    #[test]
+    fn comments_and_blank_lines() {
+        let policy = parse("\n   \n# all comment\nuser a idle=5m # trailing\n\t*\tidle=1m\n");
+        assert_eq!(policy.errors, vec![]);
+        assert_eq!(policy.rules.len(), 2);
+        assert_eq!(policy.rules[0].line, 4);
+        assert_eq!(policy.rules[1].line, 5);
+    }
+
+    #[test]
+    fn each_error_names_file_line_and_problem() {
+        let text = "\
+user
+group admins
+frobnicate x idle=1m
+user a idle=5x
+user a idle=5m idle=6m
+user a color=red
+user a idle
+user a idle=0
+user a idle=1m warn=2m
+user a warn=1m
+user a idle=
+keepalive
+keepalive interval=0
+keepalive count-max=-1
+keepalive speed=1
+user good idle=1m
+";
+        let policy = parse(text);
+        let got: Vec<String> = policy.errors.iter().map(|e| e.to_string()).collect();
+        let f = "/etc/security/sshidle.conf";
+        let expected = vec![
+            format!("{f}:1: 'user' needs a name"),
+            format!("{f}:2: 'group admins' has no settings (expected idle=, warn=, hard=)"),
+            format!("{f}:3: unknown selector 'frobnicate' (expected user NAME, group NAME, * or keepalive)"),
+            format!("{f}:4: idle: invalid duration '5x': units are s, m, h, d, w"),
+            format!("{f}:5: 'idle' is set twice"),
+            format!("{f}:6: unknown setting 'color' (expected idle=, warn=, hard= or unused=)"),
+            format!("{f}:7: expected KEY=VALUE, found 'idle'"),
+            format!("{f}:8: idle=0 would disconnect at once; use idle=off for no limit"),
+            format!("{f}:9: warn=2m must be shorter than the limit it warns of (1m)"),
+            format!("{f}:10: warn= needs idle= or hard="),
+            format!("{f}:11: 'idle=' needs a value"),
+            format!("{f}:12: keepalive has no settings (expected interval=, count-max=, unused=)"),
+            format!("{f}:13: interval=0 would turn keepalives off; remove the line instead"),
+            format!("{f}:14: count-max: '-1' is not a whole number"),
+            format!("{f}:15: unknown keepalive setting 'speed' (expected interval=, count-max=, unused=)"),
+        ];
+        assert_eq!(got, expected);
+        // The good line still applies.
+        assert_eq!(policy.rules.len(), 1);
+        assert_eq!(policy.rules[0].line, 16);
+    }
+
+    #[test]
+    fn bad_line_does_not_shadow_later_rules() {
+        let policy = parse("user alice idle=bogus\n* idle=5m\n");
+        assert_eq!(policy.errors.len(), 1);
+        assert_eq!(resolve_for(&policy, "alice", &[]).limits.idle, Some(300));
+    }
+
+    #[test]
+    fn keepalive_settings() {
+        let policy = parse("keepalive interval=30 count-max=4 unused=1h\ngroup ops idle=1h unused=10m\n");
+        assert_eq!(policy.errors, vec![]);
+        assert_eq!(
+            policy.keepalive,
+            KeepaliveSettings {
+                interval: Some(30),
+                count_max: Some(4),
+                unused_connection_timeout: Some(3600),
+                line: Some(1)
+            }
+        );
+        assert_eq!(policy.rules[0].unused_connection_timeout, Some(600));
+        let twice = parse("keepalive interval=30\nkeepalive count-max=2\n");
+        assert_eq!(twice.errors[0].to_string(), "/etc/security/sshidle.conf:2: keepalive is already set on line 1");
+        assert_eq!(twice.keepalive.interval, Some(30));
+    }
+
+    #[test]
+    fn limits_display() {
+        let l = Limits { idle: Some(900), warn: Some(60), hard: None };
+        assert_eq!(l.to_string(), "idle=15m warn=1m hard=off");
+    }
+}

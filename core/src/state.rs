@@ -1,0 +1,761 @@
+//! The shared session state file, `/run/sshidle/sessions`.
+//!
+//! It is a journal of text lines, one per event, after a versioned header:
+//! ```text
+//! (fields are separated by tabs)
+//! sshidle-state 1 base=000000000000
+//! open pid=4242 start=881234 uid=1000 user=alice rhost=10.0.0.5 service=sshd login=1764270000 idle=900 warn=60 hard=- rule=/etc/security/sshidle.conf:5: *
+//! warned pid=4242 start=881234 at=1764270840
+//! close pid=4242 start=881234
+//! ```
+//! Why a journal: the login path only appends one line (O(1), whatever the
+//! number of sessions), and a single `write(2)` of a short line is never torn
+//! by `kill -9`. Writers hold an `flock` on the state directory, so the
+//! compaction (rewrite to a temp file + `rename`) never loses an append.
+//! Readers need no lock: they see either the old or the new file, and skip a
+//! line they cannot parse. Unknown keys and unknown event kinds are ignored,
+//! so a newer writer does not break an older reader.
+//!
+//! A session is keyed by the PID of the process that opened it (sshd's
+//! privileged monitor) and that process's start time, which detects PID reuse.
+
+use crate::policy::Limits;
+use crate::procfs;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_STATE_DIR: &str = "/run/sshidle";
+pub const STATE_FILE: &str = "sessions";
+const TEMP_FILE: &str = "sessions.tmp";
+const HEADER_PREFIX: &str = "sshidle-state 1 base=";
+const BASE_DIGITS: usize = 12;
+const HEADER_LEN: usize = HEADER_PREFIX.len() + BASE_DIGITS + 1;
+/// The journal is compacted by a writer when it grows past twice its last
+/// compacted size plus this much, which keeps compaction amortised O(1).
+const COMPACT_SLACK: u64 = 64 * 1024;
+/// A login never waits longer than this for the state lock.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub enum StateError {
+    /// The directory or file is not safe to use (symlink, wrong owner, ...).
+    Unsafe(String),
+    Io(String, io::Error),
+    /// The lock could not be had in time.
+    Busy(PathBuf),
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateError::Unsafe(msg) => write!(f, "refusing to use state: {msg}"),
+            StateError::Io(what, err) => write!(f, "{what}: {err}"),
+            StateError::Busy(path) => write!(f, "{}: lock not obtained within {:?}", path.display(), LOCK_TIMEOUT),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+pub type Result<T> = std::result::Result<T, StateError>;
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StateError {
+    let what = what.into();
+    move |err| StateError::Io(what, err)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    pub pid: i32,
+    /// Start time of `pid` in clock ticks since boot.
+    pub start: u64,
+}
+
+impl SessionKey {
+    /// The calling process, as the PAM module records it.
+    pub fn current_process() -> Option<SessionKey> {
+        let pid = std::process::id() as i32;
+        procfs::start_time(pid).map(|start| SessionKey { pid, start })
+    }
+
+    /// True while the recorded process still runs (same PID and start time).
+    pub fn is_alive(&self) -> bool {
+        procfs::is_same_process(self.pid, self.start)
+    }
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.pid)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub key: SessionKey,
+    pub uid: u32,
+    pub user: String,
+    pub rhost: String,
+    pub service: String,
+    /// Unix seconds.
+    pub login_time: i64,
+    pub limits: Limits,
+    /// `FILE:LINE: selector` of the rule that gave the limits, or `none`.
+    pub rule: String,
+    /// When the enforcer last warned this session (unix seconds).
+    pub warned_at: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Open sessions in the order they were opened.
+    pub sessions: Vec<SessionRecord>,
+    /// Lines that could not be parsed (torn or corrupt); they are skipped.
+    pub bad_lines: usize,
+    /// The file exists but is not a state file of this version.
+    pub corrupt: bool,
+}
+
+/// A handle on the state directory, checked to be safe to write.
+#[derive(Debug)]
+pub struct StateDir {
+    path: PathBuf,
+    dir: OwnedFd,
+}
+
+impl StateDir {
+    /// Opens the state directory, creating it (0700) when `create` is set.
+    /// Refuses a symlink, a non-directory, or one owned by another user.
+    pub fn open(path: &Path, create: bool) -> Result<StateDir> {
+        let cpath = c_path(path)?;
+        if create {
+            // SAFETY: cpath is a valid C string.
+            let rc = unsafe { libc::mkdir(cpath.as_ptr(), 0o700) };
+            if rc != 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::AlreadyExists {
+                    return Err(StateError::Io(format!("creating {}", path.display()), err));
+                }
+            }
+        }
+        // O_NOFOLLOW makes a symlinked directory fail with ELOOP/ENOTDIR.
+        // SAFETY: cpath is a valid C string.
+        let fd = unsafe {
+            libc::open(cpath.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        };
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
+                    StateError::Unsafe(format!("{} is a symlink or not a directory", path.display()))
+                }
+                _ => StateError::Io(format!("opening {}", path.display()), err),
+            });
+        }
+        // SAFETY: fd was just opened and is owned by nobody else.
+        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        let meta = File::from(dir.try_clone().map_err(io_err("dup"))?).metadata().map_err(io_err("fstat"))?;
+        check_owner(path, meta.uid())?;
+        if meta.mode() & 0o077 != 0 {
+            // Ours, but too open: tighten rather than refuse.
+            // SAFETY: valid fd.
+            unsafe { libc::fchmod(dir.as_raw_fd(), 0o700) };
+        }
+        Ok(StateDir { path: path.to_path_buf(), dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file_path(&self) -> PathBuf {
+        self.path.join(STATE_FILE)
+    }
+
+    /// Records a new session. Returns the name a corrupt file was moved to,
+    /// if one had to be.
+    pub fn record_open(&self, record: &SessionRecord) -> Result<Option<PathBuf>> {
+        self.append(&encode_open(record))
+    }
+
+    pub fn record_close(&self, key: SessionKey) -> Result<Option<PathBuf>> {
+        self.append(&format!("close\tpid={}\tstart={}\n", key.pid, key.start))
+    }
+
+    pub fn record_warned(&self, key: SessionKey, at: i64) -> Result<Option<PathBuf>> {
+        self.append(&format!("warned\tpid={}\tstart={}\tat={at}\n", key.pid, key.start))
+    }
+
+    /// Reads the open sessions. Takes no lock.
+    pub fn load(&self) -> Result<Snapshot> {
+        let file = match self.open_file(libc::O_RDONLY) {
+            Ok(file) => file,
+            Err(StateError::Io(_, err)) if err.kind() == io::ErrorKind::NotFound => return Ok(Snapshot::default()),
+            Err(err) => return Err(err),
+        };
+        let mut bytes = Vec::new();
+        (&file).read_to_end(&mut bytes).map_err(io_err(format!("reading {}", self.file_path().display())))?;
+        Ok(parse_journal(&bytes))
+    }
+
+    /// Rewrites the journal with only the open sessions for which `keep` is
+    /// true. Returns the sessions dropped.
+    pub fn compact(&self, keep: &dyn Fn(&SessionRecord) -> bool) -> Result<Vec<SessionRecord>> {
+        let _lock = self.lock()?;
+        self.compact_locked(keep)
+    }
+
+    /// Notes why sshidle is ending a session, for `close_session` to log.
+    pub fn mark_ending(&self, key: SessionKey, reason: &str) -> Result<()> {
+        let name = ending_name(key);
+        let file = self.create_file(&name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?;
+        (&file).write_all(reason.as_bytes()).map_err(io_err(format!("writing {name}")))
+    }
+
+    /// Takes (reads and removes) the reason noted by `mark_ending`.
+    pub fn take_ending(&self, key: SessionKey) -> Option<String> {
+        let name = ending_name(key);
+        let file = self.open_file_named(&name, libc::O_RDONLY).ok()?;
+        let mut reason = String::new();
+        (&file).take(4096).read_to_string(&mut reason).ok()?;
+        self.unlink(&name);
+        Some(reason)
+    }
+
+    fn append(&self, line: &str) -> Result<Option<PathBuf>> {
+        let _lock = self.lock()?;
+        let mut moved_aside = None;
+        let file = self.open_file(libc::O_RDWR | libc::O_APPEND | libc::O_CREAT)?;
+        let mut file = file;
+        let mut size = file.metadata().map_err(io_err("fstat"))?.len();
+        let mut base = 0;
+        if size > 0 {
+            match read_header(&file) {
+                Some(b) => base = b,
+                None => {
+                    moved_aside = Some(self.move_aside()?);
+                    file = self.open_file(libc::O_RDWR | libc::O_APPEND | libc::O_CREAT)?;
+                    size = 0;
+                }
+            }
+        }
+        let mut out = String::with_capacity(line.len() + HEADER_LEN + 1);
+        if size == 0 {
+            out.push_str(&header(0));
+        } else if !ends_with_newline(&file, size) {
+            // A torn earlier append: terminate it so this line stays whole.
+            out.push('\n');
+        }
+        out.push_str(line);
+        // One write(2): appends of this size are not torn by kill -9.
+        (&file).write_all(out.as_bytes()).map_err(io_err(format!("appending to {}", self.file_path().display())))?;
+        if size + out.len() as u64 > 2 * base + COMPACT_SLACK {
+            // Only closed sessions are dropped here: checking processes is the
+            // enforcer's job and would make logins slow.
+            self.compact_locked(&|_| true)?;
+        }
+        Ok(moved_aside)
+    }
+
+    fn compact_locked(&self, keep: &dyn Fn(&SessionRecord) -> bool) -> Result<Vec<SessionRecord>> {
+        let snapshot = match self.open_file(libc::O_RDONLY) {
+            Ok(file) => {
+                let mut bytes = Vec::new();
+                (&file).read_to_end(&mut bytes).map_err(io_err("reading state"))?;
+                parse_journal(&bytes)
+            }
+            Err(StateError::Io(_, err)) if err.kind() == io::ErrorKind::NotFound => Snapshot::default(),
+            Err(err) => return Err(err),
+        };
+        if snapshot.corrupt {
+            self.move_aside()?;
+        }
+        let (kept, dropped): (Vec<_>, Vec<_>) = snapshot.sessions.into_iter().partition(|r| keep(r));
+        let mut body = String::new();
+        for record in &kept {
+            body.push_str(&encode_open(record));
+        }
+        let mut contents = header(HEADER_LEN as u64 + body.len() as u64);
+        contents.push_str(&body);
+        let temp = self.create_file(TEMP_FILE, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?;
+        let written = (&temp).write_all(contents.as_bytes()).map_err(io_err("writing state"));
+        drop(temp);
+        if let Err(err) = written.and_then(|_| self.rename(TEMP_FILE, STATE_FILE)) {
+            self.unlink(TEMP_FILE);
+            return Err(err);
+        }
+        Ok(dropped)
+    }
+
+    fn move_aside(&self) -> Result<PathBuf> {
+        let now = crate::now_unix();
+        let name = format!("{STATE_FILE}.corrupt.{now}");
+        self.rename(STATE_FILE, &name)?;
+        Ok(self.path.join(name))
+    }
+
+    /// An exclusive flock on the directory, waited for at most LOCK_TIMEOUT.
+    fn lock(&self) -> Result<DirLock<'_>> {
+        let deadline = Instant::now() + LOCK_TIMEOUT;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            // SAFETY: valid fd.
+            if unsafe { libc::flock(self.dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(DirLock(&self.dir));
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) && err.kind() != io::ErrorKind::Interrupted {
+                return Err(StateError::Io("flock".into(), err));
+            }
+            if Instant::now() >= deadline {
+                return Err(StateError::Busy(self.path.clone()));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    fn open_file(&self, flags: libc::c_int) -> Result<File> {
+        if flags & libc::O_CREAT != 0 {
+            self.create_file(STATE_FILE, flags)
+        } else {
+            self.open_file_named(STATE_FILE, flags)
+        }
+    }
+
+    fn open_file_named(&self, name: &str, flags: libc::c_int) -> Result<File> {
+        let file = self.openat(name, flags, 0)?;
+        self.check_file(name, &file)?;
+        Ok(file)
+    }
+
+    /// Creates (or opens) `name` with mode 0600, refusing a symlink or a file
+    /// that belongs to someone else.
+    fn create_file(&self, name: &str, flags: libc::c_int) -> Result<File> {
+        let file = self.openat(name, flags | libc::O_CREAT, 0o600)?;
+        self.check_file(name, &file)?;
+        Ok(file)
+    }
+
+    fn check_file(&self, name: &str, file: &File) -> Result<()> {
+        let meta = file.metadata().map_err(io_err("fstat"))?;
+        let path = self.path.join(name);
+        if !meta.is_file() {
+            return Err(StateError::Unsafe(format!("{} is not a regular file", path.display())));
+        }
+        check_owner(&path, meta.uid())?;
+        if meta.mode() & 0o077 != 0 {
+            // SAFETY: valid fd.
+            unsafe { libc::fchmod(file.as_raw_fd(), 0o600) };
+        }
+        Ok(())
+    }
+
+    fn openat(&self, name: &str, flags: libc::c_int, mode: libc::mode_t) -> Result<File> {
+        let cname = CString::new(name).map_err(|_| StateError::Unsafe(format!("bad file name {name:?}")))?;
+        // SAFETY: valid dir fd and C string.
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                cname.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            let path = self.path.join(name);
+            return Err(if err.raw_os_error() == Some(libc::ELOOP) {
+                StateError::Unsafe(format!("{} is a symlink", path.display()))
+            } else {
+                StateError::Io(format!("opening {}", path.display()), err)
+            });
+        }
+        // SAFETY: fd was just opened and is owned by nobody else.
+        Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (cfrom, cto) = (CString::new(from).unwrap_or_default(), CString::new(to).unwrap_or_default());
+        let dir = self.dir.as_raw_fd();
+        // SAFETY: valid dir fd and C strings.
+        if unsafe { libc::renameat(dir, cfrom.as_ptr(), dir, cto.as_ptr()) } != 0 {
+            return Err(StateError::Io(
+                format!("renaming {from} to {to} in {}", self.path.display()),
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn unlink(&self, name: &str) {
+        if let Ok(cname) = CString::new(name) {
+            // SAFETY: valid dir fd and C string.
+            unsafe { libc::unlinkat(self.dir.as_raw_fd(), cname.as_ptr(), 0) };
+        }
+    }
+}
+
+struct DirLock<'a>(&'a OwnedFd);
+
+impl Drop for DirLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: valid fd.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+fn check_owner(path: &Path, uid: u32) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if uid != me {
+        return Err(StateError::Unsafe(format!("{} is owned by uid {uid}, not {me}", path.display())));
+    }
+    Ok(())
+}
+
+fn c_path(path: &Path) -> Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| StateError::Unsafe(format!("bad path {}", path.display())))
+}
+
+fn ending_name(key: SessionKey) -> String {
+    format!("ending.{}.{}", key.pid, key.start)
+}
+
+fn header(base: u64) -> String {
+    format!("{HEADER_PREFIX}{base:0width$}\n", width = BASE_DIGITS)
+}
+
+fn read_header(file: &File) -> Option<u64> {
+    let mut buf = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut buf, 0).ok()?;
+    parse_header(&buf)
+}
+
+fn parse_header(bytes: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(bytes.get(..HEADER_LEN)?).ok()?;
+    let digits = text.strip_prefix(HEADER_PREFIX)?.strip_suffix('\n')?;
+    if digits.len() != BASE_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn ends_with_newline(file: &File, size: u64) -> bool {
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, size - 1).is_ok() && last[0] == b'\n'
+}
+
+/// Replays a journal into the set of open sessions.
+pub fn parse_journal(bytes: &[u8]) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    if bytes.is_empty() {
+        return snapshot;
+    }
+    if parse_header(bytes).is_none() {
+        snapshot.corrupt = true;
+        return snapshot;
+    }
+    let mut index: HashMap<SessionKey, usize> = HashMap::new();
+    let mut slots: Vec<Option<SessionRecord>> = Vec::new();
+    let body = &bytes[HEADER_LEN..];
+    let mut lines = body.split(|b| *b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        if lines.peek().is_none() {
+            // No newline after it: a torn append. Skip it.
+            snapshot.bad_lines += 1;
+            break;
+        }
+        match std::str::from_utf8(line).ok().and_then(parse_entry) {
+            Some(Entry::Open(record)) => {
+                if let Some(old) = index.insert(record.key, slots.len()) {
+                    slots[old] = None;
+                }
+                slots.push(Some(record));
+            }
+            Some(Entry::Close(key)) => {
+                if let Some(i) = index.remove(&key) {
+                    slots[i] = None;
+                }
+            }
+            Some(Entry::Warned(key, at)) => {
+                if let Some(record) = index.get(&key).and_then(|i| slots[*i].as_mut()) {
+                    record.warned_at = Some(at);
+                }
+            }
+            Some(Entry::Unknown) => {}
+            None => snapshot.bad_lines += 1,
+        }
+    }
+    snapshot.sessions = slots.into_iter().flatten().collect();
+    snapshot
+}
+
+enum Entry {
+    Open(SessionRecord),
+    Close(SessionKey),
+    Warned(SessionKey, i64),
+    Unknown,
+}
+
+fn parse_entry(line: &str) -> Option<Entry> {
+    let mut fields = line.split('\t');
+    let kind = fields.next()?;
+    let mut map: HashMap<&str, String> = HashMap::new();
+    for field in fields {
+        let (k, v) = field.split_once('=')?;
+        map.insert(k, unescape(v)?);
+    }
+    let num = |k: &str| map.get(k).and_then(|v| v.parse::<i64>().ok());
+    let limit = |k: &str| -> Option<Option<u64>> {
+        match map.get(k).map(String::as_str) {
+            None | Some("-") => Some(None),
+            Some(v) => v.parse().ok().map(Some),
+        }
+    };
+    let key = SessionKey { pid: i32::try_from(num("pid")?).ok()?, start: map.get("start")?.parse().ok()? };
+    Some(match kind {
+        "open" => Entry::Open(SessionRecord {
+            key,
+            uid: map.get("uid")?.parse().ok()?,
+            user: map.get("user")?.clone(),
+            rhost: map.get("rhost").cloned().unwrap_or_default(),
+            service: map.get("service").cloned().unwrap_or_default(),
+            login_time: num("login")?,
+            limits: Limits { idle: limit("idle")?, warn: limit("warn")?, hard: limit("hard")? },
+            rule: map.get("rule").cloned().unwrap_or_else(|| "none".into()),
+            warned_at: num("warned"),
+        }),
+        "close" => Entry::Close(key),
+        "warned" => Entry::Warned(key, num("at")?),
+        _ => Entry::Unknown,
+    })
+}
+
+fn encode_open(r: &SessionRecord) -> String {
+    let limit = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |s| s.to_string());
+    let mut line = format!(
+        "open\tpid={}\tstart={}\tuid={}\tuser={}\trhost={}\tservice={}\tlogin={}\tidle={}\twarn={}\thard={}\trule={}",
+        r.key.pid,
+        r.key.start,
+        r.uid,
+        escape(&r.user),
+        escape(&r.rhost),
+        escape(&r.service),
+        r.login_time,
+        limit(r.limits.idle),
+        limit(r.limits.warn),
+        limit(r.limits.hard),
+        escape(&r.rule),
+    );
+    if let Some(at) = r.warned_at {
+        line.push_str(&format!("\twarned={at}"));
+    }
+    line.push('\n');
+    line
+}
+
+/// Percent-escapes `%`, control characters (tab, newline) and DEL, so a value
+/// from the network (a remote host name) cannot forge fields or lines.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c == '%' || c.is_ascii_control() {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn unescape(value: &str) -> Option<String> {
+    if !value.contains('%') {
+        return Some(value.to_string());
+    }
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sshidle-state-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn record(pid: i32, user: &str) -> SessionRecord {
+        SessionRecord {
+            key: SessionKey { pid, start: 1000 + pid as u64 },
+            uid: 1000,
+            user: user.into(),
+            rhost: "10.0.0.5".into(),
+            service: "sshd".into(),
+            login_time: 1_764_270_000,
+            limits: Limits { idle: Some(900), warn: Some(60), hard: None },
+            rule: "/etc/security/sshidle.conf:5: *".into(),
+            warned_at: None,
+        }
+    }
+
+    #[test]
+    fn open_close_and_reload() {
+        let path = temp_dir("basic");
+        let state = StateDir::open(&path, true).unwrap();
+        assert_eq!(state.load().unwrap().sessions, vec![]);
+        state.record_open(&record(1, "alice")).unwrap();
+        state.record_open(&record(2, "bob")).unwrap();
+        state.record_warned(SessionKey { pid: 2, start: 1002 }, 77).unwrap();
+        state.record_close(SessionKey { pid: 1, start: 1001 }).unwrap();
+        // A close for a different start time (PID reuse) closes nothing.
+        state.record_close(SessionKey { pid: 2, start: 9 }).unwrap();
+        let snap = state.load().unwrap();
+        let mut expected = record(2, "bob");
+        expected.warned_at = Some(77);
+        assert_eq!(snap.sessions, vec![expected.clone()]);
+        assert_eq!(snap.bad_lines, 0);
+        // Compaction keeps the warning and drops closed records.
+        state.compact(&|_| true).unwrap();
+        let text = std::fs::read_to_string(state.file_path()).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert_eq!(state.load().unwrap().sessions, vec![expected]);
+        let dropped = state.compact(&|r| r.user != "bob").unwrap();
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(state.load().unwrap().sessions, vec![]);
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn modes_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = temp_dir("modes");
+        let state = StateDir::open(&path, true).unwrap();
+        state.record_open(&record(1, "alice")).unwrap();
+        let dir_mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let file_mode = std::fs::metadata(state.file_path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!((dir_mode, file_mode), (0o700, 0o600));
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn hostile_values_cannot_forge_lines() {
+        let path = temp_dir("escape");
+        let state = StateDir::open(&path, true).unwrap();
+        let mut r = record(3, "carol");
+        r.rhost = "evil\nclose\tpid=3\tstart=1003\t%41".into();
+        state.record_open(&r).unwrap();
+        assert_eq!(state.load().unwrap().sessions, vec![r]);
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn torn_and_garbage_lines_are_skipped() {
+        let path = temp_dir("torn");
+        let state = StateDir::open(&path, true).unwrap();
+        state.record_open(&record(1, "alice")).unwrap();
+        // Simulate a writer killed mid-line, then garbage.
+        let mut f = std::fs::OpenOptions::new().append(true).open(state.file_path()).unwrap();
+        f.write_all(b"open\tpid=9\tsta").unwrap();
+        drop(f);
+        state.record_open(&record(2, "bob")).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(state.file_path()).unwrap();
+        f.write_all(b"\xff\xfe garbage\nfuture\tpid=1\tstart=1\tx=y\n").unwrap();
+        drop(f);
+        let snap = state.load().unwrap();
+        let users: Vec<_> = snap.sessions.iter().map(|r| r.user.as_str()).collect();
+        assert_eq!(users, vec!["alice", "bob"]);
+        assert_eq!(snap.bad_lines, 2);
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside() {
+        let path = temp_dir("corrupt");
+        let state = StateDir::open(&path, true).unwrap();
+        std::fs::write(state.file_path(), b"\x00\x01 not a state file").unwrap();
+        assert!(state.load().unwrap().corrupt);
+        let moved = state.record_open(&record(1, "alice")).unwrap().expect("moved aside");
+        assert_eq!(std::fs::read(&moved).unwrap(), b"\x00\x01 not a state file");
+        assert_eq!(state.load().unwrap().sessions.len(), 1);
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn symlinks_are_refused() {
+        let path = temp_dir("symlink");
+        std::fs::create_dir_all(&path).unwrap();
+        let target = temp_dir("symlink-target");
+        std::fs::create_dir_all(&target).unwrap();
+        let link = path.join("state");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(StateDir::open(&link, true), Err(StateError::Unsafe(_))));
+        // A symlinked state file is refused too.
+        let real = path.join("real");
+        let state = StateDir::open(&real, true).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", state.file_path()).unwrap();
+        assert!(matches!(state.record_open(&record(1, "a")), Err(StateError::Unsafe(_))));
+        std::fs::remove_dir_all(&path).unwrap();
+        std::fs::remove_dir_all(&target).unwrap();
+    }
+
+    #[test]
+    fn journal_compacts_itself() {
+        let path = temp_dir("grow");
+        let state = StateDir::open(&path, true).unwrap();
+        for i in 0..3000 {
+            state.record_open(&record(i, "alice")).unwrap();
+            state.record_close(SessionKey { pid: i, start: 1000 + i as u64 }).unwrap();
+        }
+        state.record_open(&record(5, "last")).unwrap();
+        let size = std::fs::metadata(state.file_path()).unwrap().len();
+        assert!(size < 2 * COMPACT_SLACK, "journal grew to {size} bytes");
+        assert_eq!(state.load().unwrap().sessions.len(), 1);
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn ending_reason_round_trip() {
+        let path = temp_dir("ending");
+        let state = StateDir::open(&path, true).unwrap();
+        let key = SessionKey { pid: 7, start: 8 };
+        assert_eq!(state.take_ending(key), None);
+        state.mark_ending(key, "idle 15m (rule x)").unwrap();
+        assert_eq!(state.take_ending(key).as_deref(), Some("idle 15m (rule x)"));
+        assert_eq!(state.take_ending(key), None);
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn escape_round_trip() {
+        for s in ["", "plain", "a%b", "tab\there", "new\nline", "100%"] {
+            assert_eq!(unescape(&escape(s)).as_deref(), Some(s));
+        }
+        assert_eq!(unescape("%4"), None);
+    }
+}
