@@ -1,1 +1,19 @@
-//! Test harness: see the modules.
+//! Test harness for sshidle's integration and end-to-end tests: real libpam
+//! stacks, a private sshd on 127.0.0.1, real users, real ptys through tmux,
+//! and a syslog receiver. Everything a test creates is removed on drop, also
+//! when the test fails, and names and ports are unique so tests can run in
+//! parallel threads.
+
+pub mod accounts;
+pub mod pam;
+pub mod sshd;
+pub mod syslog;
+pub mod tmux;
+pub mod util;
+
+pub use accounts::{TestGroup, TestUser};
+pub use pam::{PamConfDir, PamSession};
+pub use sshd::{Sshd, SshdOptions};
+pub use syslog::SyslogCapture;
+pub use tmux::Tmux;
+pub use util::*;

@@ -1,0 +1,110 @@
+//! Driving a real libpam stack from a test: `pam_start_confdir` reads the
+//! service file from a directory of the test's own, so nothing under
+//! /etc/pam.d is needed.
+
+use crate::util::TempDir;
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::path::Path;
+
+pub const PAM_SUCCESS: c_int = 0;
+pub const PAM_SESSION_ERR: c_int = 14;
+pub const PAM_IGNORE: c_int = 25;
+const PAM_RHOST: c_int = 4;
+const PAM_CONV_ERR: c_int = 19;
+
+#[repr(C)]
+struct PamConv {
+    conv: extern "C" fn(c_int, *const *const c_void, *mut *mut c_void, *mut c_void) -> c_int,
+    appdata: *mut c_void,
+}
+
+#[link(name = "pam")]
+extern "C" {
+    fn pam_start_confdir(
+        service: *const c_char,
+        user: *const c_char,
+        conv: *const PamConv,
+        confdir: *const c_char,
+        pamh: *mut *mut c_void,
+    ) -> c_int;
+    fn pam_set_item(pamh: *mut c_void, item: c_int, value: *const c_void) -> c_int;
+    fn pam_open_session(pamh: *mut c_void, flags: c_int) -> c_int;
+    fn pam_close_session(pamh: *mut c_void, flags: c_int) -> c_int;
+    fn pam_end(pamh: *mut c_void, status: c_int) -> c_int;
+}
+
+extern "C" fn no_conversation(
+    _n: c_int,
+    _msg: *const *const c_void,
+    _resp: *mut *mut c_void,
+    _data: *mut c_void,
+) -> c_int {
+    PAM_CONV_ERR
+}
+
+static CONV: PamConv = PamConv { conv: no_conversation, appdata: std::ptr::null_mut() };
+// SAFETY: CONV is immutable and holds no real pointers.
+unsafe impl Sync for PamConv {}
+
+/// A PAM configuration directory holding service files.
+pub struct PamConfDir {
+    pub dir: TempDir,
+}
+
+impl PamConfDir {
+    pub fn new(tag: &str) -> PamConfDir {
+        PamConfDir { dir: TempDir::new(tag) }
+    }
+
+    /// Writes the service file `service` with these lines.
+    pub fn service(&self, service: &str, lines: &str) {
+        std::fs::write(self.dir.join(service), lines).expect("service file");
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir.path
+    }
+}
+
+/// One PAM transaction; `pam_end` on drop.
+pub struct PamSession {
+    handle: *mut c_void,
+}
+
+impl PamSession {
+    /// `pam_start_confdir(service, user)`; the return code when it fails.
+    pub fn start(confdir: &Path, service: &str, user: &str, rhost: Option<&str>) -> Result<PamSession, c_int> {
+        let (service, user) = (CString::new(service).unwrap(), CString::new(user).unwrap());
+        let confdir = CString::new(confdir.as_os_str().as_encoded_bytes()).unwrap();
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: valid C strings and conversation; handle is an out pointer.
+        let rc = unsafe { pam_start_confdir(service.as_ptr(), user.as_ptr(), &CONV, confdir.as_ptr(), &mut handle) };
+        if rc != PAM_SUCCESS {
+            return Err(rc);
+        }
+        let session = PamSession { handle };
+        if let Some(rhost) = rhost {
+            let rhost = CString::new(rhost).unwrap();
+            // SAFETY: libpam copies the string.
+            unsafe { pam_set_item(session.handle, PAM_RHOST, rhost.as_ptr().cast()) };
+        }
+        Ok(session)
+    }
+
+    pub fn open_session(&mut self) -> c_int {
+        // SAFETY: valid handle.
+        unsafe { pam_open_session(self.handle, 0) }
+    }
+
+    pub fn close_session(&mut self) -> c_int {
+        // SAFETY: valid handle.
+        unsafe { pam_close_session(self.handle, 0) }
+    }
+}
+
+impl Drop for PamSession {
+    fn drop(&mut self) {
+        // SAFETY: valid handle, ended once.
+        unsafe { pam_end(self.handle, PAM_SUCCESS) };
+    }
+}
