@@ -30,9 +30,14 @@ pub fn stat_field(stat: &str, n: usize) -> Option<&str> {
     after_comm.split_ascii_whitespace().nth(n - 3)
 }
 
-/// True when `pid` is alive and still the process that started at `start`.
+/// True when `pid` is alive (not a zombie) and still the process that
+/// started at `start`.
 pub fn is_same_process(pid: i32, start: u64) -> bool {
-    start_time(pid) == Some(start)
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    !matches!(stat_field(&stat, 3), Some("Z") | Some("X")) && stat_field(&stat, 22).and_then(|s| s.parse().ok()) == Some(start)
 }
 
 /// Clock ticks per second, for converting start times.

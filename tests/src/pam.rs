@@ -100,6 +100,27 @@ impl PamSession {
         // SAFETY: valid handle.
         unsafe { pam_close_session(self.handle, 0) }
     }
+
+    /// Calls a hook of the module at `module` directly with this handle, to
+    /// see the module's own return code (libpam folds PAM_IGNORE into the
+    /// stack's result).
+    pub fn call_hook(&mut self, module: &Path, hook: &str, args: &[&str]) -> c_int {
+        type Hook = unsafe extern "C" fn(*mut c_void, c_int, c_int, *const *const c_char) -> c_int;
+        let path = CString::new(module.as_os_str().as_encoded_bytes()).unwrap();
+        let name = CString::new(hook).unwrap();
+        let args: Vec<CString> = args.iter().map(|a| CString::new(*a).unwrap()).collect();
+        let argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        // SAFETY: the module exports hooks with the PAM signature; the library
+        // stays loaded (no dlclose) because libpam may hold data it owns.
+        unsafe {
+            let lib = libc::dlopen(path.as_ptr(), libc::RTLD_NOW);
+            assert!(!lib.is_null(), "dlopen {}", module.display());
+            let sym = libc::dlsym(lib, name.as_ptr());
+            assert!(!sym.is_null(), "no symbol {hook}");
+            let hook: Hook = std::mem::transmute::<*mut c_void, Hook>(sym);
+            hook(self.handle, 0, argv.len() as c_int, argv.as_ptr())
+        }
+    }
 }
 
 impl Drop for PamSession {
