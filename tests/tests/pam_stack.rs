@@ -25,8 +25,12 @@ impl Stack {
         let state_dir = conf.dir.join("state");
         let policy = conf.dir.join("sshidle.conf");
         let service = unique_name("svc");
-        let args = args.replace("STATE", &state_dir.display().to_string()).replace("POLICY", &policy.display().to_string());
-        conf.service(&service, &format!("session {control} {} {args}\nsession required pam_permit.so\n", module_path().display()));
+        let args =
+            args.replace("STATE", &state_dir.display().to_string()).replace("POLICY", &policy.display().to_string());
+        conf.service(
+            &service,
+            &format!("session {control} {} {args}\nsession required pam_permit.so\n", module_path().display()),
+        );
         Stack { conf, service, state_dir, policy, args }
     }
 
@@ -53,7 +57,11 @@ fn open_records_and_close_removes() {
     let group = TestGroup::create("spg");
     let user = TestUser::create("spu", &[&group.name]);
     let stack = Stack::new("pam-cycle", "required", "conf=POLICY state=STATE");
-    std::fs::write(&stack.policy, format!("user nobody idle=1m\ngroup {} idle=10m warn=1m hard=8h\n* idle=15m\n", group.name)).unwrap();
+    std::fs::write(
+        &stack.policy,
+        format!("user nobody idle=1m\ngroup {} idle=10m warn=1m hard=8h\n* idle=15m\n", group.name),
+    )
+    .unwrap();
     let mut pam = stack.start(&user.name);
     assert_eq!(pam.open_session(), PAM_SUCCESS);
     let sessions = stack.sessions();
@@ -112,7 +120,8 @@ fn problems_are_logged_to_authpriv_and_logins_go_on() {
     std::fs::write(&stack.policy, "* idle=5m\n").unwrap();
     let mut pam = stack.start("root");
     assert_eq!(pam.open_session(), PAM_SUCCESS);
-    let msg = syslog.wait_for("unknown argument 'frob=1' ignored", Duration::from_secs(5)).expect("unknown argument logged");
+    let msg =
+        syslog.wait_for("unknown argument 'frob=1' ignored", Duration::from_secs(5)).expect("unknown argument logged");
     assert_eq!(facility(&msg), Some(LOG_AUTHPRIV), "{msg}");
     assert!(msg.contains("pam_sshidle"), "{msg}");
     syslog.wait_for("unknown argument 'bogus' ignored", Duration::from_secs(5)).expect("bogus logged");
