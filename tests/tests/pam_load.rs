@@ -26,7 +26,12 @@ fn setup(tag: &str) -> Setup {
     let service = unique_name("load");
     conf.service(
         &service,
-        &format!("session required {} conf={} state={}\n", module_path().display(), policy.display(), state_dir.display()),
+        &format!(
+            "session required {} conf={} state={}\n",
+            module_path().display(),
+            policy.display(),
+            state_dir.display()
+        ),
     );
     Setup { conf, service, state_dir }
 }
@@ -116,7 +121,10 @@ fn writers_killed_mid_update_leave_a_readable_file() {
         assert_eq!(snapshot.bad_lines, 0, "round {round}");
         let text = std::fs::read(state.file_path()).unwrap();
         assert!(text.is_empty() || text.ends_with(b"\n"));
-        assert!(std::fs::read_dir(&s.state_dir).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains("corrupt")));
+        assert!(std::fs::read_dir(&s.state_dir)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().contains("corrupt")));
     }
     // Killed sessions left records; their processes are gone, so a
     // compaction that checks liveness drops them all.
