@@ -1,0 +1,132 @@
+//! `sshidlectl check`, `explain` and `status` against policy and state files
+//! of the test's own, plus exit codes for bad usage.
+
+use sshidle_tests::*;
+use std::process::{Command, Output};
+
+fn ctl(dir: &TempDir, args: &[&str]) -> Output {
+    Command::new(sshidlectl_path())
+        .arg("--config")
+        .arg(dir.join("sshidle.conf"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(args)
+        .output()
+        .expect("sshidlectl")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_accepts_a_good_policy() {
+    let dir = TempDir::new("cli-good");
+    std::fs::write(
+        dir.join("sshidle.conf"),
+        "user backup idle=off\ngroup admins idle=2h warn=5m\n* idle=15m warn=1m\n",
+    )
+    .unwrap();
+    let out = ctl(&dir, &["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(text(&out.stdout).contains("3 rules, no errors"), "{}", describe(&out));
+}
+
+#[test]
+fn check_reports_every_bad_line_as_file_line_message() {
+    let dir = TempDir::new("cli-bad");
+    let path = dir.join("sshidle.conf");
+    std::fs::write(&path, "# ok\nuser alice idle=10q\n* idle=15m\ngroup\n").unwrap();
+    let out = ctl(&dir, &["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("{}:2: idle: invalid duration '10q': units are s, m, h, d, w", path.display()),
+            format!("{}:4: 'group' needs a name", path.display()),
+        ]
+    );
+}
+
+#[test]
+fn check_of_a_missing_file_fails() {
+    let dir = TempDir::new("cli-missing");
+    let out = ctl(&dir, &["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("No such file"), "{}", describe(&out));
+}
+
+#[test]
+fn explain_names_the_rule_and_limits() {
+    let dir = TempDir::new("cli-explain");
+    let path = dir.join("sshidle.conf");
+    std::fs::write(&path, "user nobody idle=1m\ngroup root idle=2h warn=5m hard=1d\n* idle=15m\n").unwrap();
+    let out = ctl(&dir, &["explain", "root"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(&format!("rule:   {}:2: group root", path.display())), "{stdout}");
+    assert!(stdout.contains("limits: idle=2h warn=5m hard=1d"), "{stdout}");
+    let out = ctl(&dir, &["explain", "no-such-user-sshidle"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no such user"));
+}
+
+#[test]
+fn explain_without_a_matching_rule_says_no_limit() {
+    let dir = TempDir::new("cli-nomatch");
+    std::fs::write(dir.join("sshidle.conf"), "user nobody idle=1m\n").unwrap();
+    let out = ctl(&dir, &["explain", "root"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("none matches; no limit") && stdout.contains("idle=off"), "{stdout}");
+}
+
+#[test]
+fn status_of_an_empty_state() {
+    let dir = TempDir::new("cli-status");
+    let out = ctl(&dir, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), serde_json::json!([]));
+    let out = ctl(&dir, &["status"]);
+    assert!(text(&out.stdout).starts_with("ID  USER"), "{}", describe(&out));
+    // Reading never creates the state directory.
+    assert!(!dir.join("state").exists());
+}
+
+#[test]
+fn status_lists_live_sessions_and_hides_dead_ones() {
+    let dir = TempDir::new("cli-live");
+    let state = sshidle::StateDir::open(&dir.join("state"), true).unwrap();
+    let me = sshidle::SessionKey::current_process().unwrap();
+    let record = |key, user: &str| sshidle::SessionRecord {
+        key,
+        uid: 0,
+        user: user.into(),
+        rhost: "192.0.2.4".into(),
+        service: "sshd".into(),
+        login_time: sshidle::now_unix() - 30,
+        limits: sshidle::Limits { idle: Some(600), warn: Some(60), hard: None },
+        rule: "x:1: *".into(),
+        warned_at: None,
+    };
+    state.record_open(&record(me, "alive")).unwrap();
+    state.record_open(&record(sshidle::SessionKey { pid: me.pid, start: me.start + 1 }, "reused-pid")).unwrap();
+    let out = ctl(&dir, &["status", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let users: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["user"].as_str().unwrap()).collect();
+    assert_eq!(users, vec!["alive"], "{rows:#}");
+    assert_eq!(rows[0]["id"], me.pid.to_string());
+    assert_eq!(rows[0]["from"], "192.0.2.4");
+    assert!(rows[0]["time_left_secs"].as_i64().unwrap() <= 600);
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let dir = TempDir::new("cli-usage");
+    for args in [&["frobnicate"][..], &["status", "--format", "xml"], &["explain"], &[]] {
+        let out = ctl(&dir, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+    }
+}
