@@ -1,21 +1,1288 @@
 //! `sshidlectl install` / `uninstall` (issue 5).
+//!
+//! `install` puts in place, in this order: the PAM module (atomically, in the
+//! directory where `pam_unix.so` lives), `sshidlectl` itself in
+//! `/usr/local/sbin` (so the service never runs a binary out of a build tree),
+//! the man pages and shell completions under `/usr/local/share`, a commented
+//! default policy when none exists, the `session optional pam_sshidle.so` line
+//! in `/etc/pam.d/sshd` (after the existing session lines, with a backup), and
+//! the enforcer service: a systemd unit where systemd runs, an `/etc/init.d`
+//! script (registered with `update-rc.d` when present) elsewhere.
+//!
+//! Everything it adds is written to a manifest, `/var/lib/sshidle/installed`,
+//! as it goes, so that `uninstall` takes away exactly that, in reverse order,
+//! even after an install that stopped half way: files it created are removed,
+//! files it replaced are restored from their backup, the PAM line is removed
+//! so that `/etc/pam.d/sshd` is byte for byte what it was, and a policy file
+//! the admin edited since is kept. Running `install` twice changes nothing the
+//! second time.
 
-use crate::{Cli, EXIT_PROBLEM};
-use clap::Args;
+use crate::{Cli, EXIT_OK, EXIT_PROBLEM};
+use clap::{Args, CommandFactory};
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 #[derive(Args, Debug)]
 pub struct InstallArgs {
-    /// Say what would be done; change nothing
+    /// Print each action that would be taken; change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// The PAM module to install (install only) [default: pam_sshidle.so or
+    /// libpam_sshidle.so next to the sshidlectl binary]
+    #[arg(long, value_name = "PATH")]
+    pub module: Option<PathBuf>,
+    /// Only add (install) or remove (uninstall) the PAM line in the sshd PAM
+    /// file; this is what the Debian package's maintainer scripts run
+    #[arg(long)]
+    pub pam_only: bool,
+    /// PAM file of the sshd service
+    #[arg(long, value_name = "PATH", default_value = "/etc/pam.d/sshd", hide = true)]
+    pub pam_file: PathBuf,
 }
 
-pub fn install(_cli: &Cli, _args: &InstallArgs) -> u8 {
-    eprintln!("sshidlectl: install is not implemented yet");
-    EXIT_PROBLEM
+pub const MANIFEST_DIR: &str = "/var/lib/sshidle";
+const SERVICE_NAME: &str = "sshidle";
+const DEFAULT_POLICY: &str = include_str!("../../packaging/sshidle.conf");
+const SYSTEMD_UNIT: &str = include_str!("../../packaging/sshidle.service");
+const INIT_SCRIPT: &str = include_str!("../../packaging/sshidle.init");
+const MAN_PAGES: [(&str, &str); 3] = [
+    ("man8/pam_sshidle.8", include_str!("../../man/pam_sshidle.8")),
+    ("man5/sshidle.conf.5", include_str!("../../man/sshidle.conf.5")),
+    ("man8/sshidlectl.8", include_str!("../../man/sshidlectl.8")),
+];
+/// The comment written above the PAM line; it marks the line as ours.
+pub const PAM_MARKER: &str = "# sshidle: record SSH sessions for their idle limits (added by sshidlectl install)";
+
+/// How the enforcer is run as a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    Systemd,
+    SysV,
+    /// Install no service (unit tests).
+    None,
 }
 
-pub fn uninstall(_cli: &Cli, _args: &InstallArgs) -> u8 {
-    eprintln!("sshidlectl: uninstall is not implemented yet");
-    EXIT_PROBLEM
+/// Every path install touches. `Layout::system` is the real machine; tests
+/// build one under a temporary directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub pam_module_dir: PathBuf,
+    pub pam_file: PathBuf,
+    pub policy: PathBuf,
+    pub state_dir: PathBuf,
+    /// Where sshidlectl is copied (unless it already runs from a system bin dir).
+    pub sbin_dir: PathBuf,
+    pub man_dir: PathBuf,
+    /// `$prefix/share`, for the completion scripts.
+    pub share_dir: PathBuf,
+    pub var_dir: PathBuf,
+    pub init_dir: PathBuf,
+    pub systemd_dir: PathBuf,
+    pub service: ServiceKind,
+    /// The running sshidlectl.
+    pub self_exe: PathBuf,
+    /// Global options to repeat in the PAM line and the service command.
+    pub conf_arg: Option<PathBuf>,
+    pub state_arg: Option<PathBuf>,
+}
+
+impl Layout {
+    pub fn system(cli: &Cli, args: &InstallArgs) -> Result<Layout, String> {
+        let pam_module_dir = find_pam_module_dir().ok_or_else(|| {
+            "cannot find the PAM module directory (no pam_unix.so in /lib/<triplet>/security, \
+             /usr/lib64/security, /lib/security ...)"
+                .to_string()
+        })?;
+        let self_exe = std::env::current_exe().map_err(|e| format!("cannot find the sshidlectl binary: {e}"))?;
+        let service = if Path::new("/run/systemd/system").is_dir() { ServiceKind::Systemd } else { ServiceKind::SysV };
+        Ok(Layout {
+            pam_module_dir,
+            pam_file: args.pam_file.clone(),
+            policy: cli.config.clone(),
+            state_dir: cli.state_dir.clone(),
+            sbin_dir: "/usr/local/sbin".into(),
+            man_dir: "/usr/local/share/man".into(),
+            share_dir: "/usr/local/share".into(),
+            var_dir: MANIFEST_DIR.into(),
+            init_dir: "/etc/init.d".into(),
+            systemd_dir: "/etc/systemd/system".into(),
+            service,
+            self_exe,
+            conf_arg: (cli.config != Path::new(sshidle::DEFAULT_POLICY_PATH)).then(|| cli.config.clone()),
+            state_arg: (cli.state_dir != Path::new(sshidle::DEFAULT_STATE_DIR)).then(|| cli.state_dir.clone()),
+        })
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.var_dir.join("installed")
+    }
+
+    fn backup_path(&self, path: &Path) -> PathBuf {
+        self.var_dir.join("backup").join(path.strip_prefix("/").unwrap_or(path))
+    }
+
+    /// The sshidlectl the service runs: the running one when it already lives
+    /// in a system directory (Debian package), else the copy in sbin_dir.
+    fn daemon_path(&self) -> PathBuf {
+        let parent = self.self_exe.parent().unwrap_or(Path::new(""));
+        let system_dirs = [Path::new("/usr/sbin"), Path::new("/usr/bin"), Path::new("/sbin"), Path::new("/bin")];
+        if system_dirs.contains(&parent) || parent == self.sbin_dir {
+            self.self_exe.clone()
+        } else {
+            self.sbin_dir.join("sshidlectl")
+        }
+    }
+
+    fn module_path(&self) -> PathBuf {
+        self.pam_module_dir.join("pam_sshidle.so")
+    }
+
+    /// `session    optional     pam_sshidle.so [conf=..] [state=..]`
+    pub fn pam_line(&self) -> String {
+        let mut line = "session    optional     pam_sshidle.so".to_string();
+        if let Some(conf) = &self.conf_arg {
+            line.push_str(&format!(" conf={}", conf.display()));
+        }
+        if let Some(state) = &self.state_arg {
+            line.push_str(&format!(" state={}", state.display()));
+        }
+        line
+    }
+
+    fn daemon_command(&self) -> String {
+        let mut cmd = self.daemon_path().display().to_string();
+        if let Some(conf) = &self.conf_arg {
+            cmd.push_str(&format!(" --config {}", conf.display()));
+        }
+        if let Some(state) = &self.state_arg {
+            cmd.push_str(&format!(" --state-dir {}", state.display()));
+        }
+        cmd.push_str(" enforce");
+        cmd
+    }
+
+    fn completion_files(&self) -> [(clap_complete::Shell, PathBuf); 3] {
+        use clap_complete::Shell;
+        [
+            (Shell::Bash, self.share_dir.join("bash-completion/completions/sshidlectl")),
+            (Shell::Zsh, self.share_dir.join("zsh/site-functions/_sshidlectl")),
+            (Shell::Fish, self.share_dir.join("fish/vendor_completions.d/sshidlectl.fish")),
+        ]
+    }
+}
+
+/// Debian multiarch `/lib/<triplet>/security`, RHEL `/usr/lib64/security`, ...:
+/// the first of the usual directories that holds `pam_unix.so`.
+pub fn find_pam_module_dir() -> Option<PathBuf> {
+    let triplet = multiarch_triplet();
+    let mut candidates: Vec<PathBuf> =
+        vec![format!("/lib/{triplet}/security").into(), format!("/usr/lib/{triplet}/security").into()];
+    for base in ["/lib", "/usr/lib"] {
+        if let Ok(entries) = fs::read_dir(base) {
+            let mut more: Vec<PathBuf> = entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().contains("-linux-"))
+                .map(|e| e.path().join("security"))
+                .collect();
+            more.sort();
+            candidates.extend(more);
+        }
+    }
+    for dir in ["/usr/lib64/security", "/lib64/security", "/usr/lib/security", "/lib/security"] {
+        candidates.push(dir.into());
+    }
+    candidates.into_iter().find(|dir| dir.join("pam_unix.so").exists())
+}
+
+fn multiarch_triplet() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "x86_64-linux-gnu",
+        "aarch64" => "aarch64-linux-gnu",
+        "x86" => "i386-linux-gnu",
+        "arm" => "arm-linux-gnueabihf",
+        "powerpc64" => "powerpc64le-linux-gnu",
+        "riscv64" => "riscv64-linux-gnu",
+        "s390x" => "s390x-linux-gnu",
+        _ => "unknown-linux-gnu",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The manifest: what install added, one entry a line, in install order.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A directory install created; removed when empty.
+    Dir(PathBuf),
+    /// A file install created; removed.
+    File(PathBuf),
+    /// A file that existed and was different; restored from the backup.
+    Replaced(PathBuf, PathBuf),
+    /// The default policy, with the hash of what was written: removed only
+    /// when unchanged.
+    Policy(PathBuf, u64),
+    /// Our block in a PAM file, and the backup of the file before.
+    PamLine(PathBuf, PathBuf),
+    /// The state directory did not exist: removed (it is runtime state).
+    StateDir(PathBuf),
+    /// A service that install enabled and started.
+    Service(ServiceKind, String),
+}
+
+impl Entry {
+    fn path(&self) -> Option<&Path> {
+        match self {
+            Entry::Dir(p) | Entry::File(p) | Entry::Replaced(p, _) | Entry::Policy(p, _) => Some(p),
+            Entry::PamLine(p, _) | Entry::StateDir(p) => Some(p),
+            Entry::Service(..) => None,
+        }
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Entry::Dir(p) => write!(f, "dir\t{}", p.display()),
+            Entry::File(p) => write!(f, "file\t{}", p.display()),
+            Entry::Replaced(p, b) => write!(f, "replaced\t{}\t{}", p.display(), b.display()),
+            Entry::Policy(p, h) => write!(f, "policy\t{}\t{h:016x}", p.display()),
+            Entry::PamLine(p, b) => write!(f, "pam-line\t{}\t{}", p.display(), b.display()),
+            Entry::StateDir(p) => write!(f, "state-dir\t{}", p.display()),
+            Entry::Service(ServiceKind::Systemd, n) => write!(f, "service\tsystemd\t{n}"),
+            Entry::Service(ServiceKind::SysV, n) => write!(f, "service\tsysv\t{n}"),
+            Entry::Service(ServiceKind::None, n) => write!(f, "service\tnone\t{n}"),
+        }
+    }
+}
+
+impl Entry {
+    fn parse(line: &str) -> Option<Entry> {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let p = |i: usize| fields.get(i).map(PathBuf::from);
+        Some(match *fields.first()? {
+            "dir" => Entry::Dir(p(1)?),
+            "file" => Entry::File(p(1)?),
+            "replaced" => Entry::Replaced(p(1)?, p(2)?),
+            "policy" => Entry::Policy(p(1)?, u64::from_str_radix(fields.get(2)?, 16).ok()?),
+            "pam-line" => Entry::PamLine(p(1)?, p(2)?),
+            "state-dir" => Entry::StateDir(p(1)?),
+            "service" => {
+                let kind = match *fields.get(1)? {
+                    "systemd" => ServiceKind::Systemd,
+                    "sysv" => ServiceKind::SysV,
+                    _ => ServiceKind::None,
+                };
+                Entry::Service(kind, fields.get(2)?.to_string())
+            }
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub entries: Vec<Entry>,
+}
+
+impl Manifest {
+    pub fn parse(text: &str) -> Manifest {
+        Manifest { entries: text.lines().filter(|l| !l.starts_with('#')).filter_map(Entry::parse).collect() }
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::from(
+            "# What `sshidlectl install` added to this system, in order; `sshidlectl uninstall`\n\
+             # takes it away in reverse order. Do not edit.\n",
+        );
+        for entry in &self.entries {
+            text.push_str(&format!("{entry}\n"));
+        }
+        text
+    }
+
+    fn records_path(&self, path: &Path) -> bool {
+        self.entries.iter().any(|e| !matches!(e, Entry::Dir(_)) && e.path() == Some(path))
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+// ---------------------------------------------------------------------------
+// The PAM file edit: pure functions on the text.
+
+fn is_session_line(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.first() {
+        Some(&"session") | Some(&"-session") => true,
+        Some(&"@include") => words.get(1).is_some_and(|w| w.contains("session")),
+        _ => false,
+    }
+}
+
+/// The module of a (non-comment) session line, skipping a `[...]` control.
+fn session_module(line: &str) -> Option<&str> {
+    let content = line.split('#').next().unwrap_or("");
+    let mut words = content.split_whitespace();
+    let kind = words.next()?;
+    if kind != "session" && kind != "-session" {
+        return None;
+    }
+    let control = words.next()?;
+    if control.starts_with('[') && !control.contains(']') {
+        words.by_ref().find(|w| w.contains(']'))?;
+    }
+    words.next()
+}
+
+/// Whether the PAM file already loads pam_sshidle.so in its session stack.
+pub fn pam_has_module(text: &str) -> bool {
+    text.lines().filter_map(session_module).any(|m| m.rsplit('/').next() == Some("pam_sshidle.so"))
+}
+
+/// Adds our marked block after the last session line (at the end when there is
+/// none). `None` when the file already loads the module.
+pub fn pam_add(text: &str, pam_line: &str) -> Option<String> {
+    if pam_has_module(text) {
+        return None;
+    }
+    let block = format!("{PAM_MARKER}\n{pam_line}\n");
+    // Byte offsets of the end of each line (after its newline, if any).
+    let mut insert_at = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        offset += line.len();
+        if is_session_line(line) {
+            insert_at = Some(offset);
+        }
+    }
+    let at = insert_at.unwrap_or(text.len());
+    let mut out = String::with_capacity(text.len() + block.len() + 1);
+    out.push_str(&text[..at]);
+    if at == text.len() && !text.is_empty() && !text.ends_with('\n') {
+        // The last line has no newline: ours go on lines of their own, and
+        // the file still ends without one, so that removal restores it exactly.
+        out.push('\n');
+        out.push_str(block.trim_end_matches('\n'));
+    } else {
+        out.push_str(&block);
+    }
+    out.push_str(&text[at..]);
+    Some(out)
+}
+
+/// Removes the block `pam_add` wrote. `None` when it is not there.
+pub fn pam_remove(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut offset = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim_end_matches('\n') == PAM_MARKER {
+            if let Some(next) = lines.get(i + 1) {
+                if session_module(next).is_some_and(|m| m.rsplit('/').next() == Some("pam_sshidle.so")) {
+                    let end = offset + line.len() + next.len();
+                    let mut out = String::with_capacity(text.len());
+                    if !next.ends_with('\n') && offset > 0 {
+                        // Added at the end of a file without a final newline.
+                        out.push_str(&text[..offset - 1]);
+                    } else {
+                        out.push_str(&text[..offset]);
+                    }
+                    out.push_str(&text[end..]);
+                    return Some(out);
+                }
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// File helpers.
+
+/// Writes `path` atomically: a temporary file in the same directory, fsync,
+/// mode and owner, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.sshidle-{}", std::process::id()));
+    let result = (|| {
+        let _ = fs::remove_file(&tmp);
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The run of one install or uninstall: prints each action, and records it
+/// in the manifest unless it is a dry run.
+struct Run<'a> {
+    layout: &'a Layout,
+    dry_run: bool,
+    manifest: Manifest,
+    /// Something the service runs changed: restart it.
+    service_inputs_changed: bool,
+    problems: usize,
+    /// Directories a dry run would have created.
+    planned_dirs: Vec<PathBuf>,
+}
+
+impl Run<'_> {
+    fn say(&self, what: &str) {
+        if self.dry_run {
+            println!("would {what}");
+        } else {
+            println!("{what}");
+        }
+    }
+
+    fn fail(&mut self, what: &str) {
+        eprintln!("sshidlectl: {what}");
+        self.problems += 1;
+    }
+
+    fn record(&mut self, entry: Entry) -> std::io::Result<()> {
+        if self.dry_run || self.manifest.entries.contains(&entry) {
+            return Ok(());
+        }
+        self.manifest.entries.push(entry);
+        self.save_manifest()
+    }
+
+    fn save_manifest(&self) -> std::io::Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let path = self.layout.manifest_path();
+        if self.manifest.entries.is_empty() {
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        fs::create_dir_all(&self.layout.var_dir)?;
+        write_atomic(&path, self.manifest.render().as_bytes(), 0o600, None)
+    }
+
+    /// Creates `dir` and its missing parents, recording each one created.
+    fn ensure_dir(&mut self, dir: &Path) -> std::io::Result<()> {
+        let mut missing: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists() && !self.planned_dirs.iter().any(|p| p == d))
+            .collect();
+        missing.reverse();
+        for d in missing {
+            if self.dry_run {
+                self.planned_dirs.push(d.to_path_buf());
+            } else {
+                fs::create_dir(d)?;
+                fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+            }
+            self.say(&format!("create directory {}", d.display()));
+            self.record(Entry::Dir(d.to_path_buf()))?;
+        }
+        Ok(())
+    }
+
+    /// Puts `bytes` at `path` (atomically), backing up a different file that
+    /// was there before install. Returns whether anything changed.
+    fn put_file(&mut self, path: &Path, bytes: &[u8], mode: u32, what: &str) -> std::io::Result<bool> {
+        let current = match fs::read(path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let same_mode = fs::metadata(path).map(|m| m.mode() & 0o7777 == mode).unwrap_or(false);
+        if current.as_deref() == Some(bytes) && same_mode {
+            println!("unchanged: {what} {}", path.display());
+            return Ok(false);
+        }
+        if let Some(parent) = path.parent() {
+            self.ensure_dir(parent)?;
+        }
+        let ours = self.manifest.records_path(path);
+        match (&current, ours) {
+            (None, _) => {
+                self.say(&format!("install {what} {}", path.display()));
+                if !self.dry_run {
+                    write_atomic(path, bytes, mode, None)?;
+                }
+                if !ours {
+                    self.record(Entry::File(path.to_path_buf()))?;
+                }
+            }
+            (Some(_), true) => {
+                self.say(&format!("update {what} {}", path.display()));
+                if !self.dry_run {
+                    write_atomic(path, bytes, mode, None)?;
+                }
+            }
+            (Some(old), false) => {
+                let backup = self.layout.backup_path(path);
+                self.say(&format!("replace {what} {} (the old one is kept in {})", path.display(), backup.display()));
+                if !self.dry_run {
+                    let old_mode = fs::metadata(path)?.mode() & 0o7777;
+                    fs::create_dir_all(backup.parent().unwrap_or(Path::new("/")))?;
+                    write_atomic(&backup, old, old_mode, None)?;
+                    write_atomic(path, bytes, mode, None)?;
+                }
+                self.record(Entry::Replaced(path.to_path_buf(), backup))?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{}: {e}", path.display())
+}
+
+fn command_exists(name: &str) -> bool {
+    std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file())).unwrap_or(false)
+        || ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(name).is_file())
+}
+
+fn run_command(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    Err(format!("{program} {}: {}: {}{}", args.join(" "), output.status, stderr.trim(), stdout.trim()))
+}
+
+fn find_module(args: &InstallArgs, layout: &Layout) -> Result<PathBuf, String> {
+    if let Some(module) = &args.module {
+        return Ok(module.clone());
+    }
+    let dir = layout.self_exe.parent().unwrap_or(Path::new("."));
+    for name in ["pam_sshidle.so", "libpam_sshidle.so"] {
+        if dir.join(name).is_file() {
+            return Ok(dir.join(name));
+        }
+    }
+    // Already installed (Debian package, or an earlier install).
+    if layout.module_path().is_file() {
+        return Ok(layout.module_path());
+    }
+    Err(format!(
+        "no pam_sshidle.so or libpam_sshidle.so next to {}; build it (make release) or give --module PATH",
+        layout.self_exe.display()
+    ))
+}
+
+fn load_manifest(layout: &Layout) -> Result<Manifest, String> {
+    match fs::read_to_string(layout.manifest_path()) {
+        Ok(text) => Ok(Manifest::parse(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
+        Err(e) => Err(format!("{}: {e}", layout.manifest_path().display())),
+    }
+}
+
+pub fn install(cli: &Cli, args: &InstallArgs) -> u8 {
+    match Layout::system(cli, args) {
+        Ok(layout) => install_with(&layout, args),
+        Err(e) => {
+            eprintln!("sshidlectl: {e}");
+            EXIT_PROBLEM
+        }
+    }
+}
+
+pub fn uninstall(cli: &Cli, args: &InstallArgs) -> u8 {
+    match Layout::system(cli, args) {
+        Ok(layout) => uninstall_with(&layout, args),
+        Err(e) => {
+            eprintln!("sshidlectl: {e}");
+            EXIT_PROBLEM
+        }
+    }
+}
+
+pub fn install_with(layout: &Layout, args: &InstallArgs) -> u8 {
+    if !args.dry_run && !args.pam_only && unsafe { libc::geteuid() } != 0 && layout.service != ServiceKind::None {
+        eprintln!("sshidlectl: install must run as root (try --dry-run to see what it would do)");
+        return EXIT_PROBLEM;
+    }
+    let manifest = match load_manifest(layout) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("sshidlectl: {e}");
+            return EXIT_PROBLEM;
+        }
+    };
+    let mut run = Run {
+        layout,
+        dry_run: args.dry_run,
+        manifest,
+        service_inputs_changed: false,
+        problems: 0,
+        planned_dirs: Vec::new(),
+    };
+    if args.dry_run {
+        println!("dry run: nothing is changed");
+    }
+    let result = if args.pam_only { install_pam_line(&mut run) } else { install_steps(&mut run, args) };
+    if let Err(e) = result {
+        run.fail(&e);
+    }
+    if run.problems > 0 {
+        if !args.dry_run {
+            eprintln!("sshidlectl: install is incomplete; `sshidlectl uninstall` takes away what it did add");
+        }
+        return EXIT_PROBLEM;
+    }
+    EXIT_OK
+}
+
+fn install_steps(run: &mut Run, args: &InstallArgs) -> Result<(), String> {
+    let layout = run.layout;
+    let io = io_err;
+
+    // 1. The module, before any PAM line names it.
+    let source = find_module(args, layout)?;
+    let module = fs::read(&source).map_err(io(&source))?;
+    if !module.starts_with(b"\x7fELF") {
+        return Err(format!("{}: not a shared object", source.display()));
+    }
+    let target = layout.module_path();
+    if source != target {
+        run.put_file(&target, &module, 0o644, "PAM module").map_err(io(&target))?;
+    }
+
+    // 2. sshidlectl itself, where the service can rely on it.
+    let daemon = layout.daemon_path();
+    if daemon != layout.self_exe {
+        let exe = fs::read(&layout.self_exe).map_err(io(&layout.self_exe))?;
+        if run.put_file(&daemon, &exe, 0o755, "controller").map_err(io(&daemon))? {
+            run.service_inputs_changed = true;
+        }
+    }
+
+    // 3. Man pages and completions.
+    for (name, text) in MAN_PAGES {
+        let path = layout.man_dir.join(name);
+        run.put_file(&path, text.as_bytes(), 0o644, "man page").map_err(io(&path))?;
+    }
+    for (shell, path) in layout.completion_files() {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "sshidlectl", &mut script);
+        run.put_file(&path, &script, 0o644, &format!("{shell} completion")).map_err(io(&path))?;
+    }
+
+    // 4. A default policy, only when there is none.
+    if layout.policy.exists() {
+        println!("unchanged: policy {} (an existing policy is never overwritten)", layout.policy.display());
+    } else {
+        if let Some(parent) = layout.policy.parent() {
+            run.ensure_dir(parent).map_err(io(parent))?;
+        }
+        run.say(&format!("install default policy {}", layout.policy.display()));
+        if !run.dry_run {
+            write_atomic(&layout.policy, DEFAULT_POLICY.as_bytes(), 0o644, None).map_err(io(&layout.policy))?;
+        }
+        run.record(Entry::Policy(layout.policy.clone(), fnv1a(DEFAULT_POLICY.as_bytes())))
+            .map_err(io(&layout.manifest_path()))?;
+    }
+
+    // 5. The state directory is made by the first login; if there is none
+    // yet, uninstall clears it away again.
+    if !layout.state_dir.exists() {
+        run.record(Entry::StateDir(layout.state_dir.clone())).map_err(io(&layout.manifest_path()))?;
+    }
+
+    // 6. The PAM line.
+    install_pam_line(run)?;
+
+    // 7. The service.
+    install_service(run)
+}
+
+fn install_pam_line(run: &mut Run) -> Result<(), String> {
+    let layout = run.layout;
+    let pam_file = &layout.pam_file;
+    let real = fs::canonicalize(pam_file).map_err(|e| format!("{}: {e}", pam_file.display()))?;
+    let bytes = fs::read(&real).map_err(|e| format!("{}: {e}", real.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text; not edited", real.display()))?;
+    let line = layout.pam_line();
+    let Some(new_text) = pam_add(&text, &line) else {
+        println!("unchanged: {} already loads pam_sshidle.so", pam_file.display());
+        return Ok(());
+    };
+    let backup = layout.backup_path(pam_file);
+    run.say(&format!(
+        "add to {}: {line} (after the session lines; backup in {})",
+        pam_file.display(),
+        backup.display()
+    ));
+    if !run.dry_run {
+        let meta = fs::metadata(&real).map_err(|e| format!("{}: {e}", real.display()))?;
+        let io = |e: std::io::Error| format!("{}: {e}", backup.display());
+        fs::create_dir_all(backup.parent().unwrap_or(Path::new("/"))).map_err(io)?;
+        write_atomic(&backup, text.as_bytes(), meta.mode() & 0o7777, None).map_err(io)?;
+        write_atomic(&real, new_text.as_bytes(), meta.mode() & 0o7777, Some((meta.uid(), meta.gid())))
+            .map_err(|e| format!("{}: {e}", real.display()))?;
+    }
+    run.record(Entry::PamLine(pam_file.clone(), backup)).map_err(|e| format!("manifest: {e}"))
+}
+
+fn install_service(run: &mut Run) -> Result<(), String> {
+    let layout = run.layout;
+    let command = layout.daemon_command();
+    match layout.service {
+        ServiceKind::None => Ok(()),
+        ServiceKind::Systemd => {
+            let unit_path = layout.systemd_dir.join(format!("{SERVICE_NAME}.service"));
+            let unit = SYSTEMD_UNIT.replace("ExecStart=/usr/sbin/sshidlectl enforce", &format!("ExecStart={command}"));
+            let changed = run
+                .put_file(&unit_path, unit.as_bytes(), 0o644, "systemd unit")
+                .map_err(|e| format!("{}: {e}", unit_path.display()))?;
+            let verb = if changed || run.service_inputs_changed { "restart" } else { "start" };
+            run.say(&format!(
+                "run: systemctl daemon-reload; systemctl enable {SERVICE_NAME}; systemctl {verb} {SERVICE_NAME}"
+            ));
+            if !run.dry_run {
+                run_command("systemctl", &["daemon-reload"])?;
+                run.record(Entry::Service(ServiceKind::Systemd, SERVICE_NAME.into()))
+                    .map_err(|e| format!("manifest: {e}"))?;
+                run_command("systemctl", &["enable", "--quiet", SERVICE_NAME])?;
+                run_command("systemctl", &[verb, SERVICE_NAME])?;
+            }
+            Ok(())
+        }
+        ServiceKind::SysV => {
+            let script_path = layout.init_dir.join(SERVICE_NAME);
+            let script = INIT_SCRIPT
+                .replace("DAEMON=/usr/sbin/sshidlectl\n", &format!("DAEMON={}\n", layout.daemon_path().display()))
+                .replace(
+                    "-- enforce\n",
+                    &format!("-- {}\n", command.split_once(' ').map(|(_, rest)| rest).unwrap_or("enforce")),
+                )
+                .replace(
+                    "\"$DAEMON\" enforce </dev/null",
+                    &format!(
+                        "\"$DAEMON\" {} </dev/null",
+                        command.split_once(' ').map(|(_, rest)| rest).unwrap_or("enforce")
+                    ),
+                );
+            let changed = run
+                .put_file(&script_path, script.as_bytes(), 0o755, "init script")
+                .map_err(|e| format!("{}: {e}", script_path.display()))?;
+            let script_str = script_path.display().to_string();
+            if command_exists("update-rc.d") {
+                run.say(&format!("run: update-rc.d {SERVICE_NAME} defaults (start at boot)"));
+            } else {
+                println!("note: no update-rc.d; {script_str} is not started at boot by itself");
+            }
+            let verb = if changed || run.service_inputs_changed { "restart" } else { "start" };
+            run.say(&format!("run: {script_str} {verb}"));
+            if !run.dry_run {
+                run.record(Entry::Service(ServiceKind::SysV, SERVICE_NAME.into()))
+                    .map_err(|e| format!("manifest: {e}"))?;
+                if command_exists("update-rc.d") {
+                    run_command("update-rc.d", &[SERVICE_NAME, "defaults"])?;
+                }
+                run_command(&script_str, &[verb])?;
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn uninstall_with(layout: &Layout, args: &InstallArgs) -> u8 {
+    let manifest = match load_manifest(layout) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("sshidlectl: {e}");
+            return EXIT_PROBLEM;
+        }
+    };
+    if args.dry_run {
+        println!("dry run: nothing is changed");
+    }
+    let mut run = Run {
+        layout,
+        dry_run: args.dry_run,
+        manifest,
+        service_inputs_changed: false,
+        problems: 0,
+        planned_dirs: Vec::new(),
+    };
+    let had_pam_entry = run.manifest.entries.iter().any(|e| matches!(e, Entry::PamLine(..)));
+    if run.manifest.entries.is_empty() && !args.pam_only {
+        println!("nothing recorded in {}: sshidlectl install has not run here", layout.manifest_path().display());
+    }
+    let entries: Vec<Entry> = run.manifest.entries.iter().rev().cloned().collect();
+    for entry in entries {
+        if args.pam_only && !matches!(entry, Entry::PamLine(..)) {
+            continue;
+        }
+        match undo(&mut run, &entry) {
+            Ok(()) => {
+                if !run.dry_run {
+                    run.manifest.entries.retain(|e| e != &entry);
+                    if let Err(e) = run.save_manifest() {
+                        run.fail(&format!("{}: {e}", layout.manifest_path().display()));
+                    }
+                }
+            }
+            Err(e) => run.fail(&e),
+        }
+    }
+    // No record, but our marked block is there (an earlier version, or the
+    // record was lost): it is unambiguously ours, take it out too.
+    if !had_pam_entry {
+        let entry = Entry::PamLine(layout.pam_file.clone(), layout.backup_path(&layout.pam_file));
+        if let Err(e) = undo(&mut run, &entry) {
+            run.fail(&e);
+        }
+    }
+    if !run.dry_run && run.manifest.entries.is_empty() {
+        let _ = fs::remove_dir_all(layout.var_dir.join("backup"));
+        let _ = fs::remove_dir(&layout.var_dir);
+    }
+    if run.problems > 0 {
+        EXIT_PROBLEM
+    } else {
+        EXIT_OK
+    }
+}
+
+/// Takes away one thing install added.
+fn undo(run: &mut Run, entry: &Entry) -> Result<(), String> {
+    let dry = run.dry_run;
+    let err = io_err;
+    match entry {
+        Entry::Service(kind, name) => match kind {
+            ServiceKind::Systemd => {
+                run.say(&format!("run: systemctl disable --now {name}"));
+                if !dry {
+                    run_command("systemctl", &["disable", "--now", "--quiet", name])?;
+                    // The unit file goes next (its own entry); reload after.
+                }
+            }
+            ServiceKind::SysV => {
+                let script = run.layout.init_dir.join(name);
+                run.say(&format!("run: {} stop; update-rc.d {name} remove", script.display()));
+                if !dry {
+                    if script.is_file() {
+                        run_command(&script.display().to_string(), &["stop"])?;
+                    }
+                    if command_exists("update-rc.d") {
+                        run_command("update-rc.d", &[name, "remove"])?;
+                    }
+                }
+            }
+            ServiceKind::None => {}
+        },
+        Entry::File(path) => {
+            if path.symlink_metadata().is_ok() {
+                run.say(&format!("remove {}", path.display()));
+                if !dry {
+                    fs::remove_file(path).map_err(err(path))?;
+                    if path.extension().is_some_and(|e| e == "service") && run.layout.service == ServiceKind::Systemd {
+                        let _ = run_command("systemctl", &["daemon-reload"]);
+                    }
+                }
+            }
+        }
+        Entry::Replaced(path, backup) => {
+            run.say(&format!("restore {} from {}", path.display(), backup.display()));
+            if !dry {
+                let bytes = fs::read(backup).map_err(err(backup))?;
+                let mode = fs::metadata(backup).map_err(err(backup))?.mode() & 0o7777;
+                write_atomic(path, &bytes, mode, None).map_err(err(path))?;
+                fs::remove_file(backup).map_err(err(backup))?;
+            }
+        }
+        Entry::Policy(path, hash) => match fs::read(path) {
+            Ok(bytes) if fnv1a(&bytes) == *hash => {
+                run.say(&format!("remove default policy {}", path.display()));
+                if !dry {
+                    fs::remove_file(path).map_err(err(path))?;
+                }
+            }
+            Ok(_) => println!("kept: policy {} (edited since install)", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        },
+        Entry::PamLine(pam_file, backup) => {
+            let real = match fs::canonicalize(pam_file) {
+                Ok(real) => real,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(format!("{}: {e}", pam_file.display())),
+            };
+            let bytes = fs::read(&real).map_err(err(&real))?;
+            let text = String::from_utf8_lossy(&bytes);
+            match pam_remove(&text) {
+                Some(new_text) => {
+                    run.say(&format!("remove the pam_sshidle.so line from {}", pam_file.display()));
+                    if !dry {
+                        let meta = fs::metadata(&real).map_err(err(&real))?;
+                        write_atomic(&real, new_text.as_bytes(), meta.mode() & 0o7777, Some((meta.uid(), meta.gid())))
+                            .map_err(err(&real))?;
+                    }
+                }
+                None if pam_has_module(&text) => {
+                    println!(
+                        "note: {} loads pam_sshidle.so on a line sshidlectl did not add; left as is",
+                        pam_file.display()
+                    )
+                }
+                None => {}
+            }
+            if backup.exists() {
+                run.say(&format!("remove backup {}", backup.display()));
+                if !dry {
+                    fs::remove_file(backup).map_err(err(backup))?;
+                }
+            }
+        }
+        Entry::StateDir(path) => {
+            if path.is_dir() {
+                run.say(&format!("remove state directory {}", path.display()));
+                if !dry {
+                    fs::remove_dir_all(path).map_err(err(path))?;
+                }
+            }
+        }
+        Entry::Dir(path) => {
+            let empty = fs::read_dir(path).map(|mut d| d.next().is_none()).unwrap_or(false);
+            if empty {
+                run.say(&format!("remove directory {}", path.display()));
+                if !dry {
+                    fs::remove_dir(path).map_err(err(path))?;
+                }
+            } else if path.exists() && !dry {
+                println!("kept: directory {} (not empty)", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `sshidlectl completions SHELL`
+pub fn completions(shell: clap_complete::Shell) -> u8 {
+    clap_complete::generate(shell, &mut Cli::command(), "sshidlectl", &mut std::io::stdout());
+    EXIT_OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Debian 12's /etc/pam.d/sshd, shortened but with the same structure.
+    const DEBIAN_SSHD: &str = "\
+# PAM configuration for the Secure Shell service
+
+# Standard Un*x authentication.
+@include common-auth
+
+account    required     pam_nologin.so
+@include common-account
+
+session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_selinux.so close
+session    required     pam_loginuid.so
+session    optional     pam_keyinit.so force revoke
+@include common-session
+session    optional     pam_mail.so standard noenv # [1]
+session    required     pam_env.so user_readenv=1 envfile=/etc/default/locale
+session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_selinux.so open
+
+# Standard Un*x password updating.
+@include common-password
+";
+
+    const LINE: &str = "session    optional     pam_sshidle.so";
+
+    #[test]
+    fn pam_line_goes_after_the_last_session_line_and_comes_out_exactly() {
+        let added = pam_add(DEBIAN_SSHD, LINE).expect("added");
+        let expected_tail = format!(
+            "pam_selinux.so open\n{PAM_MARKER}\n{LINE}\n\n# Standard Un*x password updating.\n@include common-password\n"
+        );
+        assert!(added.ends_with(&expected_tail), "{added}");
+        assert!(added.starts_with(&DEBIAN_SSHD[..DEBIAN_SSHD.find("pam_selinux.so open").unwrap()]));
+        assert!(pam_has_module(&added));
+        assert_eq!(pam_add(&added, LINE), None, "idempotent");
+        assert_eq!(pam_remove(&added).as_deref(), Some(DEBIAN_SSHD));
+        assert_eq!(pam_remove(DEBIAN_SSHD), None);
+    }
+
+    #[test]
+    fn pam_edge_cases_restore_byte_for_byte() {
+        for original in [
+            "",
+            "auth required pam_unix.so\n",
+            "auth required pam_unix.so",
+            "session required pam_unix.so",
+            "session required pam_unix.so\r\nauth x.so\r\n",
+            "@include common-session\n",
+            "#session optional pam_sshidle.so\nsession required pam_env.so\n",
+        ] {
+            let added = pam_add(original, LINE).unwrap_or_else(|| panic!("not added to {original:?}"));
+            assert!(pam_has_module(&added), "{added:?}");
+            assert_eq!(pam_remove(&added).as_deref(), Some(original), "from {added:?}");
+        }
+        // The line after the last session line, even with no newline at the end.
+        assert_eq!(
+            pam_add("session required pam_unix.so", LINE).unwrap(),
+            format!("session required pam_unix.so\n{PAM_MARKER}\n{LINE}")
+        );
+    }
+
+    #[test]
+    fn an_admins_own_line_is_respected() {
+        for text in [
+            "session optional pam_sshidle.so conf=/etc/x.conf\n",
+            "session required /lib/x86_64-linux-gnu/security/pam_sshidle.so debug\n",
+            "-session [default=ignore] pam_sshidle.so\n",
+            "session [success=ok default=ignore] pam_sshidle.so\n",
+        ] {
+            assert!(pam_has_module(text), "{text}");
+            assert_eq!(pam_add(text, LINE), None);
+            assert_eq!(pam_remove(text), None, "not ours to remove");
+        }
+        assert!(!pam_has_module("# session optional pam_sshidle.so\nauth optional pam_sshidle.so\n"));
+    }
+
+    #[test]
+    fn manifest_round_trip() {
+        let manifest = Manifest {
+            entries: vec![
+                Entry::Dir("/usr/local/share/man/man8".into()),
+                Entry::File("/lib/x86_64-linux-gnu/security/pam_sshidle.so".into()),
+                Entry::Replaced("/usr/local/sbin/sshidlectl".into(), "/var/lib/sshidle/backup/x".into()),
+                Entry::Policy("/etc/security/sshidle.conf".into(), 0xdead_beef),
+                Entry::StateDir("/run/sshidle".into()),
+                Entry::PamLine("/etc/pam.d/sshd".into(), "/var/lib/sshidle/backup/etc/pam.d/sshd".into()),
+                Entry::Service(ServiceKind::SysV, "sshidle".into()),
+                Entry::Service(ServiceKind::Systemd, "sshidle".into()),
+            ],
+        };
+        assert_eq!(Manifest::parse(&manifest.render()), manifest);
+    }
+
+    struct Root(PathBuf);
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_root(tag: &str) -> Root {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let root = std::env::temp_dir().join(format!("sshidle-install-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        for dir in
+            ["lib/security", "etc/pam.d", "etc/security", "build", "usr/local/sbin", "usr/local/share/man", "var/lib"]
+        {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        fs::write(root.join("lib/security/pam_unix.so"), b"\x7fELF unix").unwrap();
+        fs::write(root.join("etc/pam.d/sshd"), DEBIAN_SSHD).unwrap();
+        fs::set_permissions(root.join("etc/pam.d/sshd"), fs::Permissions::from_mode(0o640)).unwrap();
+        fs::write(root.join("build/sshidlectl"), b"\x7fELF controller v1").unwrap();
+        fs::write(root.join("build/libpam_sshidle.so"), b"\x7fELF module v1").unwrap();
+        Root(root)
+    }
+
+    fn layout(root: &Path) -> Layout {
+        Layout {
+            pam_module_dir: root.join("lib/security"),
+            pam_file: root.join("etc/pam.d/sshd"),
+            policy: root.join("etc/security/sshidle.conf"),
+            state_dir: root.join("run/sshidle"),
+            sbin_dir: root.join("usr/local/sbin"),
+            man_dir: root.join("usr/local/share/man"),
+            share_dir: root.join("usr/local/share"),
+            var_dir: root.join("var/lib/sshidle"),
+            init_dir: root.join("etc/init.d"),
+            systemd_dir: root.join("etc/systemd/system"),
+            service: ServiceKind::None,
+            self_exe: root.join("build/sshidlectl"),
+            conf_arg: None,
+            state_arg: None,
+        }
+    }
+
+    fn args(dry_run: bool) -> InstallArgs {
+        InstallArgs { dry_run, module: None, pam_only: false, pam_file: "/unused".into() }
+    }
+
+    /// Every path under root with its mode and content.
+    fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, u64)> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                let content = if meta.is_dir() {
+                    stack.push(path.clone());
+                    0
+                } else {
+                    fnv1a(&fs::read(&path).unwrap())
+                };
+                out.insert(path.strip_prefix(root).unwrap().to_path_buf(), (meta.mode(), content));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn install_twice_then_uninstall_leaves_the_system_as_it_was() {
+        let root = temp_root("cycle");
+        let before = snapshot(&root.0);
+        let layout = layout(&root.0);
+
+        assert_eq!(install_with(&layout, &args(true)), EXIT_OK);
+        assert_eq!(snapshot(&root.0), before, "a dry run changes nothing");
+
+        assert_eq!(install_with(&layout, &args(false)), EXIT_OK);
+        let installed = snapshot(&root.0);
+        let module = root.0.join("lib/security/pam_sshidle.so");
+        assert_eq!(fs::read(&module).unwrap(), b"\x7fELF module v1");
+        assert_eq!(fs::metadata(&module).unwrap().mode() & 0o777, 0o644);
+        assert_eq!(fs::read(root.0.join("usr/local/sbin/sshidlectl")).unwrap(), b"\x7fELF controller v1");
+        assert_eq!(fs::read_to_string(root.0.join("etc/security/sshidle.conf")).unwrap(), DEFAULT_POLICY);
+        let pam = fs::read_to_string(root.0.join("etc/pam.d/sshd")).unwrap();
+        assert_eq!(pam.matches("pam_sshidle.so").count(), 1);
+        assert_eq!(fs::metadata(root.0.join("etc/pam.d/sshd")).unwrap().mode() & 0o777, 0o640, "mode kept");
+        assert_eq!(
+            fs::read_to_string(
+                root.0.join("var/lib/sshidle/backup").join(root.0.join("etc/pam.d/sshd").strip_prefix("/").unwrap())
+            )
+            .unwrap(),
+            DEBIAN_SSHD
+        );
+        for page in ["man8/pam_sshidle.8", "man5/sshidle.conf.5", "man8/sshidlectl.8"] {
+            assert!(root.0.join("usr/local/share/man").join(page).is_file(), "{page}");
+        }
+        let bash = fs::read_to_string(root.0.join("usr/local/share/bash-completion/completions/sshidlectl")).unwrap();
+        assert!(bash.contains("keepalive") && bash.contains("--state-dir"), "{bash}");
+
+        assert_eq!(install_with(&layout, &args(false)), EXIT_OK);
+        assert_eq!(snapshot(&root.0), installed, "install is idempotent");
+
+        assert_eq!(uninstall_with(&layout, &args(true)), EXIT_OK);
+        assert_eq!(snapshot(&root.0), installed, "a dry run changes nothing");
+        assert_eq!(uninstall_with(&layout, &args(false)), EXIT_OK);
+        assert_eq!(snapshot(&root.0), before, "uninstall takes away exactly what install added");
+        assert_eq!(uninstall_with(&layout, &args(false)), EXIT_OK, "a second uninstall is harmless");
+        assert_eq!(snapshot(&root.0), before);
+    }
+
+    #[test]
+    fn edited_policy_is_kept_and_replaced_files_are_restored() {
+        let root = temp_root("keep");
+        // An older controller of the admin's own is where ours goes.
+        fs::write(root.0.join("usr/local/sbin/sshidlectl"), b"admin's own").unwrap();
+        let before = snapshot(&root.0);
+        let layout = layout(&root.0);
+        assert_eq!(install_with(&layout, &args(false)), EXIT_OK);
+        // A rebuild: the second install updates, and still restores the admin's.
+        fs::write(root.0.join("build/sshidlectl"), b"\x7fELF controller v2").unwrap();
+        assert_eq!(install_with(&layout, &args(false)), EXIT_OK);
+        assert_eq!(fs::read(root.0.join("usr/local/sbin/sshidlectl")).unwrap(), b"\x7fELF controller v2");
+        let policy = root.0.join("etc/security/sshidle.conf");
+        fs::write(&policy, "user alice idle=5m\n").unwrap();
+        // The state directory made by logins since is runtime state: cleared.
+        fs::create_dir_all(root.0.join("run/sshidle")).unwrap();
+        fs::write(root.0.join("run/sshidle/sessions"), "x").unwrap();
+
+        assert_eq!(uninstall_with(&layout, &args(false)), EXIT_OK);
+        assert_eq!(fs::read_to_string(&policy).unwrap(), "user alice idle=5m\n", "edited policy kept");
+        fs::remove_file(&policy).unwrap();
+        let _ = fs::remove_dir(root.0.join("run"));
+        fs::write(root.0.join("build/sshidlectl"), b"\x7fELF controller v1").unwrap();
+        assert_eq!(snapshot(&root.0), before);
+    }
+
+    #[test]
+    fn existing_policy_is_never_overwritten_and_pam_only_touches_only_pam() {
+        let root = temp_root("pamonly");
+        let policy = root.0.join("etc/security/sshidle.conf");
+        fs::write(&policy, "* idle=1h\n").unwrap();
+        let before = snapshot(&root.0);
+        let layout = layout(&root.0);
+        let pam_only = InstallArgs { pam_only: true, ..args(false) };
+        assert_eq!(install_with(&layout, &pam_only), EXIT_OK);
+        let after = snapshot(&root.0);
+        let changed: Vec<&PathBuf> =
+            after.keys().filter(|k| before.get(*k) != after.get(*k) && !k.starts_with("var")).collect();
+        assert_eq!(changed, vec![&PathBuf::from("etc/pam.d/sshd")]);
+        assert_eq!(uninstall_with(&layout, &pam_only), EXIT_OK);
+        assert_eq!(snapshot(&root.0), before);
+
+        assert_eq!(install_with(&layout, &args(false)), EXIT_OK);
+        assert_eq!(fs::read_to_string(&policy).unwrap(), "* idle=1h\n");
+        assert_eq!(uninstall_with(&layout, &args(false)), EXIT_OK);
+        assert_eq!(snapshot(&root.0), before);
+    }
+
+    #[test]
+    fn conf_and_state_options_reach_the_pam_line_and_the_service() {
+        let root = temp_root("args");
+        let mut layout = layout(&root.0);
+        layout.conf_arg = Some("/etc/x.conf".into());
+        layout.state_arg = Some("/run/x".into());
+        assert_eq!(layout.pam_line(), "session    optional     pam_sshidle.so conf=/etc/x.conf state=/run/x");
+        assert_eq!(
+            layout.daemon_command(),
+            format!(
+                "{} --config /etc/x.conf --state-dir /run/x enforce",
+                root.0.join("usr/local/sbin/sshidlectl").display()
+            )
+        );
+    }
+
+    #[test]
+    fn module_dir_is_where_pam_unix_lives() {
+        if let Some(dir) = find_pam_module_dir() {
+            assert!(dir.join("pam_unix.so").exists());
+        }
+    }
+
+    #[test]
+    fn man_page_names_every_subcommand_and_option() {
+        let page = MAN_PAGES[2].1;
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            assert!(
+                page.contains(&format!(".B {}", sub.get_name())),
+                "sshidlectl.8 lacks subcommand {}",
+                sub.get_name()
+            );
+            for arg in sub.get_arguments() {
+                if let (Some(long), false) = (arg.get_long(), arg.is_hide_set()) {
+                    assert!(
+                        page.contains(&format!("\\-\\-{}", long.replace('-', "\\-"))),
+                        "sshidlectl.8 lacks --{long}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -58,6 +58,12 @@ pub enum Command {
     Install(install::InstallArgs),
     /// Remove exactly what install added
     Uninstall(install::InstallArgs),
+    /// Print a shell completion script for sshidlectl
+    Completions {
+        /// Shell to write the script for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
         Command::Keepalive(args) => keepalive::run(&cli, args),
         Command::Install(args) => install::install(&cli, args),
         Command::Uninstall(args) => install::uninstall(&cli, args),
+        Command::Completions { shell } => install::completions(*shell),
     };
     ExitCode::from(code)
 }
