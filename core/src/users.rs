@@ -10,44 +10,41 @@ pub struct Account {
     pub gid: u32,
 }
 
+/// Calls a reentrant NSS lookup (`getpwnam_r` and friends) with a buffer that
+/// grows while the call answers ERANGE. `call` returns the C return code and
+/// whether a result was found.
+fn with_nss_buffer<T>(mut call: impl FnMut(&mut [u8]) -> (libc::c_int, Option<T>)) -> Option<T> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match call(&mut buf) {
+            (libc::ERANGE, _) if buf.len() < (1 << 22) => buf.resize(buf.len() * 4, 0),
+            (0, found) => return found,
+            _ => return None,
+        }
+    }
+}
+
 /// Looks up `name`; `None` when there is no such user (or NSS failed).
 pub fn lookup_user(name: &str) -> Option<Account> {
     let cname = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 4096];
-    loop {
+    with_nss_buffer(|buf| {
         // SAFETY: all pointers point to live, correctly sized buffers.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
         let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
-        if rc == libc::ERANGE && buf.len() < (1 << 20) {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        return Some(Account { name: name.to_string(), uid: pwd.pw_uid, gid: pwd.pw_gid });
-    }
+        (rc, (!result.is_null()).then(|| Account { name: name.to_string(), uid: pwd.pw_uid, gid: pwd.pw_gid }))
+    })
 }
 
 /// Looks up a uid's name.
 pub fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: as above.
+    with_nss_buffer(|buf| {
+        // SAFETY: as above; pw_name points into buf.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
         let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
-        if rc == libc::ERANGE && buf.len() < (1 << 20) {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        // SAFETY: pw_name is a NUL-terminated string inside buf.
-        return Some(unsafe { CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned());
-    }
+        (rc, (!result.is_null()).then(|| unsafe { CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned()))
+    })
 }
 
 /// Names of the account's primary and supplementary groups.
@@ -76,22 +73,13 @@ pub fn group_names(account: &Account) -> Vec<String> {
 }
 
 fn group_name(gid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: as above.
+    with_nss_buffer(|buf| {
+        // SAFETY: as above; gr_name points into buf.
         let mut grp: libc::group = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::group = std::ptr::null_mut();
         let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
-        if rc == libc::ERANGE && buf.len() < (1 << 22) {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        // SAFETY: gr_name is a NUL-terminated string inside buf.
-        return Some(unsafe { CStr::from_ptr(grp.gr_name) }.to_string_lossy().into_owned());
-    }
+        (rc, (!result.is_null()).then(|| unsafe { CStr::from_ptr(grp.gr_name) }.to_string_lossy().into_owned()))
+    })
 }
 
 #[cfg(test)]

@@ -71,17 +71,34 @@ extern "C" fn free_key(_pamh: *mut PamHandle, data: *mut c_void, _status: c_int)
     }
 }
 
-/// Runs a hook body, turning a panic into a logged PAM_IGNORE.
-fn guarded(pamh: *mut PamHandle, hook: &str, body: impl FnOnce() -> c_int) -> c_int {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(rc) => rc,
-        Err(_) => {
-            if !pamh.is_null() {
-                PamLog(pamh).log(Level::Error, &format!("internal error in {hook}; login continues"));
-            }
-            PAM_IGNORE
-        }
+/// Runs a hook: checks the handle, parses the arguments, and turns a panic
+/// into a logged PAM_IGNORE so that it never unwinds into libpam or sshd.
+///
+/// # Safety
+/// `pamh` and `argv` as libpam passes them to a hook.
+unsafe fn run_hook(
+    pamh: *mut PamHandle,
+    argc: c_int,
+    argv: *const *const c_char,
+    hook: &str,
+    body: impl FnOnce(&PamLog, &ModuleArgs) -> c_int,
+) -> c_int {
+    if pamh.is_null() {
+        return PAM_IGNORE;
     }
+    let log = PamLog(pamh);
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let raw_args = args_from(argc, argv);
+        let args = ModuleArgs::parse(raw_args.iter().map(String::as_str), &log);
+        body(&log, &args)
+    }));
+    outcome.unwrap_or_else(|_| {
+        // Logging itself must not unwind out of here either.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            log.log(Level::Error, &format!("internal error in {hook}; login continues"))
+        }));
+        PAM_IGNORE
+    })
 }
 
 /// # Safety
@@ -93,19 +110,14 @@ pub unsafe extern "C" fn pam_sm_open_session(
     argc: c_int,
     argv: *const *const c_char,
 ) -> c_int {
-    if pamh.is_null() {
-        return PAM_IGNORE;
-    }
-    guarded(pamh, "open_session", || {
-        let log = PamLog(pamh);
-        let raw_args = args_from(argc, argv);
-        let args = ModuleArgs::parse(raw_args.iter().map(String::as_str), &log);
+    run_hook(pamh, argc, argv, "open_session", |log, args| {
         let Some(items) = login_items(pamh) else {
             log.log(Level::Error, "no PAM_USER; session not recorded");
             return PAM_IGNORE;
         };
-        match login::open_session(&args, &items, &log) {
+        match login::open_session(args, &items, log) {
             Some(key) => {
+                // Handed to close_session, which runs in this same process.
                 let data = Box::into_raw(Box::new(key)).cast::<c_void>();
                 if pam_sys::raw::pam_set_data(pamh, DATA_KEY.as_ptr(), data, Some(free_key)) != PAM_SUCCESS {
                     free_key(pamh, data, 0);
@@ -126,13 +138,7 @@ pub unsafe extern "C" fn pam_sm_close_session(
     argc: c_int,
     argv: *const *const c_char,
 ) -> c_int {
-    if pamh.is_null() {
-        return PAM_IGNORE;
-    }
-    guarded(pamh, "close_session", || {
-        let log = PamLog(pamh);
-        let raw_args = args_from(argc, argv);
-        let args = ModuleArgs::parse(raw_args.iter().map(String::as_str), &log);
+    run_hook(pamh, argc, argv, "close_session", |log, args| {
         let items = login_items(pamh).unwrap_or_default();
         let mut data: *const c_void = std::ptr::null();
         let recorded = pam_sys::raw::pam_get_data(pamh, DATA_KEY.as_ptr(), &mut data) == PAM_SUCCESS && !data.is_null();
@@ -144,7 +150,7 @@ pub unsafe extern "C" fn pam_sm_close_session(
             return PAM_IGNORE;
         }
         let key = *data.cast::<SessionKey>();
-        login::close_session(&args, &items, Some(key), &log);
+        login::close_session(args, &items, Some(key), log);
         PAM_SUCCESS
     })
 }
