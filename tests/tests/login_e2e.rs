@@ -68,12 +68,16 @@ fn logins_are_recorded_with_their_rule_and_removed_at_logout() {
     }
 
     // Logout: end the remote commands, then every record is gone.
-    for user in [&ruled, &member, &stranger] {
-        let _ = Command::new("pkill").args(["-u", &user.name, "-x", "sleep"]).status();
-    }
-    for client in &mut clients {
-        let _ = client.wait();
-    }
+    // (The record appears at open_session, before the remote command starts,
+    // so keep ending it until the client is gone.)
+    let users = [&ruled, &member, &stranger];
+    let ended = wait_until(Duration::from_secs(20), || {
+        for user in users {
+            let _ = Command::new("pkill").args(["-u", &user.name, "-x", "sleep"]).status();
+        }
+        clients.iter_mut().all(|c| matches!(c.try_wait(), Ok(Some(_))))
+    });
+    assert!(ended, "ssh clients did not exit");
     let gone = wait_until(Duration::from_secs(10), || sshd.status_json().as_array().is_some_and(|a| a.is_empty()));
     assert!(gone, "records left after logout: {:#}", sshd.status_json());
     // Nothing dead is left in the journal either: closes were recorded.
