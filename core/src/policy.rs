@@ -528,3 +528,49 @@ user good idle=1m
         assert_eq!(l.to_string(), "idle=15m warn=1m hard=off");
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    #[test]
+    fn random_policies_never_panic_and_report_lines_in_range() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let pieces = [
+            "user",
+            "group",
+            "*",
+            "keepalive",
+            "idle=",
+            "warn=",
+            "hard=",
+            "unused=",
+            "off",
+            "1h30m",
+            "=",
+            " ",
+            "\t",
+            "\n",
+            "#",
+            "x?",
+            "é",
+            "9999999999999999999w",
+            "interval=",
+            "count-max=",
+            "0",
+        ];
+        for _ in 0..5000 {
+            let mut text = String::new();
+            for _ in 0..(seed % 30) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                text.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            let policy = Policy::parse(Path::new("p"), &text);
+            let lines = text.lines().count();
+            assert!(policy.errors.iter().all(|e| e.line >= 1 && e.line <= lines), "{text:?}");
+            let _ = policy.resolve("user", &mut || vec!["x1".into()]);
+        }
+    }
+}

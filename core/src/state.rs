@@ -759,3 +759,35 @@ mod tests {
         assert_eq!(unescape("%4"), None);
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    /// Deterministic xorshift, so a failure can be replayed.
+    fn bytes(seed: &mut u64, len: usize, alphabet: &[u8]) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                alphabet[(*seed % alphabet.len() as u64) as usize]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn random_journals_never_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        let all: Vec<u8> = (0..=255).collect();
+        let fieldish = b"openclosewarnedpid=start=uid=user=login=idle=warn=hard=rule=%0A\t\n-0123456789";
+        for round in 0..3000 {
+            let alphabet: &[u8] = if round % 2 == 0 { &all } else { fieldish };
+            let mut journal = header(0).into_bytes();
+            journal.extend(bytes(&mut seed, (round % 400) + 1, alphabet));
+            let snapshot = parse_journal(&journal);
+            assert!(!snapshot.corrupt);
+            let _ = parse_journal(&journal[..journal.len() / 2]);
+        }
+    }
+}
