@@ -1271,7 +1271,8 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
         let cli = Cli::command();
         for sub in cli.get_subcommands() {
             assert!(
-                page.contains(&format!(".B {}", sub.get_name())),
+                page.contains(&format!(".B {}\n", sub.get_name()))
+                    || page.contains(&format!("\\fB{}\\fR", sub.get_name())),
                 "sshidlectl.8 lacks subcommand {}",
                 sub.get_name()
             );
