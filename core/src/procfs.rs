@@ -1,6 +1,7 @@
 //! Reading `/proc`: a process's start time, which together with its PID
 //! names it uniquely (PIDs are reused, start times are not).
 
+use std::collections::HashMap;
 use std::fs;
 
 /// Start time of `pid` in clock ticks since boot (field 22 of
@@ -37,7 +38,8 @@ pub fn is_same_process(pid: i32, start: u64) -> bool {
         return false;
     }
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    !matches!(stat_field(&stat, 3), Some("Z") | Some("X")) && stat_field(&stat, 22).and_then(|s| s.parse().ok()) == Some(start)
+    !matches!(stat_field(&stat, 3), Some("Z") | Some("X"))
+        && stat_field(&stat, 22).and_then(|s| s.parse().ok()) == Some(start)
 }
 
 /// Clock ticks per second, for converting start times.
@@ -48,6 +50,164 @@ pub fn clock_ticks_per_second() -> u64 {
         ticks as u64
     } else {
         100
+    }
+}
+
+/// The fields of `/proc/PID/stat` the enforcer needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: i32,
+    /// Command name (field 2), at most 15 bytes; sshd's forked children
+    /// share their monitor's.
+    pub comm: String,
+    pub ppid: i32,
+    /// Controlling terminal as a device number (field 7); 0 when none.
+    pub tty_nr: u32,
+    /// Start time in clock ticks since boot (field 22).
+    pub start: u64,
+}
+
+/// Parses a `/proc/PID/stat` line.
+pub fn parse_stat(pid: i32, stat: &str) -> Option<ProcStat> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let tty_nr: i64 = stat_field(stat, 7)?.parse().ok()?;
+    Some(ProcStat {
+        pid,
+        comm,
+        ppid: stat_field(stat, 4)?.parse().ok()?,
+        tty_nr: tty_nr as u32,
+        start: stat_field(stat, 22)?.parse().ok()?,
+    })
+}
+
+/// Reads `/proc/PID/stat`.
+pub fn read_stat(pid: i32) -> Option<ProcStat> {
+    if pid <= 0 {
+        return None;
+    }
+    parse_stat(pid, &fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The PIDs of all processes (not threads).
+pub fn all_pids() -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).collect()
+}
+
+/// `rchar` + `wchar` of `/proc/PID/io`: every byte the process read or
+/// wrote through any file descriptor (ttys, pipes, sockets, files).
+pub fn io_bytes(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let mut total = 0u64;
+    let mut seen = 0;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("rchar: ").or_else(|| line.strip_prefix("wchar: ")) {
+            total = total.wrapping_add(v.trim().parse().ok()?);
+            seen += 1;
+        }
+    }
+    (seen == 2).then_some(total)
+}
+
+/// The audit session id that `pam_loginuid` gave the process's login
+/// (`/proc/PID/sessionid`); `None` when unset.
+pub fn audit_session(pid: i32) -> Option<u32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/sessionid")).ok()?;
+    text.trim().parse().ok().filter(|id| *id != u32::MAX)
+}
+
+/// The login uid (`/proc/PID/loginuid`); `None` when unset.
+pub fn login_uid(pid: i32) -> Option<u32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/loginuid")).ok()?;
+    text.trim().parse().ok().filter(|id| *id != u32::MAX)
+}
+
+/// The file the process runs (`/proc/PID/exe`).
+pub fn exe(pid: i32) -> Option<std::path::PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// `pts/N` for a Unix98 pty slave device number (majors 136-143), else `None`.
+pub fn pts_name(tty_nr: u32) -> Option<String> {
+    let major = (tty_nr >> 8) & 0xfff;
+    let minor = (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00);
+    (136..=143).contains(&major).then(|| format!("pts/{}", (major - 136) * 256 + minor))
+}
+
+/// Boot time in unix seconds (`btime` of `/proc/stat`).
+pub fn boot_time() -> Option<i64> {
+    let text = fs::read_to_string("/proc/stat").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()
+}
+
+/// A process's start time in unix seconds, from its start in clock ticks.
+pub fn start_unix(start_ticks: u64) -> Option<i64> {
+    Some(boot_time()? + (start_ticks / clock_ticks_per_second()) as i64)
+}
+
+/// One reading of every process's stat line, with the parent -> children
+/// index that `/proc` itself does not offer (no `CONFIG_PROC_CHILDREN` on
+/// many kernels).
+#[derive(Debug, Default)]
+pub struct ProcTable {
+    pub procs: HashMap<i32, ProcStat>,
+    children: HashMap<i32, Vec<i32>>,
+    audit: std::cell::OnceCell<HashMap<u32, Vec<i32>>>,
+}
+
+impl ProcTable {
+    pub fn scan() -> ProcTable {
+        ProcTable::from_procs(all_pids().into_iter().filter_map(read_stat))
+    }
+
+    pub fn from_procs(procs: impl IntoIterator<Item = ProcStat>) -> ProcTable {
+        let procs: HashMap<i32, ProcStat> = procs.into_iter().map(|p| (p.pid, p)).collect();
+        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+        for p in procs.values() {
+            children.entry(p.ppid).or_default().push(p.pid);
+        }
+        ProcTable { procs, children, audit: Default::default() }
+    }
+
+    pub fn get(&self, pid: i32) -> Option<&ProcStat> {
+        self.procs.get(&pid)
+    }
+
+    /// Every descendant of `pid`, parents before their children.
+    pub fn descendants(&self, pid: i32) -> Vec<&ProcStat> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::from([pid]);
+        let mut queue = vec![pid];
+        let mut i = 0;
+        while i < queue.len() {
+            let parent = queue[i];
+            i += 1;
+            for child in self.children.get(&parent).into_iter().flatten() {
+                if seen.insert(*child) {
+                    queue.push(*child);
+                    if let Some(p) = self.procs.get(child) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The processes in audit session `id` (read on first use, once per table).
+    pub fn audit_members(&self, id: u32) -> &[i32] {
+        let map = self.audit.get_or_init(|| {
+            let mut map: HashMap<u32, Vec<i32>> = HashMap::new();
+            for pid in self.procs.keys() {
+                if let Some(sid) = audit_session(*pid) {
+                    map.entry(sid).or_default().push(*pid);
+                }
+            }
+            map
+        });
+        map.get(&id).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -72,5 +232,41 @@ mod tests {
         assert_eq!(stat_field(stat, 3), Some("S"));
         assert_eq!(stat_field(stat, 4), Some("1"));
         assert_eq!(stat_field(stat, 22), Some("123456"));
+    }
+    #[test]
+    fn parse_stat_fields_and_pts_names() {
+        let stat = "42 (sshd: a (x)) S 7 42 42 34816 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 123456 0";
+        let p = parse_stat(42, stat).unwrap();
+        assert_eq!((p.comm.as_str(), p.ppid, p.tty_nr, p.start), ("sshd: a (x)", 7, 34816, 123456));
+        assert_eq!(pts_name(34816), Some("pts/0".into()));
+        assert_eq!(pts_name((136 << 8) | 5), Some("pts/5".into()));
+        // Minor 300 of major 136: low byte in bits 0-7, the rest from bit 20.
+        assert_eq!(pts_name((136 << 8) | 44 | (1 << 20)), Some("pts/300".into()));
+        assert_eq!(pts_name((137 << 8) | 1), Some("pts/257".into()));
+        assert_eq!(pts_name((4 << 8) | 1), None);
+        assert_eq!(pts_name(0), None);
+    }
+
+    #[test]
+    fn table_finds_descendants_and_io() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let me = std::process::id() as i32;
+        let table = ProcTable::scan();
+        let kids: Vec<i32> = table.descendants(me).iter().map(|p| p.pid).collect();
+        assert!(kids.contains(&(child.id() as i32)), "{kids:?}");
+        assert!(io_bytes(me).unwrap() > 0);
+        assert!(boot_time().unwrap() > 1_000_000_000);
+        let started = start_unix(start_time(me).unwrap()).unwrap();
+        assert!((started - crate::now_unix()).abs() < 600, "{started}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let synthetic = ProcTable::from_procs([
+            ProcStat { pid: 10, comm: "a".into(), ppid: 1, tty_nr: 0, start: 1 },
+            ProcStat { pid: 11, comm: "b".into(), ppid: 10, tty_nr: 0, start: 2 },
+            ProcStat { pid: 12, comm: "c".into(), ppid: 11, tty_nr: 0, start: 3 },
+            ProcStat { pid: 13, comm: "d".into(), ppid: 1, tty_nr: 0, start: 4 },
+        ]);
+        let d: Vec<i32> = synthetic.descendants(10).iter().map(|p| p.pid).collect();
+        assert_eq!(d, vec![11, 12]);
     }
 }
