@@ -37,9 +37,11 @@ fn main() {
                             println!("fail {open}");
                         }
                         let _ = std::io::stdout().flush();
-                        while open == PAM_SUCCESS {
-                            // SAFETY: pause has no memory effects.
-                            unsafe { libc::pause() };
+                        if open == PAM_SUCCESS {
+                            loop {
+                                // SAFETY: pause has no memory effects.
+                                unsafe { libc::pause() };
+                            }
                         }
                         // SAFETY: as below.
                         unsafe { libc::_exit(1) };
