@@ -1,19 +1,474 @@
-//! How idle a recorded session is: its ttys and the time since its last
-//! input (see "What counts as idle" in the spec). Filled in by the enforcer
-//! work; the controller's `status` and the enforcer both use it.
+//! How idle a recorded session is: its ttys, the time since its last input,
+//! and what the enforcer should do about it (see "What counts as idle" in the
+//! spec).
+//!
+//! A session is found from the process that recorded it, sshd's `[priv]`
+//! monitor: its descendants are sshd's own processes (same command name as the
+//! monitor), the processes on the session's terminals, and the commands of
+//! sessions without a terminal.
+//!
+//! - **Terminals**: the last input is the newest atime of the session's ttys
+//!   (as `w` shows). The kernel only moves a tty's timestamps when they cross
+//!   an 8-second boundary, so the last keystroke may be up to 7 s after the
+//!   atime: the session counts as quiet only from the end of that 8-second
+//!   block ([`quiet_since_tty`]), and nobody who typed within the limit is
+//!   disconnected.
+//! - **Commands without a terminal**: the I/O counters of `/proc/PID/io` of
+//!   every non-sshd process without a controlling tty. A change (more bytes,
+//!   a process started or ended) is activity, credited to the moment it is
+//!   seen. sshd's own processes are left out: their counters move with every
+//!   keepalive probe. The counters are remembered between sweeps in an
+//!   [`IoMemo`] per session, kept by the enforcer in the state directory
+//!   ([`Memory`]) so `status` and `enforce --once` share it.
+//! - **Neither** (`ssh -N`, a ControlMaster with no channel left): not judged
+//!   here; sshd's `UnusedConnectionTimeout` covers it. `hard=` still applies.
 
-use crate::state::SessionRecord;
+use crate::policy::Limits;
+use crate::procfs::{self, ProcTable};
+use crate::state::{SessionKey, SessionRecord};
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// The kernel updates tty timestamps only when they cross a multiple of this.
+pub const TTY_TIME_GRANULARITY: i64 = 8;
+
+/// The file in the state directory where the enforcer keeps its [`Memory`].
+pub const MEMORY_FILE: &str = "activity";
+const MEMORY_HEADER: &str = "sshidle-activity 1";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Activity {
     /// The session's terminals, as `pts/N`.
     pub ttys: Vec<String>,
-    /// Seconds since the session's last activity.
+    /// Seconds since the session's last activity (for ttys: now − atime, as
+    /// `w` shows it).
     pub idle_secs: u64,
+    /// Unix time from which on the session has certainly been idle (later than
+    /// any input it had). `None` when sshidle does not judge its idleness (no
+    /// terminal and no command).
+    pub quiet_since: Option<i64>,
 }
 
-/// Observes a session now. A stand-in until the enforcer lands: no ttys, idle
-/// since login.
+/// The end of the 8-second block holding `atime`: input after `atime` in the
+/// same block does not move the timestamp, so only from here on is the tty
+/// certainly quiet.
+pub fn quiet_since_tty(atime: i64) -> i64 {
+    atime.div_euclid(TTY_TIME_GRANULARITY) * TTY_TIME_GRANULARITY + TTY_TIME_GRANULARITY
+}
+
+/// The processes of one session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members {
+    /// sshd's own processes: the monitor and the children it forked.
+    pub sshd: Vec<(i32, u64)>,
+    /// Other processes without a controlling terminal: their I/O is activity.
+    pub commands: Vec<(i32, u64)>,
+    /// Other processes with a controlling terminal.
+    pub on_ttys: Vec<(i32, u64)>,
+    /// The controlling terminals (device numbers), sorted, no duplicates.
+    pub ttys: Vec<u32>,
+}
+
+/// The processes of the session `key` in `table`; `None` when its monitor is
+/// gone (or its PID now belongs to another process).
+pub fn members(table: &ProcTable, key: SessionKey) -> Option<Members> {
+    let monitor = table.get(key.pid).filter(|p| p.start == key.start)?;
+    let mut m = Members { sshd: vec![(key.pid, key.start)], ..Members::default() };
+    for p in table.descendants(key.pid) {
+        if p.comm == monitor.comm {
+            m.sshd.push((p.pid, p.start));
+        } else if p.tty_nr != 0 {
+            m.on_ttys.push((p.pid, p.start));
+            m.ttys.push(p.tty_nr);
+        } else {
+            m.commands.push((p.pid, p.start));
+        }
+    }
+    m.ttys.sort_unstable();
+    m.ttys.dedup();
+    m.commands.sort_unstable();
+    Some(m)
+}
+
+/// The atime (unix seconds) of a pty, or `None` when it is gone.
+pub fn tty_atime(tty_nr: u32) -> Option<i64> {
+    let name = procfs::pts_name(tty_nr)?;
+    let meta = std::fs::metadata(format!("/dev/{name}")).ok()?;
+    Some(meta.atime())
+}
+
+/// A digest of the session's commands and their I/O byte counts: any change
+/// is activity. A process that cannot be read counts as changed.
+pub fn io_fingerprint(commands: &[(i32, u64)]) -> u64 {
+    let mut hash = Fnv::new();
+    for (pid, start) in commands {
+        let bytes = if procfs::is_same_process(*pid, *start) { procfs::io_bytes(*pid) } else { None };
+        hash.add(*pid as u64);
+        hash.add(*start);
+        hash.add(bytes.unwrap_or(u64::MAX));
+    }
+    hash.0
+}
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn add(&mut self, value: u64) {
+        for byte in value.to_le_bytes() {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// What the enforcer last saw of a session's commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoMemo {
+    pub fingerprint: u64,
+    /// When a change was last seen (unix seconds).
+    pub last_active: i64,
+    /// When the counters were last read.
+    pub sampled_at: i64,
+}
+
+/// Judges a session from its members, updating `memo` with what is seen now
+/// (the enforcer's view: a change is activity now).
+pub fn assess(record: &SessionRecord, members: &Members, memo: &mut Option<IoMemo>, now: i64) -> Activity {
+    if !members.commands.is_empty() || memo.is_some() {
+        let fingerprint = io_fingerprint(&members.commands);
+        match memo {
+            Some(m) if m.fingerprint == fingerprint => m.sampled_at = now,
+            _ => *memo = Some(IoMemo { fingerprint, last_active: now, sampled_at: now }),
+        }
+    }
+    combine(record, members, memo.map(|m| m.last_active), now)
+}
+
+/// Judges a session without changing anything (`status`): counters that moved
+/// since the enforcer's last look mean activity now; commands the enforcer has
+/// not seen yet count from the login (nothing better is known).
+pub fn peek(record: &SessionRecord, members: &Members, memo: Option<&IoMemo>, now: i64) -> Activity {
+    let io_active = match memo {
+        Some(m) if io_fingerprint(&members.commands) != m.fingerprint => Some(now),
+        Some(m) => Some(m.last_active),
+        None if members.commands.is_empty() => None,
+        None => Some(record.login_time),
+    };
+    combine(record, members, io_active, now)
+}
+
+fn combine(record: &SessionRecord, members: &Members, io_active: Option<i64>, now: i64) -> Activity {
+    let newest_input = members.ttys.iter().filter_map(|t| tty_atime(*t)).max();
+    let ttys = members.ttys.iter().filter_map(|t| procfs::pts_name(*t)).collect();
+    let last = [newest_input, io_active, Some(record.login_time)].into_iter().flatten().max().unwrap_or(now);
+    let quiet_since = if members.ttys.is_empty() && members.commands.is_empty() {
+        None
+    } else {
+        [newest_input.map(quiet_since_tty), io_active, Some(record.login_time)].into_iter().flatten().max()
+    };
+    Activity { ttys, idle_secs: (now - last).max(0) as u64, quiet_since }
+}
+
+/// The enforcer's memory of every session's commands, persisted in the state
+/// directory (`activity`), one line per session:
+/// `PID START FINGERPRINT LAST_ACTIVE SAMPLED_AT`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub entries: HashMap<SessionKey, IoMemo>,
+}
+
+impl Memory {
+    /// Reads the memory kept in `state_dir`; empty when there is none.
+    pub fn load(state_dir: &Path) -> Memory {
+        std::fs::read_to_string(state_dir.join(MEMORY_FILE)).map(|t| Memory::parse(&t)).unwrap_or_default()
+    }
+
+    pub fn parse(text: &str) -> Memory {
+        let mut lines = text.lines();
+        if lines.next() != Some(MEMORY_HEADER) {
+            return Memory::default();
+        }
+        let entries = lines
+            .filter_map(|line| {
+                let mut f = line.split(' ');
+                let key = SessionKey { pid: f.next()?.parse().ok()?, start: f.next()?.parse().ok()? };
+                let memo = IoMemo {
+                    fingerprint: u64::from_str_radix(f.next()?, 16).ok()?,
+                    last_active: f.next()?.parse().ok()?,
+                    sampled_at: f.next()?.parse().ok()?,
+                };
+                Some((key, memo))
+            })
+            .collect();
+        Memory { entries }
+    }
+
+    pub fn render(&self) -> String {
+        let mut keys: Vec<_> = self.entries.keys().collect();
+        keys.sort();
+        let mut out = format!("{MEMORY_HEADER}\n");
+        for key in keys {
+            let m = &self.entries[key];
+            out.push_str(&format!(
+                "{} {} {:x} {} {}\n",
+                key.pid, key.start, m.fingerprint, m.last_active, m.sampled_at
+            ));
+        }
+        out
+    }
+
+    /// Writes the memory atomically (temp file + rename, mode 0600, no
+    /// symlinks followed).
+    pub fn save(&self, state_dir: &Path) -> io::Result<()> {
+        let temp = state_dir.join(format!("{MEMORY_FILE}.tmp"));
+        let _ = std::fs::remove_file(&temp);
+        let result = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&temp)?;
+            file.write_all(self.render().as_bytes())?;
+            std::fs::rename(&temp, state_dir.join(MEMORY_FILE))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+}
+
+/// Looks at sessions without changing anything: one process table and the
+/// enforcer's memory, shared by all the sessions of one `status`.
+pub struct Observer {
+    table: ProcTable,
+    memory: Memory,
+}
+
+impl Observer {
+    pub fn new(state_dir: &Path) -> Observer {
+        Observer { table: ProcTable::scan(), memory: Memory::load(state_dir) }
+    }
+
+    pub fn observe(&self, record: &SessionRecord, now: i64) -> Activity {
+        match members(&self.table, record.key) {
+            Some(m) => peek(record, &m, self.memory.entries.get(&record.key), now),
+            None => {
+                Activity { ttys: Vec::new(), idle_secs: (now - record.login_time).max(0) as u64, quiet_since: None }
+            }
+        }
+    }
+}
+
+/// Observes one session now (scans `/proc`; use an [`Observer`] for many).
 pub fn observe(record: &SessionRecord, now: i64) -> Activity {
-    Activity { ttys: Vec::new(), idle_secs: (now - record.login_time).max(0) as u64 }
+    Observer { table: ProcTable::scan(), memory: Memory::default() }.observe(record, now)
+}
+
+/// Why a session is ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Idle,
+    Hard,
+}
+
+/// What the enforcer does about a session now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing before this unix time; `None`: no limit applies.
+    Wait(Option<i64>),
+    /// Warn now; the session will end at `ends_at` unless it becomes active
+    /// (for `Idle`).
+    Warn { cause: Cause, ends_at: i64 },
+    /// End it now.
+    End(Cause),
+}
+
+/// The deadline a session is ended at, and why, before any warning delay.
+pub fn deadline(limits: &Limits, login_time: i64, quiet_since: Option<i64>) -> Option<(i64, Cause)> {
+    let idle = limits.idle.zip(quiet_since).map(|(l, q)| (q.saturating_add(l as i64), Cause::Idle));
+    let hard = limits.hard.map(|h| (login_time.saturating_add(h as i64), Cause::Hard));
+    match (idle, hard) {
+        (Some(i), Some(h)) => Some(if h.0 <= i.0 { h } else { i }),
+        (i, h) => i.or(h),
+    }
+}
+
+/// Decides what to do with a session. `warned_at` is when it was last warned.
+///
+/// A warning counts for the current deadline when it was given at or after
+/// `deadline − warn` (and, for idleness, after the last activity). The user
+/// always gets the warning's full lead: a warning given late (the enforcer was
+/// down, the policy changed) postpones the end to `warned_at + warn`.
+pub fn decide(
+    limits: &Limits,
+    login_time: i64,
+    quiet_since: Option<i64>,
+    warned_at: Option<i64>,
+    now: i64,
+) -> Decision {
+    let Some((end, cause)) = deadline(limits, login_time, quiet_since) else { return Decision::Wait(None) };
+    let warn = limits.warn.unwrap_or(0) as i64;
+    if warn <= 0 {
+        return if now >= end { Decision::End(cause) } else { Decision::Wait(Some(end)) };
+    }
+    let warn_at = end - warn;
+    let valid = warned_at.filter(|w| *w >= warn_at && (cause == Cause::Hard || Some(*w) >= quiet_since));
+    match valid {
+        Some(w) => {
+            let end = end.max(w + warn);
+            if now >= end {
+                Decision::End(cause)
+            } else {
+                Decision::Wait(Some(end))
+            }
+        }
+        None if now >= warn_at => Decision::Warn { cause, ends_at: end.max(now + warn) },
+        None => Decision::Wait(Some(warn_at)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(idle: Option<u64>, warn: Option<u64>, hard: Option<u64>) -> Limits {
+        Limits { idle, warn, hard }
+    }
+
+    #[test]
+    fn tty_granularity() {
+        assert_eq!(quiet_since_tty(800), 808);
+        assert_eq!(quiet_since_tty(807), 808);
+        assert_eq!(quiet_since_tty(808), 816);
+        // Whatever second in the block the last key was typed, the computed
+        // quiet start is never before it.
+        for atime in 800..808 {
+            for typed in atime..808 {
+                assert!(quiet_since_tty(atime) > typed);
+                assert!(quiet_since_tty(atime) - atime <= TTY_TIME_GRANULARITY);
+            }
+        }
+    }
+
+    #[test]
+    fn warn_then_end() {
+        let l = limits(Some(20), Some(10), None);
+        // Quiet since 1000: warn at 1010, end at 1020.
+        assert_eq!(decide(&l, 990, Some(1000), None, 1005), Decision::Wait(Some(1010)));
+        assert_eq!(decide(&l, 990, Some(1000), None, 1010), Decision::Warn { cause: Cause::Idle, ends_at: 1020 });
+        assert_eq!(decide(&l, 990, Some(1000), Some(1010), 1011), Decision::Wait(Some(1020)));
+        assert_eq!(decide(&l, 990, Some(1000), Some(1010), 1020), Decision::End(Cause::Idle));
+        // Active again after the warning: the warning is spent, a new one comes later.
+        assert_eq!(decide(&l, 990, Some(1016), Some(1010), 1020), Decision::Wait(Some(1026)));
+        // A late warning (enforcer was down) gives the full lead.
+        assert_eq!(decide(&l, 990, Some(1000), None, 1050), Decision::Warn { cause: Cause::Idle, ends_at: 1060 });
+        assert_eq!(decide(&l, 990, Some(1000), Some(1050), 1055), Decision::Wait(Some(1060)));
+        // No warning configured.
+        let l = limits(Some(20), None, None);
+        assert_eq!(decide(&l, 990, Some(1000), None, 1019), Decision::Wait(Some(1020)));
+        assert_eq!(decide(&l, 990, Some(1000), None, 1020), Decision::End(Cause::Idle));
+    }
+
+    #[test]
+    fn hard_and_off() {
+        let l = limits(None, Some(5), Some(60));
+        assert_eq!(decide(&l, 1000, Some(1059), None, 1050), Decision::Wait(Some(1055)));
+        assert_eq!(decide(&l, 1000, Some(1059), None, 1055), Decision::Warn { cause: Cause::Hard, ends_at: 1060 });
+        assert_eq!(decide(&l, 1000, Some(1059), Some(1055), 1060), Decision::End(Cause::Hard));
+        // Typing does not help against hard=.
+        assert_eq!(decide(&l, 1000, Some(1060), Some(1055), 1060), Decision::End(Cause::Hard));
+        // idle=off and no hard: never.
+        assert_eq!(decide(&limits(None, None, None), 1000, Some(1000), None, 99_999), Decision::Wait(None));
+        // No channel: idleness is not judged, hard still is.
+        assert_eq!(decide(&limits(Some(10), None, None), 1000, None, None, 99_999), Decision::Wait(None));
+        assert_eq!(decide(&limits(Some(10), None, Some(30)), 1000, None, None, 1030), Decision::End(Cause::Hard));
+        // An idle warning does not count for an earlier hard end.
+        let l = limits(Some(100), Some(10), Some(200));
+        assert_eq!(decide(&l, 1000, Some(1100), Some(1190), 1191), Decision::Wait(Some(1200)));
+    }
+
+    #[test]
+    fn memory_round_trip() {
+        let mut memory = Memory::default();
+        memory.entries.insert(
+            SessionKey { pid: 42, start: 7 },
+            IoMemo { fingerprint: 0xdead_beef, last_active: 100, sampled_at: 120 },
+        );
+        memory
+            .entries
+            .insert(SessionKey { pid: 1, start: 2 }, IoMemo { fingerprint: 0, last_active: 3, sampled_at: 4 });
+        assert_eq!(Memory::parse(&memory.render()), memory);
+        assert_eq!(Memory::parse("garbage\n1 2 3 4 5\n"), Memory::default());
+        let dir = std::env::temp_dir().join(format!("sshidle-activity-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        memory.save(&dir).unwrap();
+        assert_eq!(Memory::load(&dir), memory);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn record(key: SessionKey, login: i64) -> SessionRecord {
+        SessionRecord {
+            key,
+            uid: 0,
+            user: "root".into(),
+            rhost: String::new(),
+            service: "sshd".into(),
+            login_time: login,
+            limits: Limits::default(),
+            rule: "none".into(),
+            warned_at: None,
+        }
+    }
+
+    #[test]
+    fn commands_io_is_activity() {
+        // This test process plays the monitor; a child shell without a tty
+        // plays the command.
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new("sh");
+        // SAFETY: setsid is async-signal-safe. It drops any controlling tty.
+        unsafe { command.pre_exec(|| Ok(drop(libc::setsid()))) };
+        let mut child = command
+            .args(["-c", "read x; echo $x"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let key = SessionKey::current_process().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let table = ProcTable::scan();
+        let m = members(&table, key).unwrap();
+        assert!(m.commands.iter().any(|(p, _)| *p == child.id() as i32), "{m:?}");
+        let rec = record(key, 500);
+        let mut memo = None;
+        // First sight: activity now (conservative).
+        assert_eq!(assess(&rec, &m, &mut memo, 1000).quiet_since, Some(1000));
+        // Nothing moved: quiet since then.
+        let a = assess(&rec, &m, &mut memo, 1010);
+        assert_eq!((a.quiet_since, a.idle_secs), (Some(1000), 10));
+        assert_eq!(peek(&rec, &m, memo.as_ref(), 1015).idle_secs, 15);
+        // The command reads and writes: activity.
+        child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+        child.wait().unwrap();
+        assert_eq!(peek(&rec, &m, memo.as_ref(), 1020).idle_secs, 0);
+        assert_eq!(assess(&rec, &m, &mut memo, 1020).quiet_since, Some(1020));
+        // A PID that is not the recorded process has no members.
+        assert_eq!(members(&table, SessionKey { pid: key.pid, start: key.start + 1 }), None);
+    }
+
+    #[test]
+    fn no_channel_is_not_judged() {
+        let key = SessionKey::current_process().unwrap();
+        let m = Members { sshd: vec![(key.pid, key.start)], ..Members::default() };
+        let mut memo = None;
+        let a = assess(&record(key, 900), &m, &mut memo, 1000);
+        assert_eq!((a.quiet_since, a.idle_secs, memo), (None, 100, None));
+    }
 }
