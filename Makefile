@@ -1,8 +1,10 @@
 # sshidle: the two commands of the README are `make install` and `make test`.
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
+# Where cargo puts its output (honours CARGO_TARGET_DIR).
+TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
 
-.PHONY: all build release test lint install uninstall deps bench
+.PHONY: all build release test lint install uninstall deps bench build-deps deb
 
 all: build
 
@@ -23,8 +25,30 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-install: release
-	./target/release/sshidlectl install
+# What building needs beyond Rust itself, installed when missing (Debian, as root).
+build-deps:
+	@command -v $(CARGO) >/dev/null 2>&1 || { echo "make: $(CARGO) not found: install Rust 1.74 or newer, e.g. from https://rustup.rs" >&2; exit 1; }
+	@missing=""; \
+	dpkg -s libpam0g-dev >/dev/null 2>&1 || missing="$$missing libpam0g-dev"; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	if [ -n "$$missing" ]; then \
+	    echo "make: installing$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends $$missing || \
+	    { apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; }; \
+	fi
+
+# Build, install the module, the PAM line, a default policy, the man pages and
+# the enforcer service, and start it (as root). `make uninstall` undoes it.
+install: build-deps
+	$(CARGO) build --release -p sshidlectl -p pam-sshidle
+	$(TARGET_DIR)/release/sshidlectl install
 
 uninstall:
-	./target/release/sshidlectl uninstall
+	@if [ -x /usr/local/sbin/sshidlectl ]; then /usr/local/sbin/sshidlectl uninstall; \
+	else $(TARGET_DIR)/release/sshidlectl uninstall; fi
+
+# The Debian package, in $(TARGET_DIR)/debian/.
+deb: build-deps
+	$(CARGO) build --release -p sshidlectl -p pam-sshidle
+	packaging/build-deb.sh $(TARGET_DIR)/release $(TARGET_DIR)/debian

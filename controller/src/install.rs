@@ -565,9 +565,13 @@ fn run_command(program: &str, args: &[&str]) -> Result<(), String> {
     if output.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    Err(format!("{program} {}: {}: {}{}", args.join(" "), output.status, stderr.trim(), stdout.trim()))
+    let text = [&output.stderr[..], &output.stdout[..]]
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).trim().replace('\n', "; "))
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(format!("{program} {}: {}: {text}", args.join(" "), output.status))
 }
 
 fn find_module(args: &InstallArgs, layout: &Layout) -> Result<PathBuf, String> {
