@@ -4,6 +4,7 @@ mod enforce;
 mod install;
 mod keepalive;
 mod report;
+mod sshd_config;
 #[allow(dead_code)] // used by the enforcer
 mod syslog;
 
