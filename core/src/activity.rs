@@ -434,7 +434,12 @@ mod tests {
         use std::os::unix::process::CommandExt;
         let mut command = std::process::Command::new("sh");
         // SAFETY: setsid is async-signal-safe. It drops any controlling tty.
-        unsafe { command.pre_exec(|| Ok(drop(libc::setsid()))) };
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            })
+        };
         let mut child = command
             .args(["-c", "read x; echo $x"])
             .stdin(std::process::Stdio::piped())

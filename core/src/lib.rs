@@ -8,7 +8,9 @@ pub mod login;
 pub mod policy;
 pub mod procfs;
 pub mod state;
+pub mod terminate;
 pub mod users;
+pub mod utmp;
 
 pub use duration::{format_duration, parse_duration};
 pub use policy::{Limits, Policy, DEFAULT_POLICY_PATH};
