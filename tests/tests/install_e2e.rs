@@ -1,0 +1,446 @@
+//! Issue 5, on this machine as a new admin would: `sshidlectl install`, a real
+//! ssh login to the system's own PAM service `sshd` (a private sshd started as
+//! `/usr/sbin/sshd`, so argv[0] is `sshd`, reading the real `/etc/pam.d/sshd`)
+//! recorded in `/run/sshidle` and disconnected by the installed enforcer
+//! service; install twice is idempotent; `uninstall` restores `/etc/pam.d/sshd`
+//! byte for byte and removes every file it added; the `.deb` install / remove /
+//! purge round trip; the man pages render without warnings.
+//!
+//! These are the only tests that touch `/etc/pam.d/sshd` and the system's
+//! directories, so they all run in ONE test function, in sequence, and a guard
+//! puts everything back on drop, also when an assertion fails.
+
+use sshidle_tests::*;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PAM_FILE: &str = "/etc/pam.d/sshd";
+const POLICY: &str = "/etc/security/sshidle.conf";
+const MANIFEST: &str = "/var/lib/sshidle/installed";
+const STATE_DIR: &str = "/run/sshidle";
+const PIDFILE: &str = "/run/sshidle-enforce.pid";
+const INSTALLED_CTL: &str = "/usr/local/sbin/sshidlectl";
+const PAM_MARKER: &str = "# sshidle: record SSH sessions for their idle limits (added by sshidlectl install)";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Every path install or the package may touch, with type, mode, owner and a
+/// content hash. Shared directories are filtered to names containing
+/// "sshidle", so that other tests running in parallel do not disturb it.
+fn snapshot() -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let whole = ["/usr/local", "/etc/security", "/etc/init.d", "/var/lib/sshidle", "/etc/systemd/system"];
+    let rc_dirs: Vec<String> =
+        ["0", "1", "2", "3", "4", "5", "6", "S"].iter().map(|r| format!("/etc/rc{r}.d")).collect();
+    let filtered = [
+        "/lib/x86_64-linux-gnu/security",
+        "/usr/lib/x86_64-linux-gnu/security",
+        "/usr/lib64/security",
+        "/usr/sbin",
+        "/usr/share/man/man5",
+        "/usr/share/man/man8",
+        "/usr/share/bash-completion/completions",
+        "/usr/share/zsh/vendor-completions",
+        "/usr/share/fish/vendor_completions.d",
+        "/usr/share/doc",
+        "/lib/systemd/system",
+    ];
+    let mut stack: Vec<(PathBuf, bool)> = whole.iter().map(|d| (PathBuf::from(d), false)).collect();
+    stack.extend(rc_dirs.iter().map(|d| (PathBuf::from(d), false)));
+    stack.extend(filtered.iter().map(|d| (PathBuf::from(d), true)));
+    while let Some((dir, filter)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if filter && !entry.file_name().to_string_lossy().contains("sshidle") {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let what = if meta.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&path).map(|t| t.display().to_string()).unwrap_or_default())
+            } else if meta.is_dir() {
+                stack.push((path.clone(), false));
+                "dir".to_string()
+            } else {
+                format!("file {:016x}", fnv(&std::fs::read(&path).unwrap_or_default()))
+            };
+            out.insert(
+                path.display().to_string(),
+                format!("{what} mode={:o} owner={}:{}", meta.mode(), meta.uid(), meta.gid()),
+            );
+        }
+    }
+    for single in [PAM_FILE, POLICY, STATE_DIR, PIDFILE] {
+        if let Ok(meta) = std::fs::symlink_metadata(single) {
+            let content = if meta.is_file() { fnv(&std::fs::read(single).unwrap_or_default()) } else { 0 };
+            out.insert(single.to_string(), format!("{:016x} mode={:o}", content, meta.mode()));
+        }
+    }
+    out
+}
+
+fn differences(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {:?} -> {:?}", a.get(k), b.get(k)))
+        .collect()
+}
+
+fn package_installed() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${db:Status-Status}", "sshidle"])
+        .output()
+        .map(|o| o.status.success() && !o.stdout.is_empty() && o.stdout != b"not-installed")
+        .unwrap_or(false)
+}
+
+/// Puts the system back as it was, whatever happened.
+struct SystemGuard {
+    pam: Vec<u8>,
+    pam_mode: u32,
+    policy: Option<(Vec<u8>, u32)>,
+}
+
+impl SystemGuard {
+    fn take() -> SystemGuard {
+        let pam = std::fs::read(PAM_FILE).expect("/etc/pam.d/sshd (openssh-server is in .ci/deps)");
+        let pam_mode = std::fs::metadata(PAM_FILE).expect("pam file").mode() & 0o7777;
+        let policy = std::fs::read(POLICY).ok().map(|b| (b, std::fs::metadata(POLICY).unwrap().mode() & 0o7777));
+        // Install must write its default: move an existing policy aside.
+        if policy.is_some() {
+            std::fs::remove_file(POLICY).expect("move the policy aside");
+        }
+        SystemGuard { pam, pam_mode, policy }
+    }
+}
+
+impl Drop for SystemGuard {
+    fn drop(&mut self) {
+        if Path::new(MANIFEST).exists() {
+            let ctl = if Path::new(INSTALLED_CTL).exists() { PathBuf::from(INSTALLED_CTL) } else { sshidlectl_path() };
+            let _ = Command::new(ctl).arg("uninstall").output();
+        }
+        if package_installed() {
+            let _ = Command::new("dpkg").args(["-P", "sshidle"]).output();
+        }
+        if std::fs::read(PAM_FILE).ok().as_deref() != Some(&self.pam[..]) {
+            let _ = std::fs::write(PAM_FILE, &self.pam);
+            let _ = std::fs::set_permissions(PAM_FILE, std::os::unix::fs::PermissionsExt::from_mode(self.pam_mode));
+        }
+        match &self.policy {
+            Some((bytes, mode)) => {
+                let _ = std::fs::write(POLICY, bytes);
+                let _ = std::fs::set_permissions(POLICY, std::os::unix::fs::PermissionsExt::from_mode(*mode));
+            }
+            None => {
+                let _ = std::fs::remove_file(POLICY);
+            }
+        }
+    }
+}
+
+/// A private sshd started as `/usr/sbin/sshd` itself: PAM service `sshd`,
+/// the real `/etc/pam.d/sshd`.
+struct SystemSshd {
+    port: u16,
+    dir: TempDir,
+    child: Child,
+}
+
+impl SystemSshd {
+    fn start(user: &TestUser) -> SystemSshd {
+        ensure_runtime_dirs();
+        let dir = TempDir::new("install-sshd");
+        for key in ["host_key", "client_key"] {
+            run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(dir.join(key)));
+        }
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        std::fs::copy(dir.join("client_key.pub"), dir.join("keys").join(&user.name)).unwrap();
+        let mut last_log = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            std::fs::write(
+                dir.join("sshd_config"),
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+                     UsePAM yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                     PubkeyAuthentication yes\nAuthorizedKeysFile {d}/keys/%u\nStrictModes no\nUseDNS no\n\
+                     PrintMotd no\nPrintLastLog no\nLogLevel VERBOSE\n",
+                    d = dir.path.display()
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(dir.join("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start /usr/sbin/sshd");
+            let up = wait_until(Duration::from_secs(5), || {
+                matches!(child.try_wait(), Ok(Some(_))) || sshidle_tests::sshd::banner(port)
+            });
+            if up && matches!(child.try_wait(), Ok(None)) {
+                return SystemSshd { port, dir, child };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            last_log = std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default();
+        }
+        panic!("sshd did not start:\n{last_log}");
+    }
+
+    fn ssh(&self, user: &str, remote: &str) -> Child {
+        Command::new("ssh")
+            .args(["-F", "/dev/null", "-i"])
+            .arg(self.dir.join("client_key"))
+            .args(["-p", &self.port.to_string()])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+            .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
+            .arg(format!("{user}@127.0.0.1"))
+            .arg(remote)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ssh")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for SystemSshd {
+    fn drop(&mut self) {
+        let children = descendants(self.child.id() as i32);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in children {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn ctl(program: &Path, args: &[&str]) -> Output {
+    Command::new(program).args(args).stdin(Stdio::null()).output().expect("sshidlectl")
+}
+
+fn enforcer_pid() -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(PIDFILE).ok()?.trim().parse().ok()?;
+    process_alive(pid).then_some(pid)
+}
+
+/// Sessions of `user` listed by the installed `sshidlectl status --json`.
+fn sessions_of(user: &str) -> Vec<serde_json::Value> {
+    let out = ctl(Path::new(INSTALLED_CTL), &["status", "--json"]);
+    assert!(out.status.success(), "status --json: {}", describe(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("status JSON");
+    rows.into_iter().filter(|r| r["user"] == user).collect()
+}
+
+/// Checks the PAM file is the original plus our two lines, after every other
+/// session line.
+fn assert_pam_line_added(original: &[u8]) {
+    let now = std::fs::read_to_string(PAM_FILE).unwrap();
+    let ours = "session    optional     pam_sshidle.so";
+    assert_eq!(now.matches("pam_sshidle.so").count(), 1, "{now}");
+    let without: String =
+        now.split_inclusive('\n').filter(|l| l.trim_end() != PAM_MARKER && l.trim_end() != ours).collect();
+    assert_eq!(without.as_bytes(), original, "everything else kept byte for byte");
+    let lines: Vec<&str> = now.lines().collect();
+    let at = lines.iter().position(|l| *l == ours).expect("our line");
+    assert_eq!(lines[at - 1], PAM_MARKER);
+    let last_other_session = lines
+        .iter()
+        .rposition(|l| {
+            let w = l.split_whitespace().next().unwrap_or("");
+            (w == "session" || w == "-session" || l.starts_with("@include common-session")) && *l != ours
+        })
+        .expect("Debian's sshd stack has session lines");
+    assert_eq!(at, last_other_session + 2, "right after the last session line:\n{now}");
+}
+
+#[test]
+fn install_login_enforce_uninstall_and_deb_round_trip() {
+    if !e2e_enabled() {
+        return;
+    }
+    assert!(
+        !Path::new(MANIFEST).exists() && !package_installed(),
+        "sshidle is installed on this machine; this test would remove it"
+    );
+    ensure_runtime_dirs();
+    let guard = SystemGuard::take();
+    let before = snapshot();
+    let built_ctl = sshidlectl_path();
+    let module = module_path();
+    let module_arg = module.display().to_string();
+
+    // --dry-run: says everything, changes nothing.
+    let out = ctl(&built_ctl, &["install", "--dry-run", "--module", &module_arg]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let said = text(&out.stdout);
+    for expected in ["would install PAM module", "would add to /etc/pam.d/sshd", "would install default policy"] {
+        assert!(said.contains(expected), "dry run lacks {expected:?}:\n{said}");
+    }
+    assert_eq!(differences(&before, &snapshot()), Vec::<String>::new(), "a dry run changed the system");
+
+    // Install.
+    let out = ctl(&built_ctl, &["install", "--module", &module_arg]);
+    assert!(out.status.success(), "install: {}", describe(&out));
+    let module_dir = ["/lib/x86_64-linux-gnu/security", "/usr/lib64/security", "/lib/security"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|d| d.join("pam_unix.so").exists())
+        .expect("PAM module dir");
+    let installed_module = module_dir.join("pam_sshidle.so");
+    assert_eq!(std::fs::read(&installed_module).unwrap(), std::fs::read(&module).unwrap());
+    assert_eq!(std::fs::metadata(&installed_module).unwrap().mode() & 0o777, 0o644);
+    assert_pam_line_added(&guard.pam);
+    let default_policy = std::fs::read_to_string(workspace_root().join("packaging/sshidle.conf")).unwrap();
+    assert_eq!(std::fs::read_to_string(POLICY).unwrap(), default_policy);
+    let pid = enforcer_pid().unwrap_or_else(|| panic!("no enforcer running after install:\n{}", describe(&out)));
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(), Path::new(INSTALLED_CTL));
+    for page in ["pam_sshidle", "sshidle.conf", "sshidlectl"] {
+        let found = Command::new("man").args(["-w", page]).output().unwrap();
+        assert!(text(&found.stdout).starts_with("/usr/local/share/man/"), "man -w {page}: {}", describe(&found));
+    }
+
+    // Install again: the same state, the same enforcer.
+    let installed = snapshot();
+    let out = ctl(Path::new(INSTALLED_CTL), &["install", "--module", &module_arg]);
+    assert!(out.status.success(), "second install: {}", describe(&out));
+    let mut again = snapshot();
+    // The state dir may have been made by the enforcer in between: runtime.
+    again.remove(STATE_DIR);
+    let mut installed_cmp = installed.clone();
+    installed_cmp.remove(STATE_DIR);
+    assert_eq!(differences(&installed_cmp, &again), Vec::<String>::new(), "install is not idempotent");
+    assert_eq!(enforcer_pid(), Some(pid), "a second install must not restart an unchanged enforcer");
+
+    // A real login to the system's PAM service sshd is recorded and enforced.
+    let user = TestUser::create("sii", &[]);
+    std::fs::write(POLICY, format!("user {} idle=5s warn=2s\n", user.name)).unwrap();
+    let sshd = SystemSshd::start(&user);
+    let started = Instant::now();
+    let mut client = sshd.ssh(&user.name, "sleep 120");
+    let recorded = wait_until(Duration::from_secs(10), || !sessions_of(&user.name).is_empty());
+    assert!(recorded, "login not recorded in {STATE_DIR}; sshd log:\n{}", sshd.log());
+    let row = sessions_of(&user.name).remove(0);
+    assert_eq!(row["service"], "sshd", "{row}");
+    assert_eq!(row["idle_limit_secs"], 5, "{row}");
+    let ended = wait_until(Duration::from_secs(60), || matches!(client.try_wait(), Ok(Some(_))));
+    let took = started.elapsed();
+    if !ended {
+        let _ = client.kill();
+    }
+    let _ = client.wait();
+    assert!(ended, "the idle session was not disconnected within 60 s; sshd log:\n{}", sshd.log());
+    assert!(took >= Duration::from_secs(5), "disconnected after {took:?}, before its 5 s idle limit");
+    assert!(
+        wait_until(Duration::from_secs(10), || sessions_of(&user.name).is_empty()),
+        "record left after the disconnect"
+    );
+    drop(sshd);
+
+    // Uninstall: back byte for byte; the edited policy is kept.
+    let out = ctl(Path::new(INSTALLED_CTL), &["uninstall"]);
+    assert!(out.status.success(), "uninstall: {}", describe(&out));
+    assert!(text(&out.stdout).contains("kept: policy"), "{}", describe(&out));
+    assert_eq!(std::fs::read(PAM_FILE).unwrap(), guard.pam, "/etc/pam.d/sshd not restored byte for byte");
+    assert!(std::fs::read_to_string(POLICY).unwrap().starts_with("user "), "edited policy kept");
+    std::fs::remove_file(POLICY).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !process_alive(pid)), "enforcer {pid} still running");
+    assert_eq!(differences(&before, &snapshot()), Vec::<String>::new(), "uninstall left something behind");
+
+    // The Debian package: install, remove, purge.
+    let debs = TempDir::new("deb");
+    let out = run(Command::new(workspace_root().join("packaging/build-deb.sh")).arg(target_dir()).arg(&debs.path));
+    let deb = text(&out.stdout).lines().last().expect("deb path").to_string();
+    let out = run(Command::new("dpkg").args(["-i", &deb]));
+    assert!(package_installed(), "{}", describe(&out));
+    assert_pam_line_added(&guard.pam);
+    for path in [
+        "/lib/x86_64-linux-gnu/security/pam_sshidle.so",
+        "/usr/sbin/sshidlectl",
+        "/etc/security/sshidle.conf",
+        "/lib/systemd/system/sshidle.service",
+        "/etc/init.d/sshidle",
+        "/usr/share/man/man8/pam_sshidle.8.gz",
+        "/usr/share/man/man5/sshidle.conf.5.gz",
+        "/usr/share/man/man8/sshidlectl.8.gz",
+        "/usr/share/bash-completion/completions/sshidlectl",
+    ] {
+        assert!(Path::new(path).exists(), "the package did not install {path}");
+    }
+    let conffiles = run(Command::new("dpkg-query").args(["-W", "-f", "${Conffiles}", "sshidle"]));
+    assert!(text(&conffiles.stdout).contains("/etc/security/sshidle.conf"), "policy is a conffile");
+    let out = run(Command::new("dpkg").args(["-r", "sshidle"]));
+    assert_eq!(std::fs::read(PAM_FILE).unwrap(), guard.pam, "dpkg -r left /etc/pam.d/sshd changed: {}", describe(&out));
+    let left: Vec<String> = differences(&before, &snapshot());
+    assert!(
+        left.iter().all(|d| d.starts_with("/etc/security/sshidle.conf:") || d.starts_with("/etc/init.d/sshidle:")),
+        "dpkg -r left more than its conffiles: {left:#?}"
+    );
+    run(Command::new("dpkg").args(["-P", "sshidle"]));
+    assert!(!package_installed());
+    assert_eq!(differences(&before, &snapshot()), Vec::<String>::new(), "dpkg -P left something behind");
+    drop(guard);
+}
+
+#[test]
+fn man_pages_render_without_warnings() {
+    for (page, sections) in [
+        ("pam_sshidle.8", &["OPTIONS", "RETURN VALUES", "FILES", "EXAMPLES"][..]),
+        ("sshidle.conf.5", &["DESCRIPTION", "FILES", "EXAMPLES"][..]),
+        ("sshidlectl.8", &["COMMANDS", "EXIT STATUS", "FILES", "EXAMPLES"][..]),
+    ] {
+        let path = workspace_root().join("man").join(page);
+        let out = Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(&path)
+            .env("MANWIDTH", "80")
+            .env_remove("MANPAGER")
+            .env("PAGER", "cat")
+            .output()
+            .expect("man (man-db is in .ci/deps)");
+        assert!(out.status.success(), "{page}: {}", describe(&out));
+        assert_eq!(text(&out.stderr), "", "{page} renders with warnings");
+        // Bold and underline come as overstrikes (c BS c, _ BS c) through a pipe.
+        let raw: Vec<char> = text(&out.stdout).chars().collect();
+        let mut rendered = String::new();
+        let mut i = 0;
+        while i < raw.len() {
+            if raw.get(i + 1) == Some(&'\u{8}') {
+                i += 2;
+                continue;
+            }
+            rendered.push(raw[i]);
+            i += 1;
+        }
+        for section in sections {
+            assert!(rendered.contains(&format!("\n{section}\n")), "{page} lacks {section}:\n{rendered}");
+        }
+        let widest = rendered.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        assert!(widest <= 80, "{page}: a line of {widest} columns at MANWIDTH=80");
+    }
+}
