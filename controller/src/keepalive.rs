@@ -504,8 +504,8 @@ fn check_and_reload(
 fn drop_sentence(interval: u64, count_max: u64) -> String {
     match dead_client_drop_secs(interval, count_max) {
         Some(secs) => format!(
-            "a client that stops answering is dropped about {} ({secs} s) after its last packet: 2 × ClientAliveInterval {interval} s × (ClientAliveCountMax {count_max} + 1), as measured on OpenSSH 9.2, which probes only every second interval",
-            format_duration(secs)
+            "a client that stops answering is dropped about {} after its last packet: 2 × ClientAliveInterval {interval} s × (ClientAliveCountMax {count_max} + 1), as measured on OpenSSH 9.2, which probes only every second interval",
+            if secs < 60 { format!("{secs} s") } else { format!("{} ({secs} s)", format_duration(secs)) }
         ),
         None if interval == 0 => "ClientAliveInterval 0: sshd sends no probes, so a client that vanishes without closing the connection stays logged in (until TCPKeepAlive, after hours)".to_string(),
         None => "ClientAliveCountMax 0: sshd probes but never drops a silent client (OpenSSH 8.2 and later)".to_string(),

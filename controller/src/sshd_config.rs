@@ -723,7 +723,8 @@ pub fn plan_apply(tree: &Tree, desired: &Desired) -> Result<Plan, PlanError> {
         // Try names with an sshidle drop-in first, then free names.
         let mut candidates: Vec<&str> = names.iter().copied().filter(|n| existing.contains(&dir.join(n))).collect();
         candidates.extend(names.iter().copied().filter(|n| !existing.contains(&dir.join(n))));
-        let mut first_conflicts: Option<Vec<Conflict>> = None;
+        // The conflicts of the earliest place tried: the ones that cannot be beaten.
+        let mut first_conflicts: Option<(usize, Vec<Conflict>)> = None;
         let mut chosen: Option<(PathBuf, usize)> = None;
         for name in candidates {
             let path = dir.join(name);
@@ -744,11 +745,17 @@ pub fn plan_apply(tree: &Tree, desired: &Desired) -> Result<Plan, PlanError> {
                 chosen = Some((path, position));
                 break;
             }
-            first_conflicts.get_or_insert(conflicts);
+            let earlier = match &first_conflicts {
+                Some((p, _)) => position < *p,
+                None => true,
+            };
+            if earlier {
+                first_conflicts = Some((position, conflicts));
+            }
         }
         let Some((path, _)) = chosen else {
             return Err(match first_conflicts {
-                Some(c) => PlanError::Conflicts(c),
+                Some((_, c)) => PlanError::Conflicts(c),
                 None => PlanError::Other(format!(
                     "{}: the names sshidle uses ({}) are taken by files it did not write",
                     dir.display(),
