@@ -127,21 +127,41 @@ fn print_table(rows: &[SessionRow]) {
 }
 
 fn print_prometheus(rows: &[SessionRow]) {
-    println!("# HELP sshidle_sessions Recorded SSH sessions.");
-    println!("# TYPE sshidle_sessions gauge");
-    println!("sshidle_sessions {}", rows.len());
-    println!("# HELP sshidle_session_idle_seconds Seconds since the session's last activity.");
-    println!("# TYPE sshidle_session_idle_seconds gauge");
-    for r in rows {
-        println!("sshidle_session_idle_seconds{{id=\"{}\",user=\"{}\"}} {}", r.id, prom_escape(&r.user), r.idle_secs);
-    }
-    println!("# HELP sshidle_session_time_left_seconds Seconds until the session is disconnected.");
-    println!("# TYPE sshidle_session_time_left_seconds gauge");
-    for r in rows {
-        if let Some(left) = r.time_left_secs {
-            println!("sshidle_session_time_left_seconds{{id=\"{}\",user=\"{}\"}} {}", r.id, prom_escape(&r.user), left);
+    print!("{}", prometheus_text(rows));
+}
+
+/// The node_exporter textfile collector format: one gauge family per value,
+/// per-session series labelled with the session id and user.
+pub fn prometheus_text(rows: &[SessionRow]) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP sshidle_sessions Recorded SSH sessions.\n# TYPE sshidle_sessions gauge\n");
+    out.push_str(&format!("sshidle_sessions {}\n", rows.len()));
+    type Value = fn(&SessionRow) -> Option<i64>;
+    let families: [(&str, &str, Value); 6] = [
+        ("login_time_seconds", "Unix time of the login.", |r| Some(r.login_time)),
+        ("idle_seconds", "Seconds since the session's last activity.", |r| Some(r.idle_secs as i64)),
+        ("idle_limit_seconds", "Idle limit the policy gave the session (absent: none).", |r| {
+            r.idle_limit_secs.map(|v| v as i64)
+        }),
+        ("hard_limit_seconds", "Session length limit (absent: none).", |r| r.hard_limit_secs.map(|v| v as i64)),
+        ("time_left_seconds", "Seconds until the session is disconnected (absent: never).", |r| r.time_left_secs),
+        ("warned", "1 once the idle warning has been written to the session's terminals.", |r| {
+            Some(i64::from(r.warned))
+        }),
+    ];
+    for (name, help, value) in families {
+        out.push_str(&format!("# HELP sshidle_session_{name} {help}\n# TYPE sshidle_session_{name} gauge\n"));
+        for r in rows {
+            if let Some(v) = value(r) {
+                out.push_str(&format!(
+                    "sshidle_session_{name}{{id=\"{}\",user=\"{}\"}} {v}\n",
+                    prom_escape(&r.id),
+                    prom_escape(&r.user)
+                ));
+            }
         }
     }
+    out
 }
 
 fn prom_escape(s: &str) -> String {
@@ -217,7 +237,45 @@ pub fn explain(cli: &Cli, user: &str) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use super::format_utc;
+    use super::{format_utc, prometheus_text, SessionRow};
+
+    #[test]
+    fn prometheus_text_format() {
+        let row = SessionRow {
+            id: "4242".into(),
+            pid: 4242,
+            user: "al\"ice".into(),
+            uid: 1000,
+            ttys: vec!["pts/0".into()],
+            from: "10.0.0.7".into(),
+            service: "sshd".into(),
+            login_time: 1_795_811_294,
+            idle_secs: 30,
+            idle_limit_secs: Some(900),
+            warn_secs: Some(60),
+            hard_limit_secs: None,
+            time_left_secs: Some(870),
+            rule: "x:1: *".into(),
+            warned: false,
+        };
+        let text = prometheus_text(&[row]);
+        assert!(text.contains("sshidle_sessions 1\n"), "{text}");
+        assert!(text.contains("sshidle_session_idle_seconds{id=\"4242\",user=\"al\\\"ice\"} 30\n"), "{text}");
+        assert!(text.contains("sshidle_session_time_left_seconds{id=\"4242\",user=\"al\\\"ice\"} 870\n"), "{text}");
+        assert!(!text.contains("sshidle_session_hard_limit_seconds{"), "no series for an absent limit: {text}");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(series.starts_with("sshidle_"), "{line}");
+        }
+        let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        assert_eq!(types, text.lines().filter(|l| l.starts_with("# HELP")).count());
+        assert_eq!(types, 7);
+        assert_eq!(
+            prometheus_text(&[]).lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(),
+            ["sshidle_sessions 0"]
+        );
+    }
 
     #[test]
     fn utc_dates() {
