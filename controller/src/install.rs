@@ -153,16 +153,21 @@ impl Layout {
         line
     }
 
-    fn daemon_command(&self) -> String {
-        let mut cmd = self.daemon_path().display().to_string();
+    /// The arguments of the enforcer, after the program.
+    fn daemon_args(&self) -> String {
+        let mut args = String::new();
         if let Some(conf) = &self.conf_arg {
-            cmd.push_str(&format!(" --config {}", conf.display()));
+            args.push_str(&format!("--config {} ", conf.display()));
         }
         if let Some(state) = &self.state_arg {
-            cmd.push_str(&format!(" --state-dir {}", state.display()));
+            args.push_str(&format!("--state-dir {} ", state.display()));
         }
-        cmd.push_str(" enforce");
-        cmd
+        args.push_str("enforce");
+        args
+    }
+
+    fn daemon_command(&self) -> String {
+        format!("{} {}", self.daemon_path().display(), self.daemon_args())
     }
 
     fn completion_files(&self) -> [(clap_complete::Shell, PathBuf); 3] {
@@ -662,6 +667,14 @@ fn install_steps(run: &mut Run, args: &InstallArgs) -> Result<(), String> {
     let layout = run.layout;
     let io = io_err;
 
+    // Before changing anything: the PAM file must be there to be edited.
+    if !layout.pam_file.is_file() {
+        return Err(format!(
+            "{}: not found (is openssh-server installed?); nothing was changed",
+            layout.pam_file.display()
+        ));
+    }
+
     // 1. The module, before any PAM line names it.
     let source = find_module(args, layout)?;
     let module = fs::read(&source).map_err(io(&source))?;
@@ -749,14 +762,26 @@ fn install_pam_line(run: &mut Run) -> Result<(), String> {
     run.record(Entry::PamLine(pam_file.clone(), backup)).map_err(|e| format!("manifest: {e}"))
 }
 
+/// The systemd unit, running this layout's sshidlectl.
+fn render_unit(layout: &Layout) -> String {
+    SYSTEMD_UNIT
+        .replace("ExecStart=/usr/sbin/sshidlectl enforce\n", &format!("ExecStart={}\n", layout.daemon_command()))
+}
+
+/// The init script, running this layout's sshidlectl.
+fn render_init_script(layout: &Layout) -> String {
+    INIT_SCRIPT
+        .replace("DAEMON=/usr/sbin/sshidlectl\n", &format!("DAEMON={}\n", layout.daemon_path().display()))
+        .replace("DAEMON_ARGS=\"enforce\"\n", &format!("DAEMON_ARGS=\"{}\"\n", layout.daemon_args()))
+}
+
 fn install_service(run: &mut Run) -> Result<(), String> {
     let layout = run.layout;
-    let command = layout.daemon_command();
     match layout.service {
         ServiceKind::None => Ok(()),
         ServiceKind::Systemd => {
             let unit_path = layout.systemd_dir.join(format!("{SERVICE_NAME}.service"));
-            let unit = SYSTEMD_UNIT.replace("ExecStart=/usr/sbin/sshidlectl enforce", &format!("ExecStart={command}"));
+            let unit = render_unit(layout);
             let changed = run
                 .put_file(&unit_path, unit.as_bytes(), 0o644, "systemd unit")
                 .map_err(|e| format!("{}: {e}", unit_path.display()))?;
@@ -775,19 +800,7 @@ fn install_service(run: &mut Run) -> Result<(), String> {
         }
         ServiceKind::SysV => {
             let script_path = layout.init_dir.join(SERVICE_NAME);
-            let script = INIT_SCRIPT
-                .replace("DAEMON=/usr/sbin/sshidlectl\n", &format!("DAEMON={}\n", layout.daemon_path().display()))
-                .replace(
-                    "-- enforce\n",
-                    &format!("-- {}\n", command.split_once(' ').map(|(_, rest)| rest).unwrap_or("enforce")),
-                )
-                .replace(
-                    "\"$DAEMON\" enforce </dev/null",
-                    &format!(
-                        "\"$DAEMON\" {} </dev/null",
-                        command.split_once(' ').map(|(_, rest)| rest).unwrap_or("enforce")
-                    ),
-                );
+            let script = render_init_script(layout);
             let changed = run
                 .put_file(&script_path, script.as_bytes(), 0o755, "init script")
                 .map_err(|e| format!("{}: {e}", script_path.display()))?;
@@ -1260,6 +1273,34 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
                 root.0.join("usr/local/sbin/sshidlectl").display()
             )
         );
+    }
+
+    #[test]
+    fn service_files_run_the_installed_controller() {
+        let root = temp_root("svc");
+        let mut layout = layout(&root.0);
+        let ctl = root.0.join("usr/local/sbin/sshidlectl");
+        let unit = render_unit(&layout);
+        assert!(unit.contains(&format!("\nExecStart={} enforce\n", ctl.display())), "{unit}");
+        let script = render_init_script(&layout);
+        assert!(script.contains(&format!("\nDAEMON={}\nDAEMON_ARGS=\"enforce\"\n", ctl.display())), "{script}");
+        layout.conf_arg = Some("/etc/x.conf".into());
+        assert!(render_unit(&layout).contains(&format!("ExecStart={} --config /etc/x.conf enforce\n", ctl.display())));
+        assert!(render_init_script(&layout).contains("DAEMON_ARGS=\"--config /etc/x.conf enforce\"\n"));
+        // The package's copies run /usr/sbin/sshidlectl.
+        layout.self_exe = "/usr/sbin/sshidlectl".into();
+        layout.conf_arg = None;
+        assert_eq!(render_unit(&layout), SYSTEMD_UNIT);
+        assert_eq!(render_init_script(&layout), INIT_SCRIPT);
+    }
+
+    #[test]
+    fn a_missing_pam_file_changes_nothing() {
+        let root = temp_root("nopam");
+        fs::remove_file(root.0.join("etc/pam.d/sshd")).unwrap();
+        let before = snapshot(&root.0);
+        assert_eq!(install_with(&layout(&root.0), &args(false)), EXIT_PROBLEM);
+        assert_eq!(snapshot(&root.0), before);
     }
 
     #[test]
