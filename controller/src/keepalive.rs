@@ -361,7 +361,7 @@ fn apply(cli: &Cli, args: &KeepaliveArgs) -> Result<u8, String> {
         ));
     }
     write_plan(&plan)?;
-    let result = check_and_reload(&main, &tree, desired.as_ref(), args, &plan);
+    let result = check_and_reload(&main, desired.as_ref(), args, &plan);
     match result {
         Ok(summary) => {
             say(&summary);
@@ -441,7 +441,6 @@ fn restore(plan: &Plan) -> Result<(), String> {
 
 fn check_and_reload(
     main: &Path,
-    tree: &Tree,
     desired: Option<&Desired>,
     args: &KeepaliveArgs,
     plan: &Plan,
@@ -473,7 +472,6 @@ fn check_and_reload(
                 )));
             }
         }
-        let _ = tree;
         summary.push(format!(
             "sshd -t: ok; sshd -T: clientaliveinterval {} clientalivecountmax {}{}",
             d.interval,
