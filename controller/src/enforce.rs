@@ -1,13 +1,983 @@
-//! `sshidlectl enforce` and `disconnect` (issue 3).
+//! `sshidlectl enforce` and `sshidlectl disconnect`.
+//!
+//! The enforcer keeps every recorded session's next deadline (the time it
+//! must be warned, disconnected, or its commands' I/O looked at again) and
+//! sleeps until the earliest one: nothing is polled on a fixed tick. It wakes
+//! up early for
+//! - a change of the state file (inotify on the state directory): a login or
+//!   logout, picked up within ~0.1 s;
+//! - a change of the policy file (inotify on its directory, so editors that
+//!   replace the file are seen): the policy is re-read and applied to the
+//!   sessions already open;
+//! - SIGHUP (re-read everything, look at every session) and SIGTERM/SIGINT
+//!   (exit), through a signalfd.
+//!
+//! A look at a session is cheap when nothing is due: the atime of the ttys it
+//! had, the I/O counters of the commands it had. Only before warning or
+//! disconnecting is `/proc` scanned again (once per sweep, shared by every
+//! session due), so that a tty or command opened since is not missed.
 
-use crate::{Cli, DisconnectArgs, EnforceArgs, EXIT_PROBLEM};
+use crate::syslog::Logger;
+use crate::{Cli, DisconnectArgs, EnforceArgs, EXIT_OK, EXIT_PROBLEM};
+use sshidle::activity::{self, Activity, Cause, Decision, IoMemo, Members, Memory};
+use sshidle::policy::Policy;
+use sshidle::procfs::{self, ProcTable};
+use sshidle::state::{SessionKey, SessionRecord, StateDir, StateError};
+use sshidle::terminate::{self, Termination, GRACE};
+use sshidle::{format_duration, now_unix, users, utmp, Level, Limits, LogSink};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-pub fn run(_cli: &Cli, _args: &EnforceArgs) -> u8 {
-    eprintln!("sshidlectl: enforce is not implemented yet");
-    EXIT_PROBLEM
+/// New sessions are first looked at this long after their login, when their
+/// terminal or command exists.
+const FIRST_LOOK_SECS: i64 = 1;
+/// Dead records are dropped and utmp is re-read this often, also when no
+/// deadline is near.
+const HOUSEKEEPING: Duration = Duration::from_secs(300);
+/// The enforcer never sleeps longer than this (wall-clock jumps).
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// Bursts of state file changes are read once.
+const RELOAD_DELAY: Duration = Duration::from_millis(100);
+/// The command memory is written at most this often.
+const MEMORY_SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// How often the I/O counters of a session's commands are read: a tenth of
+/// its idle limit, between 1 and 30 s. A change is credited when it is seen,
+/// so a session without a terminal is disconnected at most this late.
+fn sample_every(limits: &Limits) -> Option<i64> {
+    limits.idle.map(|l| (l as i64 / 10).clamp(1, 30))
 }
 
-pub fn disconnect(_cli: &Cli, _args: &DisconnectArgs) -> u8 {
-    eprintln!("sshidlectl: disconnect is not implemented yet");
-    EXIT_PROBLEM
+/// A session the enforcer looks after.
+struct Tracked {
+    record: SessionRecord,
+    /// Its processes at the last scan; `None` until scanned.
+    members: Option<Members>,
+    memo: Option<IoMemo>,
+    /// When to look again (unix seconds).
+    next_check: i64,
+    /// Being disconnected.
+    ending: bool,
+    /// `--dry-run` said it would disconnect it; nothing more to say.
+    dry_done: bool,
+}
+
+/// What a session needs now, decided by [`Enforcer::look`].
+enum Action {
+    Nothing,
+    Warn { cause: Cause, ends_at: i64 },
+    End(Cause),
+    Dead,
+}
+
+struct Enforcer {
+    config: PathBuf,
+    state_path: PathBuf,
+    state: Option<StateDir>,
+    utmp_path: Option<PathBuf>,
+    dry_run: bool,
+    log: Logger,
+    policy: Option<Policy>,
+    policy_stamp: Option<(u64, u64, i64, i64, u64)>,
+    sessions: BTreeMap<SessionKey, Tracked>,
+    memory_dirty: bool,
+    memory_saved: Instant,
+    terminations: Vec<Termination>,
+    problems: usize,
+}
+
+impl Enforcer {
+    fn new(cli: &Cli, args: &EnforceArgs) -> Enforcer {
+        let utmp_path = match args.utmp.to_str() {
+            Some("none") | Some("") => None,
+            _ => Some(args.utmp.clone()),
+        };
+        Enforcer {
+            config: cli.config.clone(),
+            state_path: cli.state_dir.clone(),
+            state: None,
+            utmp_path,
+            dry_run: args.dry_run,
+            log: Logger::new(true, !args.dry_run),
+            policy: None,
+            policy_stamp: None,
+            sessions: BTreeMap::new(),
+            memory_dirty: false,
+            memory_saved: Instant::now(),
+            terminations: Vec::new(),
+            problems: 0,
+        }
+    }
+
+    /// Opens the state directory (creating it unless `--dry-run`).
+    fn open_state(&mut self) {
+        if self.state.is_some() {
+            return;
+        }
+        match StateDir::open(&self.state_path, !self.dry_run) {
+            Ok(state) => self.state = Some(state),
+            Err(StateError::Io(_, err)) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                self.problems += 1;
+                self.log.log(Level::Error, &err.to_string());
+            }
+        }
+    }
+
+    fn say(&self, level: Level, message: &str) {
+        if self.dry_run {
+            println!("{message}");
+        } else {
+            self.log.log(level, message);
+        }
+    }
+
+    /// Reads the policy when it changed (or `force`). Returns true when the
+    /// limits may have changed.
+    fn load_policy(&mut self, force: bool) -> bool {
+        let stamp =
+            std::fs::metadata(&self.config).ok().map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size()));
+        if !force && stamp == self.policy_stamp && (stamp.is_some() || self.policy.is_none()) {
+            return false;
+        }
+        self.policy_stamp = stamp;
+        match Policy::load(&self.config) {
+            Ok(policy) => {
+                for error in &policy.errors {
+                    self.log.log(Level::Error, &format!("{error} (line skipped)"));
+                }
+                self.policy = Some(policy);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if self.policy.is_some() {
+                    self.log.log(
+                        Level::Warning,
+                        &format!("{}: gone; sessions keep the limits they have", self.config.display()),
+                    );
+                }
+                self.policy = None;
+            }
+            Err(err) => {
+                self.problems += 1;
+                self.log
+                    .log(Level::Error, &format!("{}: {err}; keeping the policy read before", self.config.display()));
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The limits and rule the policy gives `user`; `None` without a policy
+    /// or for an unknown user.
+    fn resolve(&self, user: &str) -> Option<(Limits, String)> {
+        let policy = self.policy.as_ref()?;
+        let account = users::lookup_user(user)?;
+        let resolution = policy.resolve(&account.name, &mut || users::group_names(&account));
+        Some((resolution.limits, resolution.describe(policy)))
+    }
+
+    /// Applies the current policy to a session; records the new limits so
+    /// `status` shows them. Returns true when they changed.
+    fn apply_policy(&mut self, key: SessionKey, now: i64) -> bool {
+        let Some(t) = self.sessions.get(&key) else { return false };
+        let Some((limits, rule)) = self.resolve(&t.record.user) else { return false };
+        if limits == t.record.limits && rule == t.record.rule {
+            return false;
+        }
+        let t = self.sessions.get_mut(&key).expect("present");
+        let before = t.record.limits;
+        t.record.limits = limits;
+        t.record.rule = rule;
+        t.next_check = now;
+        let (user, rule) = (t.record.user.clone(), t.record.rule.clone());
+        if !self.dry_run && key.is_alive() {
+            if let Some(state) = &self.state {
+                if let Err(err) = state.record_open(&self.sessions[&key].record) {
+                    self.log.log(Level::Error, &format!("recording new limits of session {key}: {err}"));
+                }
+            }
+        }
+        self.say(Level::Info, &format!("session {key} of {user}: limits {before} -> {limits} (rule {rule})"));
+        true
+    }
+
+    /// Re-reads the state file: new sessions are tracked, closed ones dropped.
+    fn reload_sessions(&mut self, now: i64) {
+        self.open_state();
+        let Some(state) = &self.state else { return };
+        let snapshot = match state.load() {
+            Ok(s) => s,
+            Err(err) => {
+                self.problems += 1;
+                self.log.log(Level::Error, &err.to_string());
+                return;
+            }
+        };
+        let present: HashSet<SessionKey> = snapshot.sessions.iter().map(|r| r.key).collect();
+        let memory = Memory::load(&self.state_path);
+        let mut new = Vec::new();
+        for record in snapshot.sessions {
+            match self.sessions.get_mut(&record.key) {
+                Some(t) => {
+                    if record.warned_at > t.record.warned_at {
+                        t.record.warned_at = record.warned_at;
+                    }
+                }
+                None => {
+                    new.push(record.key);
+                    let memo = memory.entries.get(&record.key).copied();
+                    let next_check = (record.login_time + FIRST_LOOK_SECS).max(now);
+                    self.sessions.insert(
+                        record.key,
+                        Tracked { record, members: None, memo, next_check, ending: false, dry_done: false },
+                    );
+                }
+            }
+        }
+        // Sessions closed meanwhile (in --dry-run, adopted ones are only here).
+        self.sessions.retain(|k, t| present.contains(k) || (t.record.service == ADOPTED && k.is_alive()));
+        for key in new {
+            self.apply_policy(key, now);
+        }
+    }
+
+    /// Sessions in utmp without a record (logged in before sshidle was
+    /// installed) get one, with the limits the policy gives their user.
+    fn adopt_from_utmp(&mut self, now: i64) {
+        let Some(path) = self.utmp_path.clone() else { return };
+        // utmp first, then the state file: a login recorded in between is
+        // then found in the state file, never adopted twice.
+        let entries = match utmp::read(&path) {
+            Ok(entries) => entries,
+            Err(err) => {
+                self.log.log(Level::Warning, &format!("{}: {err}", path.display()));
+                return;
+            }
+        };
+        self.reload_sessions(now);
+        let mut seen = HashSet::new();
+        for entry in entries {
+            if !seen.insert(entry.pid) {
+                continue;
+            }
+            let Some(start) = procfs::start_time(entry.pid) else { continue };
+            let key = SessionKey { pid: entry.pid, start };
+            if self.sessions.contains_key(&key) || !is_sshd_login(entry.pid, start, entry.time) {
+                continue;
+            }
+            let Some((limits, rule)) = self.resolve(&entry.user) else { continue };
+            if limits.is_unlimited() {
+                continue;
+            }
+            let Some(account) = users::lookup_user(&entry.user) else { continue };
+            let record = SessionRecord {
+                key,
+                uid: account.uid,
+                user: entry.user.clone(),
+                rhost: entry.host.clone(),
+                service: ADOPTED.into(),
+                login_time: entry.time,
+                limits,
+                rule,
+                warned_at: None,
+            };
+            if !self.dry_run {
+                if let Some(state) = &self.state {
+                    if let Err(err) = state.record_open(&record) {
+                        self.log.log(Level::Error, &format!("recording session {key} from utmp: {err}"));
+                        continue;
+                    }
+                }
+            }
+            self.say(
+                Level::Info,
+                &format!(
+                    "session {key} of {} on {} (logged in before sshidle): {} (rule {})",
+                    entry.user, entry.line, record.limits, record.rule
+                ),
+            );
+            let memo = None;
+            self.sessions
+                .insert(key, Tracked { record, members: None, memo, next_check: now, ending: false, dry_done: false });
+        }
+    }
+
+    /// Drops records whose monitor is gone.
+    fn drop_dead(&mut self) {
+        let dead: Vec<SessionKey> = self.sessions.keys().filter(|k| !k.is_alive()).copied().collect();
+        for key in &dead {
+            self.sessions.remove(key);
+        }
+        if dead.is_empty() || self.dry_run {
+            return;
+        }
+        if let Some(state) = &self.state {
+            for key in &dead {
+                state.take_ending(*key);
+            }
+            match state.compact(&|r| r.key.is_alive()) {
+                Ok(dropped) => {
+                    for r in dropped {
+                        self.log.log(
+                            Level::Info,
+                            &format!("session {} of {}: process gone, record dropped", r.key, r.user),
+                        );
+                    }
+                }
+                Err(err) => self.log.log(Level::Error, &format!("dropping dead sessions: {err}")),
+            }
+        }
+    }
+
+    /// Looks at a session: cheaply with what was known, and again with a
+    /// fresh process table before anything is done to it.
+    fn look(&mut self, key: SessionKey, now: i64, table: &mut Option<ProcTable>) -> (Action, Activity) {
+        let t = self.sessions.get_mut(&key).expect("tracked");
+        let mut fresh = false;
+        loop {
+            if t.members.is_none() || fresh {
+                let table = table.get_or_insert_with(ProcTable::scan);
+                match activity::members(table, key) {
+                    Some(m) => t.members = Some(m),
+                    None => return (Action::Dead, Activity::default()),
+                }
+                fresh = true;
+            }
+            let members = t.members.as_ref().expect("scanned");
+            let had_memo = t.memo;
+            let act = activity::assess(&t.record, members, &mut t.memo, now);
+            if t.memo != had_memo {
+                self.memory_dirty = true;
+            }
+            let decision =
+                activity::decide(&t.record.limits, t.record.login_time, act.quiet_since, t.record.warned_at, now);
+            let action = match decision {
+                Decision::Wait(until) => {
+                    let mut next = until.unwrap_or(i64::MAX);
+                    if let Some(every) = sample_every(&t.record.limits) {
+                        if !members.commands.is_empty() {
+                            next = next.min(now + every);
+                        } else if members.ttys.is_empty() {
+                            // No channel (yet): look for one again now and then.
+                            next = next.min(now + (every * 3).clamp(2, 60));
+                            t.members = None;
+                        }
+                    }
+                    t.next_check = next;
+                    Action::Nothing
+                }
+                Decision::Warn { cause, ends_at } => Action::Warn { cause, ends_at },
+                Decision::End(cause) => Action::End(cause),
+            };
+            if matches!(action, Action::Nothing) || fresh {
+                return (action, act);
+            }
+            fresh = true;
+        }
+    }
+
+    /// Looks at the sessions that are due (or all), and acts.
+    fn sweep(&mut self, now: i64, all: bool) {
+        let due: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, t)| !t.ending && !t.dry_done && (all || t.next_check <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut table = None;
+        let mut dead = false;
+        for key in due {
+            if !key.is_alive() {
+                dead = true;
+                continue;
+            }
+            let (action, act) = self.look(key, now, &mut table);
+            match action {
+                Action::Nothing => {}
+                Action::Dead => dead = true,
+                Action::Warn { cause, ends_at } => self.warn(key, &act, cause, ends_at, now),
+                Action::End(cause) => {
+                    let table = table.get_or_insert_with(ProcTable::scan);
+                    self.end(key, &act, cause, table, now);
+                }
+            }
+        }
+        if dead {
+            self.drop_dead();
+        }
+    }
+
+    fn warn(&mut self, key: SessionKey, act: &Activity, cause: Cause, ends_at: i64, now: i64) {
+        let t = self.sessions.get_mut(&key).expect("tracked");
+        t.record.warned_at = Some(now);
+        t.next_check = ends_at;
+        if let Some(every) = sample_every(&t.record.limits) {
+            if t.members.as_ref().is_some_and(|m| !m.commands.is_empty()) {
+                t.next_check = ends_at.min(now + every);
+            }
+        }
+        let r = t.record.clone();
+        let ttys = t.members.as_ref().map(|m| m.ttys.clone()).unwrap_or_default();
+        let left = format_duration((ends_at - now).max(0) as u64);
+        let text = warning_text(cause, &r.limits, act.idle_secs, &left);
+        let what = match cause {
+            Cause::Idle => format!("idle {}", format_duration(act.idle_secs)),
+            Cause::Hard => format!("logged in for {}", format_duration((now - r.login_time).max(0) as u64)),
+        };
+        let message = format!(
+            "{}session {key} of {} from {} on {}: {what}, disconnect in {left} (limits {}, rule {})",
+            if self.dry_run { "would warn " } else { "warned " },
+            r.user,
+            display_or_dash(&r.rhost),
+            display_ttys(&act.ttys),
+            r.limits,
+            r.rule
+        );
+        if !self.dry_run {
+            for tty in &ttys {
+                if let Err(err) = write_tty(*tty, &text) {
+                    self.log.log(Level::Warning, &format!("warning session {key} on its tty: {err}"));
+                }
+            }
+            if let Some(state) = &self.state {
+                if let Err(err) = state.record_warned(key, now) {
+                    self.log.log(Level::Error, &format!("recording the warning of session {key}: {err}"));
+                }
+            }
+        }
+        self.say(Level::Notice, &message);
+    }
+
+    fn end(&mut self, key: SessionKey, act: &Activity, cause: Cause, table: &ProcTable, now: i64) {
+        let t = self.sessions.get_mut(&key).expect("tracked");
+        let r = t.record.clone();
+        let reason = match cause {
+            Cause::Idle => format!(
+                "idle {} (limit idle={}, rule {})",
+                format_duration(act.idle_secs),
+                r.limits.idle.map_or_else(|| "off".into(), format_duration),
+                r.rule
+            ),
+            Cause::Hard => format!(
+                "logged in for {} (limit hard={}, rule {})",
+                format_duration((now - r.login_time).max(0) as u64),
+                r.limits.hard.map_or_else(|| "off".into(), format_duration),
+                r.rule
+            ),
+        };
+        let intro = if self.dry_run { "would disconnect" } else { "disconnecting" };
+        let message = format!(
+            "{intro} session {key} of {} from {} on {}: {reason}",
+            r.user,
+            display_or_dash(&r.rhost),
+            display_ttys(&act.ttys)
+        );
+        if self.dry_run {
+            t.dry_done = true;
+            self.say(Level::Notice, &message);
+            return;
+        }
+        t.ending = true;
+        self.log.log(Level::Notice, &message);
+        if let Some(term) = begin_termination(self.state.as_ref(), table, &r, &reason, &self.log) {
+            self.terminations.push(term);
+        }
+    }
+
+    /// Finishes disconnects whose processes are gone or whose grace is over.
+    fn progress_terminations(&mut self, force: bool) {
+        let mut finished = Vec::new();
+        for (i, term) in self.terminations.iter_mut().enumerate() {
+            let over = force || term.started.elapsed() >= GRACE;
+            if term.survivors().is_empty() || over {
+                let killed = term.kill_survivors();
+                report_killed(term.key, &killed, &self.log);
+                finished.push(i);
+            }
+        }
+        for i in finished.into_iter().rev() {
+            self.terminations.remove(i);
+        }
+    }
+
+    fn save_memory(&mut self, force: bool) {
+        if self.dry_run || !self.memory_dirty || (!force && self.memory_saved.elapsed() < MEMORY_SAVE_EVERY) {
+            return;
+        }
+        if self.state.is_none() {
+            return;
+        }
+        let memory = Memory { entries: self.sessions.iter().filter_map(|(k, t)| t.memo.map(|m| (*k, m))).collect() };
+        if let Err(err) = memory.save(&self.state_path) {
+            self.log.log(Level::Warning, &format!("saving {}: {err}", activity::MEMORY_FILE));
+        }
+        self.memory_dirty = false;
+        self.memory_saved = Instant::now();
+    }
+
+    /// The earliest moment something is due.
+    fn next_wake(&self) -> Option<Instant> {
+        let now_ms = now_millis();
+        let mut wake: Option<Instant> = None;
+        let mut consider = |at: Instant| wake = Some(wake.map_or(at, |w| w.min(at)));
+        if let Some(next) = self.sessions.values().filter(|t| !t.ending && !t.dry_done).map(|t| t.next_check).min() {
+            if next < i64::MAX / 2000 {
+                let ms = (next * 1000 - now_ms).max(0) as u64;
+                consider(Instant::now() + Duration::from_millis(ms));
+            }
+        }
+        for term in &self.terminations {
+            // Look at the processes being ended every 200 ms until the grace is over.
+            consider((term.started + GRACE).min(Instant::now() + Duration::from_millis(200)));
+        }
+        if self.memory_dirty && !self.dry_run {
+            consider(self.memory_saved + MEMORY_SAVE_EVERY);
+        }
+        wake
+    }
+}
+
+const ADOPTED: &str = "utmp";
+
+/// True when `pid` is an sshd process that was running when the utmp entry
+/// was written (not a later process that reused the PID).
+fn is_sshd_login(pid: i32, start: u64, login_time: i64) -> bool {
+    let name_ok =
+        procfs::exe(pid).and_then(|p| p.file_name().map(|n| n.to_string_lossy().starts_with("sshd"))).unwrap_or(false);
+    name_ok && procfs::start_unix(start).is_some_and(|s| s <= login_time + 2)
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn display_or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+fn display_ttys(ttys: &[String]) -> String {
+    if ttys.is_empty() {
+        "no tty".into()
+    } else {
+        ttys.join(",")
+    }
+}
+
+fn warning_text(cause: Cause, limits: &Limits, idle: u64, left: &str) -> String {
+    let body = match cause {
+        Cause::Idle => format!(
+            "sshidle: this session has been idle for {}; it will be disconnected in {left} \
+             (idle limit {}). Press a key to stay connected.",
+            format_duration(idle),
+            limits.idle.map_or_else(|| "off".into(), format_duration)
+        ),
+        Cause::Hard => format!(
+            "sshidle: this session reaches its maximum length of {} and will be disconnected in {left}. \
+             Save your work.",
+            limits.hard.map_or_else(|| "off".into(), format_duration)
+        ),
+    };
+    // \r\n: the terminal may be in raw mode (an editor).
+    format!("\r\n\x07*** {body} ***\r\n")
+}
+
+/// Writes `text` to a pty without blocking (a terminal stopped with ^S must
+/// not stall the enforcer) and without making it our controlling tty.
+fn write_tty(tty_nr: u32, text: &str) -> std::io::Result<()> {
+    let name = procfs::pts_name(tty_nr).ok_or_else(|| std::io::Error::other("not a pty"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(format!("/dev/{name}"))?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_char_device() || meta.rdev() as u32 != tty_nr {
+        return Err(std::io::Error::other(format!("/dev/{name} is not the session's tty")));
+    }
+    file.write_all(text.as_bytes())
+}
+
+/// Notes why the session ends, collects its processes and signals them.
+fn begin_termination(
+    state: Option<&StateDir>,
+    table: &ProcTable,
+    r: &SessionRecord,
+    reason: &str,
+    log: &dyn LogSink,
+) -> Option<Termination> {
+    let Some(collected) = terminate::collect(table, r.key, r.uid) else {
+        log.log(Level::Info, &format!("session {} of {}: already gone", r.key, r.user));
+        return None;
+    };
+    if let Some(state) = state {
+        if let Err(err) = state.mark_ending(r.key, reason) {
+            log.log(Level::Warning, &format!("noting why session {} ends: {err}", r.key));
+        }
+    }
+    Some(Termination::begin(r.key, r.uid, collected))
+}
+
+fn report_killed(key: SessionKey, killed: &[terminate::Victim], log: &dyn LogSink) {
+    if !killed.is_empty() {
+        let pids: Vec<String> = killed.iter().map(|v| v.pid.to_string()).collect();
+        log.log(
+            Level::Warning,
+            &format!(
+                "session {key}: processes {} ignored SIGTERM/SIGHUP for {:?} and were killed",
+                pids.join(" "),
+                GRACE
+            ),
+        );
+    }
+}
+
+pub fn run(cli: &Cli, args: &EnforceArgs) -> u8 {
+    let mut e = Enforcer::new(cli, args);
+    let now = now_unix();
+    e.open_state();
+    e.load_policy(true);
+    e.reload_sessions(now);
+    e.adopt_from_utmp(now);
+    e.drop_dead();
+    if args.once {
+        e.sweep(now, true);
+        for term in &mut e.terminations {
+            let killed = term.finish(GRACE);
+            report_killed(term.key, &killed, &e.log);
+        }
+        e.terminations.clear();
+        e.save_memory(true);
+        return if e.problems == 0 { EXIT_OK } else { EXIT_PROBLEM };
+    }
+    match daemon(&mut e) {
+        Ok(()) => EXIT_OK,
+        Err(err) => {
+            e.log.log(Level::Error, &format!("enforcer stopped: {err}"));
+            EXIT_PROBLEM
+        }
+    }
+}
+
+fn cvt(rc: libc::c_int, what: &str) -> std::io::Result<libc::c_int> {
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        Err(std::io::Error::new(err.kind(), format!("{what}: {err}")))
+    } else {
+        Ok(rc)
+    }
+}
+
+fn add_watch(inotify: &OwnedFd, dir: &Path, mask: u32) -> Option<libc::c_int> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: valid fd and C string.
+    let wd = unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), c.as_ptr(), mask) };
+    (wd >= 0).then_some(wd)
+}
+
+/// Reads pending inotify events: (watch, file name).
+fn read_events(inotify: &OwnedFd) -> Vec<(libc::c_int, String)> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        // SAFETY: buf is writable for its length.
+        let n = unsafe { libc::read(inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        let mut off = 0usize;
+        let header = std::mem::size_of::<libc::inotify_event>();
+        while off + header <= n as usize {
+            // SAFETY: the kernel wrote a whole event header here.
+            let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
+            let name_bytes = &buf[off + header..(off + header + ev.len as usize).min(n as usize)];
+            let name = String::from_utf8_lossy(name_bytes).trim_end_matches('\0').to_string();
+            out.push((ev.wd, name));
+            off += header + ev.len as usize;
+        }
+    }
+    out
+}
+
+fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
+    // Signals arrive through a signalfd: no handler runs inside the loop.
+    // SAFETY: sigset manipulation on a local set; sigprocmask before any
+    // thread exists.
+    let sigfd = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        cvt(libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()), "sigprocmask")?;
+        OwnedFd::from_raw_fd(cvt(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK), "signalfd")?)
+    };
+    // SAFETY: plain syscall.
+    let inotify = unsafe {
+        OwnedFd::from_raw_fd(cvt(libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC), "inotify_init1")?)
+    };
+    let file_events = libc::IN_CLOSE_WRITE | libc::IN_MODIFY | libc::IN_MOVED_TO | libc::IN_CREATE | libc::IN_DELETE;
+    let mut state_wd = add_watch(&inotify, &e.state_path, file_events);
+    let policy_dir = e.config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let policy_name = e.config.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let policy_wd = add_watch(&inotify, &policy_dir, file_events | libc::IN_ATTRIB | libc::IN_MOVED_FROM);
+    if policy_wd.is_none() {
+        e.log.log(
+            Level::Warning,
+            &format!("cannot watch {}; policy changes are seen on SIGHUP only", policy_dir.display()),
+        );
+    }
+    e.log.log(
+        Level::Info,
+        &format!(
+            "enforcing {} on {} sessions in {}{}",
+            e.config.display(),
+            e.sessions.len(),
+            e.state_path.display(),
+            if e.dry_run { " (dry run)" } else { "" }
+        ),
+    );
+    e.sweep(now_unix(), true);
+    let mut reload_at: Option<Instant> = None;
+    let mut policy_at: Option<Instant> = None;
+    let mut housekeeping_at = Instant::now() + HOUSEKEEPING;
+    loop {
+        e.progress_terminations(false);
+        e.save_memory(false);
+        let mut wake = housekeeping_at;
+        for at in [e.next_wake(), reload_at, policy_at].into_iter().flatten() {
+            wake = wake.min(at);
+        }
+        let timeout = wake.saturating_duration_since(Instant::now()).min(MAX_SLEEP);
+        let mut fds = [
+            libc::pollfd { fd: sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: inotify.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // Round up so we do not wake a hair early and spin.
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32 + i32::from(!timeout.is_zero());
+        // SAFETY: two valid pollfds.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return Err(std::io::Error::last_os_error());
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: info is writable for its size.
+            while unsafe { libc::read(sigfd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) }
+                == size as isize
+            {
+                match info.ssi_signo as libc::c_int {
+                    libc::SIGHUP => {
+                        e.log.log(Level::Info, "SIGHUP: re-reading the policy, the sessions and utmp");
+                        let now = now_unix();
+                        e.load_policy(true);
+                        e.adopt_from_utmp(now);
+                        e.reload_sessions(now);
+                        let keys: Vec<SessionKey> = e.sessions.keys().copied().collect();
+                        for key in keys {
+                            e.apply_policy(key, now);
+                            if let Some(t) = e.sessions.get_mut(&key) {
+                                t.members = None;
+                            }
+                        }
+                        e.sweep(now, true);
+                    }
+                    sig => {
+                        e.log.log(Level::Info, &format!("signal {sig}: stopping"));
+                        for term in &mut e.terminations {
+                            let killed = term.finish(GRACE);
+                            report_killed(term.key, &killed, &e.log);
+                        }
+                        e.terminations.clear();
+                        e.save_memory(true);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            for (wd, name) in read_events(&inotify) {
+                if Some(wd) == state_wd && name == sshidle::state::STATE_FILE {
+                    reload_at.get_or_insert_with(|| Instant::now() + RELOAD_DELAY);
+                } else if Some(wd) == policy_wd && name == policy_name {
+                    policy_at.get_or_insert_with(|| Instant::now() + RELOAD_DELAY);
+                }
+            }
+        }
+        let now = now_unix();
+        if state_wd.is_none() && e.state.is_none() {
+            // The state directory appeared (first login after boot, --dry-run).
+            e.open_state();
+            if e.state.is_some() {
+                state_wd = add_watch(&inotify, &e.state_path, file_events);
+                reload_at = Some(Instant::now());
+            }
+        }
+        if reload_at.is_some_and(|at| at <= Instant::now()) {
+            reload_at = None;
+            e.reload_sessions(now);
+        }
+        if policy_at.is_some_and(|at| at <= Instant::now()) {
+            policy_at = None;
+            if e.load_policy(false) {
+                e.log.log(Level::Info, &format!("{}: re-read; applying it to open sessions", e.config.display()));
+                let keys: Vec<SessionKey> = e.sessions.keys().copied().collect();
+                for key in keys {
+                    e.apply_policy(key, now);
+                }
+            }
+        }
+        if housekeeping_at <= Instant::now() {
+            housekeeping_at = Instant::now() + HOUSEKEEPING;
+            e.adopt_from_utmp(now);
+            e.drop_dead();
+        }
+        e.sweep(now, false);
+    }
+}
+
+/// A session `disconnect` can name: recorded, or only in utmp.
+fn known_sessions(cli: &Cli, utmp_path: Option<&Path>) -> Result<(Option<StateDir>, Vec<SessionRecord>), StateError> {
+    let entries = utmp_path.and_then(|p| utmp::read(p).ok()).unwrap_or_default();
+    let state = match StateDir::open(&cli.state_dir, false) {
+        Ok(state) => Some(state),
+        Err(StateError::Io(_, err)) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => return Err(err),
+    };
+    let mut sessions: Vec<SessionRecord> = match &state {
+        Some(state) => state.load()?.sessions.into_iter().filter(|r| r.key.is_alive()).collect(),
+        None => Vec::new(),
+    };
+    let mut seen: HashSet<i32> = sessions.iter().map(|r| r.key.pid).collect();
+    for entry in entries {
+        let Some(start) = procfs::start_time(entry.pid) else { continue };
+        if !seen.insert(entry.pid) || !is_sshd_login(entry.pid, start, entry.time) {
+            continue;
+        }
+        let Some(account) = users::lookup_user(&entry.user) else { continue };
+        sessions.push(SessionRecord {
+            key: SessionKey { pid: entry.pid, start },
+            uid: account.uid,
+            user: entry.user,
+            rhost: entry.host,
+            service: ADOPTED.into(),
+            login_time: entry.time,
+            limits: Limits::default(),
+            rule: "none".into(),
+            warned_at: None,
+        });
+    }
+    Ok((state, sessions))
+}
+
+pub fn disconnect(cli: &Cli, args: &DisconnectArgs) -> u8 {
+    let log = Logger::new(true, !args.dry_run);
+    let utmp_path = PathBuf::from(utmp::DEFAULT_UTMP);
+    let (state, sessions) = match known_sessions(cli, Some(&utmp_path)) {
+        Ok(found) => found,
+        Err(err) => {
+            eprintln!("sshidlectl: {err}");
+            return EXIT_PROBLEM;
+        }
+    };
+    let targets: Vec<&SessionRecord> = match (&args.id, &args.user) {
+        (Some(id), _) => {
+            let Ok(pid) = id.parse::<i32>() else {
+                eprintln!("sshidlectl: '{id}' is not a session id (the ID column of `sshidlectl status`)");
+                return crate::EXIT_USAGE;
+            };
+            sessions.iter().filter(|r| r.key.pid == pid).collect()
+        }
+        (None, Some(user)) => sessions.iter().filter(|r| &r.user == user).collect(),
+        (None, None) => Vec::new(),
+    };
+    if targets.is_empty() {
+        match (&args.id, &args.user) {
+            (Some(id), _) => eprintln!("sshidlectl: no session {id}"),
+            (_, Some(user)) => eprintln!("sshidlectl: no session of {user}"),
+            _ => {}
+        }
+        return EXIT_PROBLEM;
+    }
+    let observer = activity::Observer::new(&cli.state_dir);
+    let table = ProcTable::scan();
+    let now = now_unix();
+    let mut terms = Vec::new();
+    let mut code = EXIT_OK;
+    for r in targets {
+        let act = observer.observe(r, now);
+        let reason = format!("disconnected by the administrator (idle {})", format_duration(act.idle_secs));
+        if args.dry_run {
+            match terminate::collect(&table, r.key, r.uid) {
+                Some(c) => {
+                    let pids: Vec<String> = c.victims.iter().map(|v| v.pid.to_string()).collect();
+                    println!(
+                        "would disconnect session {} of {} from {} on {}: processes {}",
+                        r.key,
+                        r.user,
+                        display_or_dash(&r.rhost),
+                        display_ttys(&act.ttys),
+                        pids.join(" ")
+                    );
+                }
+                None => println!("session {} of {} is already gone", r.key, r.user),
+            }
+            continue;
+        }
+        log.log(
+            Level::Notice,
+            &format!(
+                "disconnecting session {} of {} from {} on {}: {reason}",
+                r.key,
+                r.user,
+                display_or_dash(&r.rhost),
+                display_ttys(&act.ttys)
+            ),
+        );
+        let state = if r.service == ADOPTED { None } else { state.as_ref() };
+        match begin_termination(state, &table, r, &reason, &log) {
+            Some(term) => terms.push(term),
+            None => code = EXIT_PROBLEM,
+        }
+    }
+    for term in &mut terms {
+        let killed = term.finish(GRACE);
+        report_killed(term.key, &killed, &log);
+        if !term.survivors().is_empty() {
+            code = EXIT_PROBLEM;
+        }
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_interval() {
+        let l = |idle| Limits { idle, warn: None, hard: None };
+        assert_eq!(sample_every(&l(Some(20))), Some(2));
+        assert_eq!(sample_every(&l(Some(5))), Some(1));
+        assert_eq!(sample_every(&l(Some(3600))), Some(30));
+        assert_eq!(sample_every(&l(None)), None);
+    }
+
+    #[test]
+    fn warning_texts() {
+        let limits = Limits { idle: Some(900), warn: Some(60), hard: Some(28_800) };
+        let idle = warning_text(Cause::Idle, &limits, 840, "1m");
+        assert!(idle.contains("idle for 14m") && idle.contains("in 1m") && idle.contains("Press a key"), "{idle}");
+        let hard = warning_text(Cause::Hard, &limits, 0, "1m");
+        assert!(hard.contains("maximum length of 8h") && hard.contains("in 1m"), "{hard}");
+        assert!(idle.starts_with("\r\n") && idle.ends_with("\r\n"));
+    }
 }

@@ -93,6 +93,10 @@ pub struct EnforceArgs {
     /// Say what would be done; warn and disconnect nobody
     #[arg(long)]
     pub dry_run: bool,
+    /// utmp file listing logins that have no sshidle record (made before the
+    /// module was installed); `none` to look only at recorded sessions
+    #[arg(long, value_name = "FILE", default_value = sshidle::utmp::DEFAULT_UTMP)]
+    pub utmp: PathBuf,
 }
 
 #[derive(Args, Debug)]

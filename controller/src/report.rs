@@ -29,8 +29,8 @@ pub struct SessionRow {
 }
 
 impl SessionRow {
-    pub fn new(record: &SessionRecord, now: i64) -> SessionRow {
-        let seen = activity::observe(record, now);
+    pub fn new(record: &SessionRecord, now: i64, observer: &activity::Observer) -> SessionRow {
+        let seen = observer.observe(record, now);
         let age = (now - record.login_time).max(0);
         let idle_left = record.limits.idle.map(|l| l as i64 - seen.idle_secs as i64);
         let hard_left = record.limits.hard.map(|h| h as i64 - age);
@@ -81,7 +81,8 @@ pub fn status(cli: &Cli, args: &StatusArgs) -> u8 {
         }
     };
     let now = sshidle::now_unix();
-    let rows: Vec<SessionRow> = sessions.iter().map(|r| SessionRow::new(r, now)).collect();
+    let observer = activity::Observer::new(&cli.state_dir);
+    let rows: Vec<SessionRow> = sessions.iter().map(|r| SessionRow::new(r, now, &observer)).collect();
     let format = if args.json { Format::Json } else { args.format };
     match format {
         Format::Json => match serde_json::to_string_pretty(&rows) {
