@@ -322,7 +322,8 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(), Path::new(INSTALLED_CTL));
     for page in ["pam_sshidle", "sshidle.conf", "sshidlectl"] {
         let found = Command::new("man").args(["-w", page]).output().unwrap();
-        assert!(text(&found.stdout).starts_with("/usr/local/share/man/"), "man -w {page}: {}", describe(&found));
+        let path = std::fs::canonicalize(text(&found.stdout).trim()).unwrap_or_default();
+        assert!(path.starts_with("/usr/local/share/man/"), "man -w {page}: {}", describe(&found));
     }
 
     // Install again: the same state, the same enforcer.
