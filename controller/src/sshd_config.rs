@@ -71,9 +71,19 @@ pub fn parse_line(line: &str) -> Option<Directive> {
     if line.is_empty() || line.starts_with('#') {
         return None;
     }
-    let end = line.find([' ', '\t', '=']).unwrap_or(line.len());
-    let keyword = line[..end].to_ascii_lowercase();
-    let mut rest = line[end..].trim_start_matches([' ', '\t']);
+    // strdelim(): a keyword may be quoted.
+    let (keyword, rest) = match line.strip_prefix('"') {
+        Some(quoted) => match quoted.find('"') {
+            Some(close) => (&quoted[..close], &quoted[close + 1..]),
+            None => (quoted, ""),
+        },
+        None => {
+            let end = line.find([' ', '\t', '=']).unwrap_or(line.len());
+            (&line[..end], &line[end..])
+        }
+    };
+    let keyword = keyword.to_ascii_lowercase();
+    let mut rest = rest.trim_start_matches([' ', '\t']);
     if let Some(after) = rest.strip_prefix('=') {
         rest = after.trim_start_matches([' ', '\t']);
     }
@@ -998,6 +1008,8 @@ mod tests {
             d("match", &["Group", "admins,staff", "User", "!root"])
         );
         assert_eq!(parse_line("Banner a#b"), d("banner", &["a#b"]));
+        assert_eq!(parse_line("\"ClientAliveInterval\" 5"), d("clientaliveinterval", &["5"]));
+        assert_eq!(parse_line("\"ClientAliveInterval\"=5"), d("clientaliveinterval", &["5"]));
         assert_eq!(parse_line("#ClientAliveInterval 0"), None);
         assert_eq!(parse_line("   # indented comment"), None);
         assert_eq!(parse_line("   \t \r\n"), None);
@@ -1115,6 +1127,26 @@ mod tests {
         let plan = plan_apply(&tree, &desired(120, 3)).unwrap();
         assert_eq!(plan.target, Some(dir.path("conf.d/10-sshidle.conf")));
         assert!(plan.notes[0].contains("50-late.conf:1: ClientAliveCountMax 9"));
+    }
+
+    #[test]
+    fn reports_the_conflicts_of_the_earliest_place() {
+        let dir = Dir::new("earliest");
+        // sshidle's drop-in exists as 10-; 05- could be beaten by 00-, 0- cannot.
+        dir.write("conf.d/10-sshidle.conf", &format!("{DROPIN_HEADER}\nClientAliveInterval 60\n"));
+        dir.write("conf.d/05-site.conf", "ClientAliveInterval 120\n");
+        dir.write("conf.d/0-first.conf", "ClientAliveInterval 30\n");
+        let main = dir.write("main", &format!("Include {}/conf.d/*.conf\n", dir.0.display()));
+        let err = plan_apply(&Tree::load(&main).unwrap(), &desired(60, 3)).unwrap_err();
+        let PlanError::Conflicts(c) = &err else { panic!("{err:?}") };
+        assert_eq!(c.len(), 1, "{err}");
+        assert_eq!(c[0].loc.file, dir.path("conf.d/0-first.conf"));
+        // Without it, sshidle moves from 10- to 00- and removes its old file.
+        fs::remove_file(dir.path("conf.d/0-first.conf")).unwrap();
+        let plan = plan_apply(&Tree::load(&main).unwrap(), &desired(60, 3)).unwrap();
+        assert_eq!(plan.target, Some(dir.path("conf.d/00-sshidle.conf")));
+        let deleted: Vec<&PathBuf> = plan.changes.iter().filter(|c| c.new.is_none()).map(|c| &c.path).collect();
+        assert_eq!(deleted, vec![&dir.path("conf.d/10-sshidle.conf")]);
     }
 
     #[test]
