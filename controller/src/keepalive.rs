@@ -223,19 +223,40 @@ struct ConfigLock {
 }
 
 fn lock_config(main: &Path) -> Result<ConfigLock, String> {
-    for _ in 0..100 {
+    const WAIT: Duration = Duration::from_secs(120);
+    let started = Instant::now();
+    let mut told = false;
+    loop {
         let file = fs::File::open(main).map_err(|e| format!("cannot open {}: {e}", main.display()))?;
         // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(format!("cannot lock {}: {}", main.display(), std::io::Error::last_os_error()));
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(format!("cannot lock {}: {err}", main.display()));
+            }
+            if started.elapsed() >= WAIT {
+                return Err(format!(
+                    "another `sshidlectl keepalive` still holds the lock on {} after {} s; nothing was changed",
+                    main.display(),
+                    WAIT.as_secs()
+                ));
+            }
+            if !told && started.elapsed() >= Duration::from_secs(2) {
+                eprintln!("sshidlectl: waiting for another `sshidlectl keepalive` on {}", main.display());
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
         }
+        // The holder may have replaced the file (atomic rename): then this
+        // lock is on the old inode and the new file must be locked instead.
         let held = file.metadata().map_err(|e| e.to_string())?;
         match fs::metadata(main) {
             Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => return Ok(ConfigLock { _file: file }),
-            _ => continue,
+            Ok(_) => continue,
+            Err(e) => return Err(format!("{}: {e}", main.display())),
         }
     }
-    Err(format!("cannot lock {}: it keeps being replaced", main.display()))
 }
 
 fn sshd_binary() -> &'static str {
@@ -286,10 +307,22 @@ fn first<'a>(map: &'a BTreeMap<String, Vec<String>>, key: &str) -> Option<&'a st
 /// -t` on a one-line config; an unknown keyword is reported before anything
 /// else is checked.
 fn supports_unused_timeout() -> bool {
-    let path = std::env::temp_dir().join(format!("sshidle-probe-{}.conf", std::process::id()));
-    if fs::write(&path, "UnusedConnectionTimeout 1\n").is_err() {
-        return false;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // A new file (O_EXCL: never through someone's symlink in /tmp).
+    let mut created = None;
+    for attempt in 0..20 {
+        let path = std::env::temp_dir().join(format!("sshidle-probe-{}-{attempt}.conf", std::process::id()));
+        if let Ok(mut f) = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+            if f.write_all(b"UnusedConnectionTimeout 1\n").is_ok() {
+                created = Some(path);
+            } else {
+                let _ = fs::remove_file(&path);
+            }
+            break;
+        }
     }
+    let Some(path) = created else { return false };
     let out = Command::new(sshd_binary()).arg("-t").arg("-f").arg(&path).output();
     let _ = fs::remove_file(&path);
     match out {
