@@ -193,10 +193,7 @@ fn desired_values(cli: &Cli, args: &KeepaliveArgs) -> Result<Desired, String> {
                 Selector::Group(name) => format!("Group {}", match_name(name, &policy, rule.line)?),
                 Selector::Any => "All".to_string(),
             };
-            desired.matches.push(MatchBlock {
-                criteria,
-                unused: rule.unused_connection_timeout.or(desired.unused).filter(|u| *u > 0),
-            });
+            desired.matches.push(MatchBlock { criteria, unused: rule.unused_connection_timeout.filter(|u| *u > 0) });
             if rule.selector == Selector::Any {
                 break;
             }

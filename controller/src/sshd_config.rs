@@ -414,7 +414,8 @@ pub struct Desired {
 pub struct MatchBlock {
     /// What follows `Match`, e.g. `Group admins`.
     pub criteria: String,
-    /// Seconds; `None` is written as `none`.
+    /// Seconds; `None`: the global value (sshidle's, else the admin's, else
+    /// `none`), so that the block still shadows the later ones.
     pub unused: Option<u64>,
 }
 
@@ -428,11 +429,12 @@ impl Desired {
         lines
     }
 
-    fn match_lines(&self) -> Vec<String> {
+    fn match_lines(&self, inherit: &str) -> Vec<String> {
         let mut lines = Vec::new();
         for m in &self.matches {
             lines.push(format!("Match {}", m.criteria));
-            lines.push(format!("\tUnusedConnectionTimeout {}", m.unused.map_or("none".to_string(), |u| u.to_string())));
+            lines
+                .push(format!("\tUnusedConnectionTimeout {}", m.unused.map_or(inherit.to_string(), |u| u.to_string())));
         }
         lines
     }
@@ -588,7 +590,7 @@ fn render_lines(lines: &[String], eol: &[u8]) -> Vec<u8> {
 }
 
 /// Contents of sshidle's drop-in.
-pub fn render_dropin(desired: &Desired) -> Vec<u8> {
+pub fn render_dropin(desired: &Desired, inherit: &str) -> Vec<u8> {
     let mut lines = vec![
         DROPIN_HEADER.to_string(),
         "# Written by `sshidlectl keepalive`; it is rewritten on the next run.".to_string(),
@@ -599,7 +601,7 @@ pub fn render_dropin(desired: &Desired) -> Vec<u8> {
     if !desired.matches.is_empty() {
         lines.push("# Per-user/group limits for connections with no channel (ssh -N); the Match".to_string());
         lines.push("# blocks end with this file.".to_string());
-        lines.extend(desired.match_lines());
+        lines.extend(desired.match_lines(inherit));
     }
     render_lines(&lines, b"\n")
 }
@@ -629,7 +631,7 @@ fn strip_blocks(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Option<usize>), C
 /// Main file contents with sshidle's settings: the global lines in a block
 /// before the first directive (so they come first), the Match blocks in a
 /// block at the end.
-fn render_main(path: &Path, bytes: &[u8], desired: &Desired) -> Result<Vec<u8>, ConfigError> {
+fn render_main(path: &Path, bytes: &[u8], desired: &Desired, inherit: &str) -> Result<Vec<u8>, ConfigError> {
     let (stripped, first) = strip_blocks(path, bytes)?;
     let eol = eol_of(bytes);
     let lines = split_lines(&stripped);
@@ -649,7 +651,7 @@ fn render_main(path: &Path, bytes: &[u8], desired: &Desired) -> Result<Vec<u8>, 
         if !out.ends_with(b"\n") {
             out.extend_from_slice(eol);
         }
-        out.extend(block(desired.match_lines(), eol));
+        out.extend(block(desired.match_lines(inherit), eol));
     }
     Ok(out)
 }
@@ -727,6 +729,14 @@ pub fn plan_apply(tree: &Tree, desired: &Desired) -> Result<Plan, PlanError> {
     let existing = managed_dropins(tree);
     let mut plan = Plan::default();
     let target: PathBuf;
+    // What a Match block without its own value gets: the global value.
+    let inherit = match desired.unused {
+        Some(u) => u.to_string(),
+        None => tree
+            .settings(KW_UNUSED)
+            .find(|(_, e)| e.in_match.is_none())
+            .map_or("none".to_string(), |(_, e)| e.directive.args[0].clone()),
+    };
     if let Some((site_index, names)) = dropin_site(tree) {
         let site = &tree.includes[site_index];
         let dir = site.pattern.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -774,7 +784,7 @@ pub fn plan_apply(tree: &Tree, desired: &Desired) -> Result<Plan, PlanError> {
             });
         };
         let old = read_optional(&path).map_err(|e| PlanError::Other(e.0))?;
-        plan.changes.extend(change(&path, old.as_deref(), Some(render_dropin(desired))));
+        plan.changes.extend(change(&path, old.as_deref(), Some(render_dropin(desired, &inherit))));
         // sshidle's lines anywhere else go.
         let (stripped, _) = strip_blocks(&tree.main, main_bytes).map_err(|e| PlanError::Other(e.0))?;
         plan.changes.extend(change(&tree.main, Some(main_bytes), Some(stripped)));
@@ -785,7 +795,7 @@ pub fn plan_apply(tree: &Tree, desired: &Desired) -> Result<Plan, PlanError> {
             return Err(PlanError::Conflicts(conflicts));
         }
         plan.notes.extend(hidden_at(tree, desired, 0));
-        let new = render_main(&tree.main, main_bytes, desired).map_err(|e| PlanError::Other(e.0))?;
+        let new = render_main(&tree.main, main_bytes, desired, &inherit).map_err(|e| PlanError::Other(e.0))?;
         plan.changes.extend(change(&tree.main, Some(main_bytes), Some(new)));
         target = tree.main.clone();
     }
@@ -1299,7 +1309,7 @@ mod tests {
         let plan = plan_apply(&Tree::load(&main).unwrap(), &want).unwrap();
         let text = String::from_utf8(plan.changes[0].new.clone().unwrap()).unwrap();
         assert!(text.contains(
-            "UnusedConnectionTimeout 3600\n# Per-user/group limits for connections with no channel (ssh -N); the Match\n# blocks end with this file.\nMatch User backup\n\tUnusedConnectionTimeout 3600\nMatch Group admins\n\tUnusedConnectionTimeout 600\nMatch Group ops\n\tUnusedConnectionTimeout none\n"
+            "UnusedConnectionTimeout 3600\n# Per-user/group limits for connections with no channel (ssh -N); the Match\n# blocks end with this file.\nMatch User backup\n\tUnusedConnectionTimeout 3600\nMatch Group admins\n\tUnusedConnectionTimeout 600\nMatch Group ops\n\tUnusedConnectionTimeout 3600\n"
         ), "{text}");
         // An admin's Match block with another UnusedConnectionTimeout conflicts.
         let main = dir.write(
@@ -1310,14 +1320,28 @@ mod tests {
         assert!(err.to_string().contains(":3: UnusedConnectionTimeout 5 inside the Match block"), "{err}");
         // Not written, not a conflict.
         assert!(plan_apply(&Tree::load(&main).unwrap(), &desired(60, 3)).is_ok());
-        // In the main file the Match blocks go last.
-        let main = dir.write("main2", "Port 22\n");
+        // In the main file the Match blocks go last. With no global value from
+        // sshidle, a block without its own value gets the admin's global one.
+        let original = "Port 22\nUnusedConnectionTimeout 2h\n";
+        let main = dir.write("main2", original);
+        let want = Desired { unused: None, ..want };
         let plan = plan_apply(&Tree::load(&main).unwrap(), &want).unwrap();
         let text = String::from_utf8(plan.changes[0].new.clone().unwrap()).unwrap();
-        assert!(text.ends_with(&format!("Port 22\n{BEGIN_MARK} (managed by sshidlectl; remove with `sshidlectl keepalive --off`)\nMatch User backup\n\tUnusedConnectionTimeout 3600\nMatch Group admins\n\tUnusedConnectionTimeout 600\nMatch Group ops\n\tUnusedConnectionTimeout none\n{END_MARK}\n")), "{text}");
+        let tail = format!(
+            "UnusedConnectionTimeout 2h\n{BEGIN_MARK} (managed by sshidlectl; remove with `sshidlectl keepalive --off`)\n\
+             Match User backup\n\tUnusedConnectionTimeout 3600\nMatch Group admins\n\tUnusedConnectionTimeout 600\n\
+             Match Group ops\n\tUnusedConnectionTimeout 2h\n{END_MARK}\n"
+        );
+        assert!(text.ends_with(&tail), "{text}");
+        assert!(text.contains("ClientAliveCountMax 3\n# END sshidle keepalive\nPort 22\n"), "no global line: {text}");
         fs::write(&main, &text).unwrap();
         let off = plan_remove(&Tree::load(&main).unwrap()).unwrap();
-        assert_eq!(off.changes[0].new.as_deref(), Some(&b"Port 22\n"[..]));
+        assert_eq!(off.changes[0].new.as_deref(), Some(original.as_bytes()));
+        // Without any global value: none.
+        let main = dir.write("main3", "Port 22\n");
+        let plan = plan_apply(&Tree::load(&main).unwrap(), &want).unwrap();
+        let text = String::from_utf8(plan.changes[0].new.clone().unwrap()).unwrap();
+        assert!(text.contains("Match Group ops\n\tUnusedConnectionTimeout none\n"), "{text}");
     }
 
     #[test]
