@@ -3,7 +3,7 @@
 //! `UnusedConnectionTimeout`) safely, reload sshd and check the result.
 //!
 //! Order of a run, so that sshd is never left unable to accept logins:
-//! lock the main config (flock, held to the end) → read the whole tree →
+//! lock (flock on the main config's directory, held to the end) → read the whole tree →
 //! plan (stop on an admin setting that would win) → `sshd -t` on the current
 //! config (a broken one is not touched) → write atomically → `sshd -t` →
 //! `sshd -T` shows the new values → reload (systemctl / init script / SIGHUP
@@ -12,8 +12,8 @@
 //! for byte (and reloads again when the reload had happened).
 
 use crate::sshd_config::{
-    self, display_keyword, unified_diff, Desired, MatchBlock, Plan, PlanError, Tree, KW_COUNT_MAX, KW_INTERVAL,
-    KW_UNUSED,
+    self, display_keyword, unified_diff, Desired, FileMode, MatchBlock, Plan, PlanError, Tree, KW_COUNT_MAX,
+    KW_INTERVAL, KW_UNUSED,
 };
 use crate::{Cli, EXIT_OK, EXIT_PROBLEM};
 use clap::Args;
@@ -23,7 +23,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -213,47 +212,39 @@ fn match_name<'a>(name: &'a str, policy: &Policy, line: usize) -> Result<&'a str
     Ok(name)
 }
 
-/// Exclusive lock on the main config, held until dropped. The file may be
-/// replaced (rename) by the holder; a waiter then re-locks the new file.
+/// Exclusive lock for one run, held until dropped: flock on the directory of
+/// the main config. Not on the file itself: a run replaces that file (rename),
+/// and a later run would then lock the new inode while this one still works.
 struct ConfigLock {
-    _file: fs::File,
+    _dir: fs::File,
 }
 
 fn lock_config(main: &Path) -> Result<ConfigLock, String> {
     const WAIT: Duration = Duration::from_secs(120);
+    let dir_path = main.parent().unwrap_or(Path::new("/"));
+    let dir = fs::File::open(dir_path).map_err(|e| format!("cannot open {}: {e}", dir_path.display()))?;
     let started = Instant::now();
     let mut told = false;
-    loop {
-        let file = fs::File::open(main).map_err(|e| format!("cannot open {}: {e}", main.display()))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(format!("cannot lock {}: {err}", main.display()));
-            }
-            if started.elapsed() >= WAIT {
-                return Err(format!(
-                    "another `sshidlectl keepalive` still holds the lock on {} after {} s; nothing was changed",
-                    main.display(),
-                    WAIT.as_secs()
-                ));
-            }
-            if !told && started.elapsed() >= Duration::from_secs(2) {
-                eprintln!("sshidlectl: waiting for another `sshidlectl keepalive` on {}", main.display());
-                told = true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
+    // SAFETY: flock on an fd we own.
+    while unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(format!("cannot lock {}: {err}", dir_path.display()));
         }
-        // The holder may have replaced the file (atomic rename): then this
-        // lock is on the old inode and the new file must be locked instead.
-        let held = file.metadata().map_err(|e| e.to_string())?;
-        match fs::metadata(main) {
-            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => return Ok(ConfigLock { _file: file }),
-            Ok(_) => continue,
-            Err(e) => return Err(format!("{}: {e}", main.display())),
+        if started.elapsed() >= WAIT {
+            return Err(format!(
+                "another `sshidlectl keepalive` still holds the lock on {} after {} s; nothing was changed",
+                dir_path.display(),
+                WAIT.as_secs()
+            ));
         }
+        if !told && started.elapsed() >= Duration::from_secs(2) {
+            eprintln!("sshidlectl: waiting for another `sshidlectl keepalive` (lock on {})", dir_path.display());
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(ConfigLock { _dir: dir })
 }
 
 fn sshd_binary() -> &'static str {
@@ -390,7 +381,9 @@ fn apply(cli: &Cli, args: &KeepaliveArgs) -> Result<u8, String> {
             main.display()
         ));
     }
-    write_plan(&plan)?;
+    // Mode and owner of every file before the change, for the restore.
+    let modes: Vec<FileMode> = plan.changes.iter().map(|c| sshd_config::mode_of(&c.path)).collect();
+    write_plan(&plan, &modes)?;
     let result = check_and_reload(&main, desired.as_ref(), args, &plan);
     match result {
         Ok(summary) => {
@@ -399,7 +392,7 @@ fn apply(cli: &Cli, args: &KeepaliveArgs) -> Result<u8, String> {
             Ok(EXIT_OK)
         }
         Err(Failure { message, reloaded }) => {
-            let restored = restore(&plan);
+            let restored = restore(&plan, &modes);
             let mut msg = message;
             match restored {
                 Ok(()) => msg.push_str("\nrestored the previous files byte for byte"),
@@ -426,20 +419,20 @@ fn fail(message: String) -> Failure {
     Failure { message, reloaded: false }
 }
 
-fn write_plan(plan: &Plan) -> Result<(), String> {
+fn write_plan(plan: &Plan, modes: &[FileMode]) -> Result<(), String> {
     for (i, c) in plan.changes.iter().enumerate() {
         let result = match &c.new {
             Some(bytes) => {
                 if let Some(dir) = c.path.parent() {
                     let _ = fs::create_dir_all(dir);
                 }
-                sshd_config::write_atomic(&c.path, bytes, sshd_config::mode_of(&c.path))
+                sshd_config::write_atomic(&c.path, bytes, modes[i])
             }
             None => sshd_config::remove_file(&c.path),
         };
         if let Err(e) = result {
             let partial = Plan { changes: plan.changes[..i].to_vec(), ..Plan::default() };
-            let undo = match restore(&partial) {
+            let undo = match restore(&partial, modes) {
                 Ok(()) => "nothing was changed".to_string(),
                 Err(r) => format!("RESTORING FAILED: {r}"),
             };
@@ -449,13 +442,12 @@ fn write_plan(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-/// Puts back the exact previous contents (mode and owner as they are now,
-/// which write_atomic kept from before).
-fn restore(plan: &Plan) -> Result<(), String> {
+/// Puts back the exact previous contents with their previous mode and owner.
+fn restore(plan: &Plan, modes: &[FileMode]) -> Result<(), String> {
     let mut errors = Vec::new();
-    for c in plan.changes.iter().rev() {
+    for (c, mode) in plan.changes.iter().zip(modes).rev() {
         let result = match &c.old {
-            Some(bytes) => sshd_config::write_atomic(&c.path, bytes, sshd_config::mode_of(&c.path)),
+            Some(bytes) => sshd_config::write_atomic(&c.path, bytes, *mode),
             None => sshd_config::remove_file(&c.path),
         };
         if let Err(e) = result {
@@ -617,10 +609,15 @@ fn parse_proc_addr(text: &str, v6: bool) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// The process runs the sshd binary (also one replaced by an upgrade since it
+/// started, which the kernel shows as `PATH (deleted)`).
 fn is_sshd_process(pid: i32) -> bool {
-    let exe = fs::read_link(format!("/proc/{pid}/exe"));
-    let sshd = fs::canonicalize(sshd_binary());
-    matches!((exe, sshd), (Ok(a), Ok(b)) if a == b)
+    let (Ok(exe), Ok(sshd)) = (fs::read_link(format!("/proc/{pid}/exe")), fs::canonicalize(sshd_binary())) else {
+        return false;
+    };
+    let exe = exe.to_string_lossy();
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
+    Path::new(exe) == sshd
 }
 
 fn listener_of(pid: i32) -> Option<Listener> {

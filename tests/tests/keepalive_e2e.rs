@@ -4,6 +4,7 @@
 
 use sshidle_tests::*;
 use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -208,6 +209,14 @@ fn main_file_without_include_changes_only_the_clientalive_lines() {
     let user = TestUser::create("kmu", &[]);
     sshd.authorize(&user);
     let before = std::fs::read(&sshd.config_path).expect("config");
+    // Mode and owner survive the atomic replace.
+    std::fs::set_permissions(&sshd.config_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&sshd.config_path, Some(0), Some(user.uid)).unwrap();
+    let mode_owner = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.permissions().mode() & 0o7777, m.uid(), m.gid())
+    };
+    let attrs = mode_owner(&sshd.config_path);
 
     let out = keepalive(&sshd, &["--interval", "30", "--count-max", "4", "--dry-run"]);
     assert!(out.status.success(), "{}", describe(&out));
@@ -229,6 +238,7 @@ fn main_file_without_include_changes_only_the_clientalive_lines() {
     let without_block: String = after.lines().filter(|l| !added.contains(l)).map(|l| format!("{l}\n")).collect();
     assert_eq!(without_block, original);
     assert_eq!(keepalive_values(&sshd.config_path), ("30".into(), "4".into()));
+    assert_eq!(mode_owner(&sshd.config_path), attrs);
     assert_login_works(&sshd, &user);
 
     let out = keepalive(&sshd, &["--interval", "30", "--count-max", "4"]);
@@ -237,6 +247,7 @@ fn main_file_without_include_changes_only_the_clientalive_lines() {
     let out = keepalive(&sshd, &["--off"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(std::fs::read(&sshd.config_path).unwrap(), before, "--off did not restore the file byte for byte");
+    assert_eq!(mode_owner(&sshd.config_path), attrs);
     assert_eq!(keepalive_values(&sshd.config_path), ("0".into(), "3".into()));
     assert_login_works(&sshd, &user);
 }
@@ -416,10 +427,15 @@ fn concurrent_runs_give_one_result_never_a_mix() {
                 .spawn()
                 .expect("sshidlectl")
         };
+        // Two at once, then two more while they run (a run replaces the file
+        // it locks against: the newcomers must still wait).
         let (first, second) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        let p1 = spawn(first);
-        let p2 = spawn(second);
-        for p in [p1, p2] {
+        let mut runs = vec![spawn(first), spawn(second)];
+        std::thread::sleep(Duration::from_millis(30));
+        runs.push(spawn(second));
+        std::thread::sleep(Duration::from_millis(30));
+        runs.push(spawn(first));
+        for p in runs {
             let out = p.wait_with_output().unwrap();
             assert!(out.status.success(), "round {round}: {}", describe(&out));
         }
