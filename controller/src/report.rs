@@ -93,7 +93,10 @@ pub fn status(cli: &Cli, args: &StatusArgs) -> u8 {
             }
         },
         Format::Table => print_table(&rows),
-        Format::Prometheus => print_prometheus(&rows),
+        Format::Prometheus => {
+            let counts = StateDir::open(&cli.state_dir, false).map(|s| s.disconnect_counts()).unwrap_or_default();
+            print!("{}", prometheus_text(&rows, &counts));
+        }
     }
     EXIT_OK
 }
@@ -127,14 +130,21 @@ fn print_table(rows: &[SessionRow]) {
     }
 }
 
-fn print_prometheus(rows: &[SessionRow]) {
-    print!("{}", prometheus_text(rows));
-}
-
 /// The node_exporter textfile collector format: one gauge family per value,
-/// per-session series labelled with the session id and user.
-pub fn prometheus_text(rows: &[SessionRow]) -> String {
+/// per-session series labelled with the session id and user, and the
+/// disconnects since boot by cause (`idle`, `hard`, `admin`, `other`).
+pub fn prometheus_text(rows: &[SessionRow], disconnects: &std::collections::BTreeMap<String, u64>) -> String {
     let mut out = String::new();
+    out.push_str(
+        "# HELP sshidle_disconnects_total Sessions sshidle ended since boot, by cause.\n\
+         # TYPE sshidle_disconnects_total counter\n",
+    );
+    let mut causes: Vec<&str> = vec!["idle", "hard", "admin"];
+    causes.extend(disconnects.keys().map(String::as_str).filter(|c| !["idle", "hard", "admin"].contains(c)));
+    for cause in causes {
+        let n = disconnects.get(cause).copied().unwrap_or(0);
+        out.push_str(&format!("sshidle_disconnects_total{{cause=\"{}\"}} {n}\n", prom_escape(cause)));
+    }
     out.push_str("# HELP sshidle_sessions Recorded SSH sessions.\n# TYPE sshidle_sessions gauge\n");
     out.push_str(&format!("sshidle_sessions {}\n", rows.len()));
     type Value = fn(&SessionRow) -> Option<i64>;
@@ -259,7 +269,11 @@ mod tests {
             rule: "x:1: *".into(),
             warned: false,
         };
-        let text = prometheus_text(&[row]);
+        let counts = [("idle".to_string(), 3), ("other".to_string(), 1)].into_iter().collect();
+        let text = prometheus_text(&[row], &counts);
+        assert!(text.contains("sshidle_disconnects_total{cause=\"idle\"} 3\n"), "{text}");
+        assert!(text.contains("sshidle_disconnects_total{cause=\"hard\"} 0\n"), "{text}");
+        assert!(text.contains("sshidle_disconnects_total{cause=\"other\"} 1\n"), "{text}");
         assert!(text.contains("sshidle_sessions 1\n"), "{text}");
         assert!(text.contains("sshidle_session_idle_seconds{id=\"4242\",user=\"al\\\"ice\"} 30\n"), "{text}");
         assert!(text.contains("sshidle_session_time_left_seconds{id=\"4242\",user=\"al\\\"ice\"} 870\n"), "{text}");
@@ -271,10 +285,16 @@ mod tests {
         }
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         assert_eq!(types, text.lines().filter(|l| l.starts_with("# HELP")).count());
-        assert_eq!(types, 7);
+        assert_eq!(types, 8);
+        let empty = prometheus_text(&[], &Default::default());
         assert_eq!(
-            prometheus_text(&[]).lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(),
-            ["sshidle_sessions 0"]
+            empty.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(),
+            [
+                "sshidle_disconnects_total{cause=\"idle\"} 0",
+                "sshidle_disconnects_total{cause=\"hard\"} 0",
+                "sshidle_disconnects_total{cause=\"admin\"} 0",
+                "sshidle_sessions 0"
+            ]
         );
     }
 

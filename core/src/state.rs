@@ -21,7 +21,7 @@
 
 use crate::policy::Limits;
 use crate::procfs;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::fmt;
 use std::fs::File;
@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 
 pub const DEFAULT_STATE_DIR: &str = "/run/sshidle";
 pub const STATE_FILE: &str = "sessions";
+/// Sessions sshidle has ended since boot, by cause: `CAUSE COUNT` lines,
+/// for `sshidlectl status --format prometheus`.
+pub const DISCONNECTS_FILE: &str = "disconnects";
 const TEMP_FILE: &str = "sessions.tmp";
 const HEADER_PREFIX: &str = "sshidle-state 1 base=";
 const BASE_DIGITS: usize = 12;
@@ -212,11 +215,43 @@ impl StateDir {
         self.compact_locked(keep)
     }
 
-    /// Notes why sshidle is ending a session, for `close_session` to log.
+    /// Notes why sshidle is ending a session, for `close_session` to log,
+    /// and counts the disconnect (once per session) in `DISCONNECTS_FILE`.
     pub fn mark_ending(&self, key: SessionKey, reason: &str) -> Result<()> {
         let name = ending_name(key);
+        let first = self.openat(&name, libc::O_RDONLY, 0).is_err();
         let file = self.create_file(&name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?;
-        (&file).write_all(reason.as_bytes()).map_err(io_err(format!("writing {name}")))
+        (&file).write_all(reason.as_bytes()).map_err(io_err(format!("writing {name}")))?;
+        if first {
+            // A counter that cannot be written must not stop the disconnect.
+            let _ = self.count_disconnect(disconnect_cause(reason));
+        }
+        Ok(())
+    }
+
+    fn count_disconnect(&self, cause: &str) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut counts = self.disconnect_counts();
+        *counts.entry(cause.to_string()).or_insert(0) += 1;
+        let text: String = counts.iter().map(|(c, n)| format!("{c} {n}\n")).collect();
+        let temp = "disconnects.tmp";
+        let file = self.create_file(temp, libc::O_WRONLY | libc::O_TRUNC)?;
+        (&file).write_all(text.as_bytes()).map_err(io_err(format!("writing {temp}")))?;
+        drop(file);
+        self.rename(temp, DISCONNECTS_FILE)
+    }
+
+    /// Disconnects counted by `mark_ending` since the directory was made.
+    pub fn disconnect_counts(&self) -> BTreeMap<String, u64> {
+        let Ok(file) = self.open_file_named(DISCONNECTS_FILE, libc::O_RDONLY) else { return BTreeMap::new() };
+        let mut text = String::new();
+        let _ = (&file).take(64 * 1024).read_to_string(&mut text);
+        text.lines()
+            .filter_map(|line| {
+                let (cause, n) = line.split_once(' ')?;
+                Some((cause.to_string(), n.trim().parse().ok()?))
+            })
+            .collect()
     }
 
     /// Takes (reads and removes) the reason noted by `mark_ending`.
@@ -424,6 +459,19 @@ fn check_owner(path: &Path, uid: u32) -> Result<()> {
 fn c_path(path: &Path) -> Result<CString> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(path.as_os_str().as_bytes()).map_err(|_| StateError::Unsafe(format!("bad path {}", path.display())))
+}
+
+/// `idle`, `hard`, `admin` or `other`, from the reason given to `mark_ending`.
+pub fn disconnect_cause(reason: &str) -> &'static str {
+    if reason.starts_with("idle") {
+        "idle"
+    } else if reason.starts_with("logged in") {
+        "hard"
+    } else if reason.contains("administrator") {
+        "admin"
+    } else {
+        "other"
+    }
 }
 
 fn ending_name(key: SessionKey) -> String {
@@ -748,6 +796,30 @@ mod tests {
         state.mark_ending(key, "idle 15m (rule x)").unwrap();
         assert_eq!(state.take_ending(key).as_deref(), Some("idle 15m (rule x)"));
         assert_eq!(state.take_ending(key), None);
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn disconnects_are_counted_once_per_session_by_cause() {
+        let path = temp_dir("counts");
+        let state = StateDir::open(&path, true).unwrap();
+        assert!(state.disconnect_counts().is_empty());
+        let (a, b, c) =
+            (SessionKey { pid: 1, start: 2 }, SessionKey { pid: 3, start: 4 }, SessionKey { pid: 5, start: 6 });
+        state.mark_ending(a, "idle 15m (limit idle=15m, rule x)").unwrap();
+        state.mark_ending(a, "idle 16m (limit idle=15m, rule x)").unwrap();
+        state.mark_ending(b, "logged in for 8h (limit hard=8h, rule y)").unwrap();
+        state.mark_ending(c, "disconnected by the administrator (idle 3s)").unwrap();
+        let counts = state.disconnect_counts();
+        assert_eq!(counts.get("idle"), Some(&1), "{counts:?}");
+        assert_eq!(counts.get("hard"), Some(&1));
+        assert_eq!(counts.get("admin"), Some(&1));
+        // Taken endings do not uncount; a new ending of the same key counts.
+        state.take_ending(a);
+        state.mark_ending(a, "idle 1m").unwrap();
+        assert_eq!(state.disconnect_counts().get("idle"), Some(&2));
+        let mode = std::fs::metadata(path.join(DISCONNECTS_FILE)).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
         std::fs::remove_dir_all(&path).unwrap();
     }
 

@@ -358,6 +358,12 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     assert!(ended, "the idle session was not disconnected within 60 s; sshd log:\n{}", sshd.log());
     assert!(took >= Duration::from_secs(5), "disconnected after {took:?}, before its 5 s idle limit");
     eprintln!("idle=5s session disconnected {took:?} after login");
+    let prom = ctl(Path::new(INSTALLED_CTL), &["status", "--format", "prometheus"]);
+    assert!(
+        text(&prom.stdout).contains("sshidle_disconnects_total{cause=\"idle\"} 1\n"),
+        "the disconnect is counted: {}",
+        describe(&prom)
+    );
     assert!(
         wait_until(Duration::from_secs(10), || sessions_of(&user.name).is_empty()),
         "record left after the disconnect"
