@@ -484,3 +484,32 @@ fn unused_connection_timeout_per_group_from_the_policy() {
     let dropin = text(&std::fs::read(tree.dir.join("conf.d/10-sshidle.conf")).unwrap());
     assert!(dropin.contains(&format!("Match Group {}\n\tUnusedConnectionTimeout 600\n", group.name)), "{dropin}");
 }
+
+#[test]
+fn reload_that_does_not_take_is_rolled_back_and_reloaded() {
+    if !e2e_enabled() {
+        return;
+    }
+    let sshd = Sshd::start("kahung", SshdOptions::default());
+    let user = TestUser::create("khu", &[]);
+    sshd.authorize(&user);
+    let before = std::fs::read(&sshd.config_path).unwrap();
+    let sockets = socket_inodes(sshd.pid);
+    // A hung listener: the SIGHUP stays pending, sshd never re-reads its files.
+    signal(sshd.pid, libc::SIGSTOP);
+    let out = keepalive(&sshd, &["--interval", "13"]);
+    signal(sshd.pid, libc::SIGCONT);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains("did not re-read its configuration"), "{err}");
+    assert!(err.contains("restored the previous files byte for byte"), "{err}");
+    assert_eq!(std::fs::read(&sshd.config_path).unwrap(), before);
+    // Once it runs again it handles the pending reload, with the restored files.
+    let reexec = wait_until(Duration::from_secs(10), || {
+        let now = socket_inodes(sshd.pid);
+        !now.is_empty() && now != sockets
+    });
+    assert!(reexec, "{}", sshd.log());
+    assert_eq!(keepalive_values(&sshd.config_path).0, "0");
+    assert_login_works(&sshd, &user);
+}
