@@ -609,12 +609,32 @@ fn load_manifest(layout: &Layout) -> Result<Manifest, String> {
 
 pub fn install(cli: &Cli, args: &InstallArgs) -> u8 {
     match Layout::system(cli, args) {
-        Ok(layout) => install_with(&layout, args),
+        Ok(layout) => {
+            let code = install_with(&layout, args);
+            if sshd_uses_pam() == Some(false) {
+                eprintln!(
+                    "sshidlectl: warning: sshd runs with UsePAM no, so it never calls pam_sshidle.so and no \
+                     session is recorded; set UsePAM yes in sshd_config"
+                );
+            }
+            code
+        }
         Err(e) => {
             eprintln!("sshidlectl: {e}");
             EXIT_PROBLEM
         }
     }
+}
+
+/// sshd's effective UsePAM (`sshd -T`); `None` when it cannot be asked.
+fn sshd_uses_pam() -> Option<bool> {
+    let out = Command::new("/usr/sbin/sshd").arg("-T").stdin(std::process::Stdio::null()).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = text.lines().find_map(|l| l.strip_prefix("usepam "))?;
+    Some(value.trim() == "yes")
 }
 
 pub fn uninstall(cli: &Cli, args: &InstallArgs) -> u8 {
