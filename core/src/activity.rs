@@ -169,7 +169,8 @@ fn combine(record: &SessionRecord, members: &Members, io_active: Option<i64>, no
     let quiet_since = if members.ttys.is_empty() && members.commands.is_empty() {
         None
     } else {
-        [newest_input.map(quiet_since_tty), io_active, Some(record.login_time)].into_iter().flatten().max()
+        // The login time is recorded in whole seconds, rounded down.
+        [newest_input.map(quiet_since_tty), io_active, Some(record.login_time + 1)].into_iter().flatten().max()
     };
     Activity { ttys, idle_secs: (now - last).max(0) as u64, quiet_since }
 }
@@ -290,10 +291,13 @@ pub enum Decision {
     End(Cause),
 }
 
-/// The deadline a session is ended at, and why, before any warning delay.
+/// The deadline a session is ended at, and why, before any warning delay:
+/// `quiet_since + idle`, or `login + hard` (plus the second the login time
+/// was rounded down by).
 pub fn deadline(limits: &Limits, login_time: i64, quiet_since: Option<i64>) -> Option<(i64, Cause)> {
     let idle = limits.idle.zip(quiet_since).map(|(l, q)| (q.saturating_add(l as i64), Cause::Idle));
-    let hard = limits.hard.map(|h| (login_time.saturating_add(h as i64), Cause::Hard));
+    // +1: the login time is recorded in whole seconds, rounded down; never end early.
+    let hard = limits.hard.map(|h| (login_time.saturating_add(h as i64 + 1), Cause::Hard));
     match (idle, hard) {
         (Some(i), Some(h)) => Some(if h.0 <= i.0 { h } else { i }),
         (i, h) => i.or(h),
@@ -378,23 +382,25 @@ mod tests {
 
     #[test]
     fn hard_and_off() {
+        // Login at 999 (rounded down): the hard end is 999 + 60 + 1.
         let l = limits(None, Some(5), Some(60));
-        assert_eq!(decide(&l, 1000, Some(1059), None, 1050), Decision::Wait(Some(1055)));
-        assert_eq!(decide(&l, 1000, Some(1059), None, 1055), Decision::Warn { cause: Cause::Hard, ends_at: 1060 });
-        assert_eq!(decide(&l, 1000, Some(1059), Some(1055), 1060), Decision::End(Cause::Hard));
+        assert_eq!(decide(&l, 999, Some(1059), None, 1050), Decision::Wait(Some(1055)));
+        assert_eq!(decide(&l, 999, Some(1059), None, 1055), Decision::Warn { cause: Cause::Hard, ends_at: 1060 });
+        assert_eq!(decide(&l, 999, Some(1059), Some(1055), 1059), Decision::Wait(Some(1060)));
+        assert_eq!(decide(&l, 999, Some(1059), Some(1055), 1060), Decision::End(Cause::Hard));
         // Typing does not help against hard=.
-        assert_eq!(decide(&l, 1000, Some(1060), Some(1055), 1060), Decision::End(Cause::Hard));
+        assert_eq!(decide(&l, 999, Some(1060), Some(1055), 1060), Decision::End(Cause::Hard));
         // idle=off and no hard: never.
         assert_eq!(decide(&limits(None, None, None), 1000, Some(1000), None, 99_999), Decision::Wait(None));
         // No channel: idleness is not judged, hard still is.
         assert_eq!(decide(&limits(Some(10), None, None), 1000, None, None, 99_999), Decision::Wait(None));
-        assert_eq!(decide(&limits(Some(10), None, Some(30)), 1000, None, None, 1030), Decision::End(Cause::Hard));
-        // An idle warning does not count for an earlier hard end.
-        let l = limits(Some(100), Some(10), Some(200));
-        assert_eq!(decide(&l, 1000, Some(1100), Some(1190), 1191), Decision::Wait(Some(1200)));
+        assert_eq!(decide(&limits(Some(10), None, Some(30)), 999, None, None, 1029), Decision::Wait(Some(1030)));
+        assert_eq!(decide(&limits(Some(10), None, Some(30)), 999, None, None, 1030), Decision::End(Cause::Hard));
+        // An earlier idle warning does not count for the hard end.
+        let l = limits(Some(100), Some(10), Some(150));
+        assert_eq!(decide(&l, 999, Some(1100), Some(1095), 1140), Decision::Warn { cause: Cause::Hard, ends_at: 1150 });
     }
 
-    #[test]
     fn memory_round_trip() {
         let mut memory = Memory::default();
         memory.entries.insert(

@@ -148,7 +148,7 @@ fn idle_tty_is_warned_then_disconnected_cleanly() {
     // idle time and rule, and the module's close with the reason.
     let warn = syslog.wait_for(&format!("warned session {id} of {}", user.name), Duration::from_secs(2));
     let warn = warn.unwrap_or_else(|| panic!("no warning in syslog: {:#?}", syslog.messages()));
-    assert_eq!(sshidle_tests::syslog::facility(&warn), Some(libc::LOG_AUTHPRIV >> 3), "{warn}");
+    assert_eq!(sshidle_tests::syslog::facility(&warn), Some(libc::LOG_AUTHPRIV), "{warn}");
     let gone = syslog.wait_for(&format!("disconnecting session {id} of {}", user.name), Duration::from_secs(2));
     let gone = gone.unwrap_or_else(|| panic!("no disconnect in syslog: {:#?}", syslog.messages()));
     assert!(gone.contains("idle 2") && gone.contains("limit idle=20s") && gone.contains(":1: user"), "{gone}");
