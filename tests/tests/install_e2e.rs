@@ -387,6 +387,17 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     let out = run(Command::new("dpkg").args(["-i", &deb]));
     assert!(package_installed(), "{}", describe(&out));
     assert_pam_line_added(&guard.pam);
+    // Reinstalling (prerm upgrade, postinst configure again) changes nothing.
+    let installed = snapshot();
+    run(Command::new("dpkg").args(["-i", &deb]));
+    assert_pam_line_added(&guard.pam);
+    let mut again = snapshot();
+    let mut installed_cmp = installed.clone();
+    for runtime in [STATE_DIR, PIDFILE] {
+        again.remove(runtime);
+        installed_cmp.remove(runtime);
+    }
+    assert_eq!(differences(&installed_cmp, &again), Vec::<String>::new(), "dpkg -i twice is not idempotent");
     for path in [
         "/lib/x86_64-linux-gnu/security/pam_sshidle.so",
         "/usr/sbin/sshidlectl",
