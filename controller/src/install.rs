@@ -83,6 +83,8 @@ pub struct Layout {
     pub init_dir: PathBuf,
     pub systemd_dir: PathBuf,
     pub service: ServiceKind,
+    /// The systemctl to run (tests give a fake).
+    pub systemctl: PathBuf,
     /// The running sshidlectl.
     pub self_exe: PathBuf,
     /// Global options to repeat in the PAM line and the service command.
@@ -111,6 +113,7 @@ impl Layout {
             init_dir: "/etc/init.d".into(),
             systemd_dir: "/etc/systemd/system".into(),
             service,
+            systemctl: "systemctl".into(),
             self_exe,
             conf_arg: (cli.config != Path::new(sshidle::DEFAULT_POLICY_PATH)).then(|| cli.config.clone()),
             state_arg: (cli.state_dir != Path::new(sshidle::DEFAULT_STATE_DIR)).then(|| cli.state_dir.clone()),
@@ -800,6 +803,7 @@ fn install_service(run: &mut Run) -> Result<(), String> {
     match layout.service {
         ServiceKind::None => Ok(()),
         ServiceKind::Systemd => {
+            let systemctl = layout.systemctl.display().to_string();
             let unit_path = layout.systemd_dir.join(format!("{SERVICE_NAME}.service"));
             let unit = render_unit(layout);
             let changed = run
@@ -810,11 +814,11 @@ fn install_service(run: &mut Run) -> Result<(), String> {
                 "run: systemctl daemon-reload; systemctl enable {SERVICE_NAME}; systemctl {verb} {SERVICE_NAME}"
             ));
             if !run.dry_run {
-                run_command("systemctl", &["daemon-reload"])?;
+                run_command(&systemctl, &["daemon-reload"])?;
                 run.record(Entry::Service(ServiceKind::Systemd, SERVICE_NAME.into()))
                     .map_err(|e| format!("manifest: {e}"))?;
-                run_command("systemctl", &["enable", "--quiet", SERVICE_NAME])?;
-                run_command("systemctl", &[verb, SERVICE_NAME])?;
+                run_command(&systemctl, &["enable", "--quiet", SERVICE_NAME])?;
+                run_command(&systemctl, &[verb, SERVICE_NAME])?;
             }
             Ok(())
         }
@@ -913,7 +917,7 @@ fn undo(run: &mut Run, entry: &Entry) -> Result<(), String> {
             ServiceKind::Systemd => {
                 run.say(&format!("run: systemctl disable --now {name}"));
                 if !dry {
-                    run_command("systemctl", &["disable", "--now", "--quiet", name])?;
+                    run_command(&run.layout.systemctl.display().to_string(), &["disable", "--now", "--quiet", name])?;
                     // The unit file goes next (its own entry); reload after.
                 }
             }
@@ -937,7 +941,7 @@ fn undo(run: &mut Run, entry: &Entry) -> Result<(), String> {
                 if !dry {
                     fs::remove_file(path).map_err(err(path))?;
                     if path.extension().is_some_and(|e| e == "service") && run.layout.service == ServiceKind::Systemd {
-                        let _ = run_command("systemctl", &["daemon-reload"]);
+                        let _ = run_command(&run.layout.systemctl.display().to_string(), &["daemon-reload"]);
                     }
                 }
             }
@@ -1158,6 +1162,7 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
             init_dir: root.join("etc/init.d"),
             systemd_dir: root.join("etc/systemd/system"),
             service: ServiceKind::None,
+            systemctl: root.join("no-systemctl"),
             self_exe: root.join("build/sshidlectl"),
             conf_arg: None,
             state_arg: None,
@@ -1312,6 +1317,34 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
         layout.conf_arg = None;
         assert_eq!(render_unit(&layout), SYSTEMD_UNIT);
         assert_eq!(render_init_script(&layout), INIT_SCRIPT);
+    }
+
+    #[test]
+    fn systemd_unit_is_enabled_started_and_taken_away() {
+        let root = temp_root("systemd");
+        let calls = root.0.join("build/systemctl.log");
+        let fake = root.0.join("build/systemctl");
+        fs::write(&fake, format!("#!/bin/sh\necho \"$*\" >>{}\n", calls.display())).unwrap();
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        let before = snapshot(&root.0);
+        let mut layout = layout(&root.0);
+        layout.service = ServiceKind::Systemd;
+        layout.systemctl = fake;
+        let log = || fs::read_to_string(&calls).unwrap_or_default();
+
+        assert_eq!(install_with(&layout, &args(false)), EXIT_OK);
+        let unit = root.0.join("etc/systemd/system/sshidle.service");
+        assert_eq!(fs::read_to_string(&unit).unwrap(), render_unit(&layout));
+        assert_eq!(log(), "daemon-reload\nenable --quiet sshidle\nrestart sshidle\n");
+        // Nothing changed: just make sure it runs.
+        assert_eq!(install_with(&layout, &args(false)), EXIT_OK);
+        assert!(log().ends_with("daemon-reload\nenable --quiet sshidle\nstart sshidle\n"), "{}", log());
+
+        fs::remove_file(&calls).unwrap();
+        assert_eq!(uninstall_with(&layout, &args(false)), EXIT_OK);
+        assert_eq!(log(), "disable --now --quiet sshidle\ndaemon-reload\n");
+        fs::remove_file(&calls).unwrap();
+        assert_eq!(snapshot(&root.0), before);
     }
 
     #[test]
