@@ -463,3 +463,37 @@ fn man_pages_render_without_warnings() {
         assert!(widest <= 80, "{page}: a line of {widest} columns at MANWIDTH=80");
     }
 }
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    // These machines run no systemd, but ship systemd-analyze, which checks
+    // a unit file offline.
+    if Command::new("systemd-analyze").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "systemd-analyze is missing");
+        eprintln!("skipping: no systemd-analyze");
+        return;
+    }
+    let dir = TempDir::new("unit");
+    let unit = std::fs::read_to_string(workspace_root().join("packaging/sshidle.service")).unwrap();
+    assert!(unit.contains("\nExecStart=/usr/sbin/sshidlectl enforce\n"));
+    let unit = unit
+        .replace("ExecStart=/usr/sbin/sshidlectl", &format!("ExecStart={}", sshidlectl_path().display()))
+        .lines()
+        .filter(|l| !l.starts_with("Documentation="))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    let path = dir.join("sshidle.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "systemd-analyze verify: {}", describe(&out));
+    let out = Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(&path).output().unwrap();
+    let report = text(&out.stdout);
+    let level: f64 = report
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for sshidle.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level: {}", describe(&out)));
+    eprintln!("systemd-analyze security: exposure {level}");
+    assert!(level <= 3.0, "exposure {level} (a root service that must signal, read /proc and write ttys)");
+}
