@@ -20,12 +20,14 @@ use clap::Args;
 use sshidle::policy::Selector;
 use sshidle::{format_duration, Level, Policy};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Defaults when neither flags nor the policy file say otherwise.
@@ -391,14 +393,19 @@ fn apply(cli: &Cli, args: &KeepaliveArgs) -> Result<u8, String> {
             crate::syslog::to_syslog(Level::Notice, &format!("keepalive: {}", summary.replace('\n', "; ")));
             Ok(EXIT_OK)
         }
-        Err(Failure { message, reloaded }) => {
+        Err(Failure { message, reloaded, died }) => {
             let restored = restore(&plan, &modes);
             let mut msg = message;
             match restored {
                 Ok(()) => msg.push_str("\nrestored the previous files byte for byte"),
                 Err(e) => msg.push_str(&format!("\nRESTORING THE PREVIOUS FILES FAILED: {e}")),
             }
-            if reloaded {
+            if let Some(argv) = died {
+                match restart_sshd(&main, &argv) {
+                    Ok(how) => msg.push_str(&format!(" and started sshd again ({how})")),
+                    Err(e) => msg.push_str(&format!("; SSHD IS NOT RUNNING and starting it again failed: {e}")),
+                }
+            } else if reloaded {
                 match reload_sshd(&main) {
                     Ok(how) => msg.push_str(&format!(" and reloaded sshd again ({how})")),
                     Err(e) => msg.push_str(&format!("; reloading sshd with them failed too: {}", e.message)),
@@ -413,10 +420,12 @@ struct Failure {
     message: String,
     /// sshd was reloaded with the new files, so the restore needs a reload too.
     reloaded: bool,
+    /// The listener exited after the reload: its command line.
+    died: Option<Vec<OsString>>,
 }
 
 fn fail(message: String) -> Failure {
-    Failure { message, reloaded: false }
+    Failure { message, reloaded: false, died: None }
 }
 
 fn write_plan(plan: &Plan, modes: &[FileMode]) -> Result<(), String> {
@@ -512,7 +521,7 @@ fn check_and_reload(
     } else {
         match reload_sshd(main) {
             Ok(how) => summary.push(how),
-            Err(ReloadError { message, reloaded }) => return Err(Failure { message, reloaded }),
+            Err(ReloadError { message, reloaded, died }) => return Err(Failure { message, reloaded, died }),
         }
     }
     if let Some(d) = desired {
@@ -537,12 +546,39 @@ fn drop_sentence(interval: u64, count_max: u64) -> String {
 struct ReloadError {
     message: String,
     reloaded: bool,
+    /// The listener exited after the reload: its command line, to start it again.
+    died: Option<Vec<OsString>>,
 }
 
-impl From<ReloadError> for String {
-    fn from(e: ReloadError) -> String {
-        e.message
+/// The listener's command line, to start it again if it dies. sshd
+/// overwrites its argv with a title, `NAME: ARGV... [listener] 0 of 10-100
+/// startups`, so the words are taken from that (arguments with spaces are
+/// lost); a first word that is not an existing absolute path is replaced by
+/// the running binary.
+fn listener_argv(pid: i32) -> Vec<OsString> {
+    let bytes = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let parts: Vec<&[u8]> = bytes.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+    let mut words: Vec<OsString> = match parts.as_slice() {
+        [title] if title.windows(11).any(|w| w == b" [listener]") => {
+            let title = String::from_utf8_lossy(title);
+            let title = title.split(" [listener]").next().unwrap_or("");
+            let title = title.split_once(": ").map_or(title, |(_, rest)| rest);
+            title.split_whitespace().map(OsString::from).collect()
+        }
+        _ => parts.iter().map(|a| OsStr::from_bytes(a).to_os_string()).collect(),
+    };
+    let usable = words.first().is_some_and(|w| Path::new(w).is_absolute() && Path::new(w).exists());
+    if !usable {
+        if let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) {
+            let exe = exe.to_string_lossy();
+            let exe = OsString::from(exe.strip_suffix(" (deleted)").unwrap_or(&exe));
+            match words.first_mut() {
+                Some(first) => *first = exe,
+                None => words.push(exe),
+            }
+        }
     }
+    words
 }
 
 /// The running sshd listener of a config: the PID in its PidFile, checked to
@@ -634,6 +670,13 @@ fn listener_of(pid: i32) -> Option<Listener> {
     Some(Listener { pid, sockets, addrs })
 }
 
+/// The process exists and is not a zombie (a listener whose parent has not
+/// reaped it yet is gone all the same).
+fn process_running(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !matches!(sshidle::procfs::stat_field(&stat, 3), Some("Z" | "X") | None))
+}
+
 fn read_pidfile(path: &str) -> Option<i32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -694,7 +737,7 @@ fn is_system_config(main: &Path) -> bool {
 /// Reloads the sshd that runs with `main` and checks it listens again.
 /// Ok: a sentence saying how. Not running at all is Ok (nothing to reload).
 fn reload_sshd(main: &Path) -> Result<String, ReloadError> {
-    let err = |message: String| ReloadError { message, reloaded: false };
+    let err = |message: String| ReloadError { message, reloaded: false, died: None };
     let effective = sshd_effective(main).map_err(err)?;
     let pidfile = first(&effective, "pidfile").unwrap_or("none").to_string();
     let listener = if pidfile == "none" { None } else { read_pidfile(&pidfile).and_then(listener_of) };
@@ -711,6 +754,7 @@ fn reload_sshd(main: &Path) -> Result<String, ReloadError> {
             "sshd is not running (PidFile {pidfile} names no sshd listener, nothing answers on its ports): nothing to reload; the values apply when it starts"
         ));
     };
+    let argv = listener_argv(before.pid);
     let system = is_system_config(main);
     let mut how: Option<String> = None;
     if system && Path::new("/run/systemd/system").is_dir() {
@@ -751,7 +795,11 @@ fn reload_sshd(main: &Path) -> Result<String, ReloadError> {
         how = Some(format!("SIGHUP to sshd PID {} (PidFile {pidfile})", before.pid));
     }
     let how = how.unwrap_or_default();
-    let reloaded = |message: String| ReloadError { message, reloaded: true };
+    let reloaded = |message: String| ReloadError {
+        message,
+        reloaded: true,
+        died: if process_running(before.pid) { None } else { Some(argv.clone()) },
+    };
     let after = wait_reexec(&before, Duration::from_secs(10)).map_err(reloaded)?;
     let mut banners = Vec::new();
     for addr in &after.addrs {
@@ -772,11 +820,72 @@ fn reload_sshd(main: &Path) -> Result<String, ReloadError> {
     Ok(format!("reloaded sshd: {how}; it answers again on {}", banners.join(", ")))
 }
 
+/// Starts sshd again after its listener exited: the service manager for the
+/// system's configuration, else the listener's own command line (detached).
+/// Ok once an sshd listener of `main` answers.
+fn restart_sshd(main: &Path, argv: &[OsString]) -> Result<String, String> {
+    use std::os::unix::process::CommandExt;
+    let system = is_system_config(main);
+    let mut how: Option<String> = None;
+    if system && Path::new("/run/systemd/system").is_dir() {
+        for unit in ["ssh.service", "sshd.service"] {
+            if Command::new("systemctl").args(["restart", unit]).status().is_ok_and(|s| s.success()) {
+                how = Some(format!("systemctl restart {unit}"));
+                break;
+            }
+        }
+    }
+    if how.is_none() && system {
+        for script in ["/etc/init.d/ssh", "/etc/init.d/sshd"] {
+            if Path::new(script).exists()
+                && Command::new(script).arg("start").output().is_ok_and(|o| o.status.success())
+            {
+                how = Some(format!("{script} start"));
+                break;
+            }
+        }
+    }
+    if how.is_none() {
+        let Some((program, rest)) = argv.split_first() else {
+            return Err("the listener's command line is unknown".to_string());
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(rest).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe; the new sshd leaves our session.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        // Not waited for: it runs on as sshd.
+        cmd.spawn().map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?;
+        let line: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        how = Some(line.join(" "));
+    }
+    let how = how.unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let effective = sshd_effective(main)?;
+        let pidfile = first(&effective, "pidfile").unwrap_or("none").to_string();
+        if let Some(l) = read_pidfile(&pidfile).and_then(listener_of) {
+            let banners: Result<Vec<String>, String> = l.addrs.iter().map(|a| ssh_banner(*a)).collect();
+            if let Ok(b) = banners {
+                return Ok(format!("{how}: PID {} answers: {}", l.pid, b.join(", ")));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("ran {how}, but no sshd listener answers after 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Waits until the listener re-executed: same PID, new listening sockets.
 fn wait_reexec(before: &Listener, timeout: Duration) -> Result<Listener, String> {
     let deadline = Instant::now() + timeout;
     loop {
-        if !Path::new(&format!("/proc/{}", before.pid)).exists() {
+        if !process_running(before.pid) {
             return Err(format!("sshd PID {} exited after the reload", before.pid));
         }
         if let Some(now) = listener_of(before.pid) {

@@ -513,3 +513,63 @@ fn reload_that_does_not_take_is_rolled_back_and_reloaded() {
     assert_eq!(keepalive_values(&sshd.config_path).0, "0");
     assert_login_works(&sshd, &user);
 }
+
+/// Kills, on drop, the sshd that sshidlectl started in place of the harness's.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0 > 1 {
+            for pid in descendants(self.0) {
+                signal(pid, libc::SIGKILL);
+            }
+            signal(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+fn sighup_pending(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("ShdPnd:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 != 0)
+}
+
+#[test]
+fn listener_that_dies_on_reload_is_started_again_with_the_old_files() {
+    if !e2e_enabled() {
+        return;
+    }
+    let sshd = Sshd::start("kadies", SshdOptions::default());
+    let user = TestUser::create("kdu", &[]);
+    sshd.authorize(&user);
+    let before = std::fs::read(&sshd.config_path).unwrap();
+    let pidfile = sshd.dir.join("sshd.pid");
+    // Hold the listener, let sshidlectl send its SIGHUP, then kill the
+    // listener: the reload "ended" with no sshd.
+    signal(sshd.pid, libc::SIGSTOP);
+    let config = sshd.config_path.display().to_string();
+    let run = Command::new(sshidlectl_path())
+        .args(["--config", "/nonexistent", "keepalive", "--sshd-config", &config, "--interval", "17"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sshidlectl");
+    assert!(wait_until(Duration::from_secs(10), || sighup_pending(sshd.pid)), "no SIGHUP sent");
+    signal(sshd.pid, libc::SIGKILL);
+    let out = run.wait_with_output().unwrap();
+    let restarted = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()).unwrap_or(0);
+    let _guard = KillOnDrop(if restarted != sshd.pid { restarted } else { 0 });
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("sshd PID {} exited after the reload", sshd.pid)), "{err}");
+    assert!(err.contains("restored the previous files byte for byte and started sshd again"), "{err}");
+    assert_eq!(std::fs::read(&sshd.config_path).unwrap(), before);
+    assert_ne!(restarted, sshd.pid);
+    assert!(process_alive(restarted), "no new sshd");
+    assert_login_works(&sshd, &user);
+    assert_eq!(keepalive_values(&sshd.config_path).0, "0");
+}
