@@ -9,7 +9,8 @@
 //! `sshd -T` shows the new values → reload (systemctl / init script / SIGHUP
 //! to the PidFile's sshd) → the listener re-opened its sockets and answers
 //! with an SSH banner. Any failure after the write restores every file byte
-//! for byte (and reloads again when the reload had happened).
+//! for byte and reloads again when the reload had happened, or starts sshd
+//! again when its listener exited.
 
 use crate::sshd_config::{
     self, display_keyword, unified_diff, Desired, FileMode, MatchBlock, Plan, PlanError, Tree, KW_COUNT_MAX,
@@ -557,16 +558,7 @@ struct ReloadError {
 /// the running binary.
 fn listener_argv(pid: i32) -> Vec<OsString> {
     let bytes = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let parts: Vec<&[u8]> = bytes.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
-    let mut words: Vec<OsString> = match parts.as_slice() {
-        [title] if title.windows(11).any(|w| w == b" [listener]") => {
-            let title = String::from_utf8_lossy(title);
-            let title = title.split(" [listener]").next().unwrap_or("");
-            let title = title.split_once(": ").map_or(title, |(_, rest)| rest);
-            title.split_whitespace().map(OsString::from).collect()
-        }
-        _ => parts.iter().map(|a| OsStr::from_bytes(a).to_os_string()).collect(),
-    };
+    let mut words = argv_from_cmdline(&bytes);
     let usable = words.first().is_some_and(|w| Path::new(w).is_absolute() && Path::new(w).exists());
     if !usable {
         if let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) {
@@ -579,6 +571,20 @@ fn listener_argv(pid: i32) -> Vec<OsString> {
         }
     }
     words
+}
+
+/// The words of a /proc/PID/cmdline: NUL-separated, or an sshd title.
+fn argv_from_cmdline(bytes: &[u8]) -> Vec<OsString> {
+    let parts: Vec<&[u8]> = bytes.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+    match parts.as_slice() {
+        [title] if title.windows(11).any(|w| w == b" [listener]") => {
+            let title = String::from_utf8_lossy(title);
+            let title = title.split(" [listener]").next().unwrap_or("");
+            let title = title.split_once(": ").map_or(title, |(_, rest)| rest);
+            title.split_whitespace().map(OsString::from).collect()
+        }
+        _ => parts.iter().map(|a| OsStr::from_bytes(a).to_os_string()).collect(),
+    }
 }
 
 /// The running sshd listener of a config: the PID in its PidFile, checked to
@@ -1005,6 +1011,19 @@ mod tests {
         assert_eq!(parse_proc_addr("zz:1", false), None);
         assert_eq!(connect_addr("0.0.0.0:22".parse().unwrap()), "127.0.0.1:22".parse().unwrap());
         assert_eq!(connect_addr("[::]:22".parse().unwrap()), "[::1]:22".parse().unwrap());
+    }
+
+    #[test]
+    fn listener_command_lines() {
+        let words =
+            |b: &[u8]| argv_from_cmdline(b).iter().map(|w| w.to_string_lossy().into_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            words(b"sshd: /usr/sbin/sshd -D -f /etc/ssh/sshd_config [listener] 0 of 10-100 startups"),
+            ["/usr/sbin/sshd", "-D", "-f", "/etc/ssh/sshd_config"]
+        );
+        assert_eq!(words(b"/usr/sbin/sshd -D [listener] 1 of 10-100 startups"), ["/usr/sbin/sshd", "-D"]);
+        assert_eq!(words(b"/usr/sbin/sshd\0-D\0-e\0"), ["/usr/sbin/sshd", "-D", "-e"]);
+        assert!(words(b"").is_empty());
     }
 
     #[test]

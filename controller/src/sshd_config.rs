@@ -1071,6 +1071,37 @@ mod tests {
     }
 
     #[test]
+    fn include_with_several_patterns_and_inside_match() {
+        let dir = Dir::new("multi");
+        dir.write("conf.d/a.conf", "ClientAliveInterval 1\n");
+        dir.write("b.conf", "ClientAliveCountMax 2\n");
+        let d = dir.0.display();
+        let main = dir.write(
+            "main",
+            &format!("Include {d}/b.conf {d}/conf.d/*.conf {d}/none/*.conf\nMatch User x\nInclude {d}/b.conf\n"),
+        );
+        let tree = Tree::load(&main).unwrap();
+        assert_eq!(tree.includes.len(), 4);
+        assert_eq!(tree.includes[2].files, vec![]);
+        assert!(tree.includes[3].in_match);
+        let order: Vec<(String, bool)> = tree
+            .entries
+            .iter()
+            .filter(|e| e.directive.keyword.starts_with("clientalive"))
+            .map(|e| (e.loc.file.file_name().unwrap().to_string_lossy().into_owned(), e.in_match.is_some()))
+            .collect();
+        assert_eq!(order, vec![("b.conf".into(), false), ("a.conf".into(), false), ("b.conf".into(), true)]);
+        // The first pattern that can take a drop-in is the directory one.
+        let plan = plan_apply(&tree, &desired(1, 2)).unwrap();
+        assert_eq!(plan.target, Some(dir.path("conf.d/10-sshidle.conf")));
+        // b.conf's value (2) is read first but equal; a.conf's 1 is equal too.
+        assert!(plan.notes.is_empty(), "{:?}", plan.notes);
+        let err = plan_apply(&tree, &desired(1, 3)).unwrap_err();
+        assert!(err.to_string().contains("b.conf:1: ClientAliveCountMax 2 comes first"), "{err}");
+        assert!(err.to_string().contains("b.conf:1: ClientAliveCountMax 2 inside the Match block"), "{err}");
+    }
+
+    #[test]
     fn include_loop_is_an_error() {
         let dir = Dir::new("loop");
         let main = dir.path("main");
