@@ -323,7 +323,8 @@ impl Tree {
     ) -> Result<(), ConfigError> {
         let managed_file = is_dropin_header(&bytes);
         let lines = split_lines(&bytes);
-        let blocks = managed_blocks(path, &lines)?;
+        // sshidle writes marked blocks only into the main file.
+        let blocks = if path == self.main { managed_blocks(path, &lines)? } else { Vec::new() };
         let mut in_match = outer_match.clone();
         for (i, raw) in lines.iter().enumerate() {
             let Some(directive) = parse_line(&line_text(raw)) else { continue };
@@ -355,11 +356,8 @@ impl Tree {
                             let start = self.entries.len();
                             let bytes = match fs::read(&file) {
                                 Ok(b) => b,
-                                // sshd skips what glob lists but is not a readable file.
-                                Err(e) if file.is_dir() => {
-                                    let _ = e;
-                                    continue;
-                                }
+                                // A directory the pattern matched holds no settings.
+                                Err(_) if file.is_dir() => continue,
                                 Err(e) => {
                                     return Err(ConfigError(format!(
                                         "{loc}: cannot read included {}: {e}",
