@@ -42,17 +42,26 @@ pub const MAX_COUNT_MAX: u64 = 1000;
 pub const DEFAULT_SSHD_CONFIG: &str = "/etc/ssh/sshd_config";
 const SSHD: &str = "/usr/sbin/sshd";
 
-#[derive(Args, Debug)]
-#[command(long_about = "Write sshd's ClientAliveInterval and ClientAliveCountMax (defaults 60 and 3, or the policy \
+/// `sshidlectl keepalive --help` (set on the subcommand in main.rs).
+pub const LONG_ABOUT: &str =
+    "Write sshd's ClientAliveInterval and ClientAliveCountMax (defaults 60 and 3, or the policy \
 file's `keepalive interval=DUR count-max=N` line; flags override) into sshd's server configuration: a drop-in \
 (10-sshidle.conf) in the directory the main file includes, or a marked block at the top of the main file when it \
-has no Include. Every other line is kept byte for byte. An earlier setting that would win (sshd takes the first \
-value it reads) is reported as FILE:LINE and nothing is changed.\n\n\
+has no Include. Every other line is kept byte for byte. sshd takes the first value it reads: an earlier drop-in \
+that sets the same keyword is beaten by naming sshidle's drop-in 00-sshidle.conf; a line that cannot be beaten (above \
+the Include, or in a Match block) is reported as FILE:LINE and nothing is changed.\n\n\
 The complete configuration is checked with `sshd -t` before and after writing, the new values with `sshd -T`; then \
 sshd is reloaded (systemctl where systemd runs, else the init script, else SIGHUP to the PID in its PidFile) and \
 must answer on its ports again. On any failure the previous files are restored exactly.\n\n\
 The policy file's `keepalive ... unused=DUR` and per-rule `unused=DUR` also write UnusedConnectionTimeout \
-(global, and Match User/Group blocks), where the installed sshd supports it (OpenSSH 9.2 and later).")]
+(global, and Match User/Group blocks), where the installed sshd supports it (OpenSSH 9.2 and later).\n\n\
+--show prints the effective values, the file and line each comes from, and how long sshd keeps a client that \
+stopped answering: 2 x ClientAliveInterval x (ClientAliveCountMax + 1) after its last packet, as measured on \
+OpenSSH 9.2 (it probes only every second interval).\n\n\
+Exit status: 0 done (or nothing to change), 1 a problem (conflict, sshd -t failure, failed reload; the files are \
+as before), 2 bad usage or values.";
+
+#[derive(Args, Debug)]
 pub struct KeepaliveArgs {
     /// Seconds of silence from a client before sshd probes it, in sshd TIME FORMAT (30, 1m, 1m30s); default 60
     #[arg(long, value_name = "DUR", value_parser = parse_interval, conflicts_with_all = ["show", "off"])]

@@ -54,6 +54,7 @@ pub enum Command {
         user: String,
     },
     /// Write sshd's ClientAliveInterval/ClientAliveCountMax, validate, reload and verify
+    #[command(long_about = keepalive::LONG_ABOUT)]
     Keepalive(keepalive::KeepaliveArgs),
     /// Install the module, the PAM line, a default policy and the enforcer service
     Install(install::InstallArgs),
