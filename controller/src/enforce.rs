@@ -499,8 +499,22 @@ impl Enforcer {
                 finished.push(i);
             }
         }
+        let mut gone = Vec::new();
         for i in finished.into_iter().rev() {
-            self.terminations.remove(i);
+            let term = self.terminations.remove(i);
+            // Normally close_session removes the record; if the monitor died
+            // without running it, the record goes here.
+            if !term.key.is_alive() && self.sessions.remove(&term.key).is_some() {
+                gone.push(term.key);
+            }
+        }
+        if !gone.is_empty() && !self.dry_run {
+            if let Some(state) = &self.state {
+                let _ = state.compact(&|r| !gone.contains(&r.key));
+                for key in &gone {
+                    state.take_ending(*key);
+                }
+            }
         }
     }
 

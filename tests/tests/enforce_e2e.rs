@@ -125,6 +125,11 @@ fn idle_tty_is_warned_then_disconnected_cleanly() {
     );
     let warned = before_login.elapsed();
     assert!(tmux.capture().contains("Press a key"), "{}", tmux.capture());
+    // A restarted enforcer knows the session was warned: no second warning,
+    // same deadline.
+    let first_log = enforcer.output();
+    drop(enforcer);
+    let enforcer = Enforcer::start(&sshd, &[]);
     let closed = wait_until(Duration::from_secs(30), || tmux.is_dead());
     let since_login = before_login.elapsed();
     let since_ready = ready.elapsed();
@@ -136,6 +141,8 @@ fn idle_tty_is_warned_then_disconnected_cleanly() {
     assert!(since_login >= Duration::from_secs(20), "disconnected after {since_login:?}, before the 20 s limit");
     assert!(since_ready <= Duration::from_secs(30), "disconnected {since_ready:?} after login, later than 20+8+2 s");
     assert!(warned >= Duration::from_secs(10), "warned after {warned:?}, before limit - warn");
+    assert_eq!(tmux.capture().matches("will be disconnected in").count(), 1, "warned twice:\n{}", tmux.capture());
+    assert!(first_log.contains("warned session"), "{first_log}");
 
     assert!(wait_until(Duration::from_secs(5), || sessions_of(&sshd, &user.name).is_empty()), "record left");
     assert!(wait_until(Duration::from_secs(5), || user_processes(&user).is_empty()), "{:?}", user_processes(&user));
@@ -405,4 +412,46 @@ fn dry_run_changes_nothing_and_disconnect_by_id_and_user() {
     assert!(wait_until(Duration::from_secs(5), || sessions_of(&sshd, &user.name).is_empty()));
     let out = sshd.ctl(&["disconnect", "--user", &user.name]);
     assert_eq!(out.status.code(), Some(1), "no session left: {}", describe(&out));
+}
+
+#[test]
+fn policy_change_applies_to_open_sessions() {
+    if !e2e_enabled() {
+        return;
+    }
+    let user = TestUser::create("epc", &[]);
+    let sshd =
+        Sshd::start("epolicy", SshdOptions { policy: format!("user {} idle=10m\n", user.name), ..Default::default() });
+    sshd.authorize(&user);
+    let enforcer = Enforcer::start(&sshd, &[]);
+    let mut client = spawn_ssh(&sshd, &user.name, "sleep 1000");
+    let rows = wait_recorded(&sshd, &user.name, 1);
+    assert_eq!(rows[0]["idle_limit_secs"], 600, "{}", rows[0]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!exited(&mut client));
+    // Replaced the way editors do it: a new file renamed over the old one.
+    let temp = sshd.policy_path.with_extension("new");
+    std::fs::write(&temp, format!("# tightened\nuser {} idle=8s warn=3s\n", user.name)).unwrap();
+    std::fs::rename(&temp, &sshd.policy_path).unwrap();
+    let changed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || sessions_of(&sshd, &user.name)
+            .first()
+            .is_some_and(|r| r["idle_limit_secs"] == 8 && r["rule"].as_str().unwrap().contains(":2: user"))),
+        "new limits not applied: {:?}\n{}",
+        sessions_of(&sshd, &user.name),
+        enforcer.output()
+    );
+    // Quiet since well before the change: ends once warned (3 s of notice).
+    assert!(
+        wait_until(Duration::from_secs(20), || exited(&mut client)),
+        "not disconnected under the new policy:\n{}",
+        enforcer.output()
+    );
+    assert!(
+        changed.elapsed() >= Duration::from_secs(3),
+        "ended {:?} after the change, without notice",
+        changed.elapsed()
+    );
+    assert!(wait_until(Duration::from_secs(8), || user_processes(&user).is_empty()), "{:?}", user_processes(&user));
 }
