@@ -401,6 +401,7 @@ mod tests {
         assert_eq!(decide(&l, 999, Some(1100), Some(1095), 1140), Decision::Warn { cause: Cause::Hard, ends_at: 1150 });
     }
 
+    #[test]
     fn memory_round_trip() {
         let mut memory = Memory::default();
         memory.entries.insert(
