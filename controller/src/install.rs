@@ -31,17 +31,37 @@ pub struct InstallArgs {
     /// Print each action that would be taken; change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// The PAM module to install (install only) [default: pam_sshidle.so or
-    /// libpam_sshidle.so next to the sshidlectl binary]
+    /// The PAM module to install [default: pam_sshidle.so or libpam_sshidle.so
+    /// next to the sshidlectl binary]
     #[arg(long, value_name = "PATH")]
     pub module: Option<PathBuf>,
-    /// Only add (install) or remove (uninstall) the PAM line in the sshd PAM
-    /// file; this is what the Debian package's maintainer scripts run
+    /// Only add the PAM line to the sshd PAM file; this is what the Debian
+    /// package's maintainer scripts run
     #[arg(long)]
     pub pam_only: bool,
     /// PAM file of the sshd service
     #[arg(long, value_name = "PATH", default_value = "/etc/pam.d/sshd", hide = true)]
     pub pam_file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct UninstallArgs {
+    /// Print each action that would be taken; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only remove the PAM line from the sshd PAM file; this is what the
+    /// Debian package's maintainer scripts run
+    #[arg(long)]
+    pub pam_only: bool,
+    /// PAM file of the sshd service
+    #[arg(long, value_name = "PATH", default_value = "/etc/pam.d/sshd", hide = true)]
+    pub pam_file: PathBuf,
+}
+
+impl UninstallArgs {
+    fn as_install_args(&self) -> InstallArgs {
+        InstallArgs { dry_run: self.dry_run, module: None, pam_only: self.pam_only, pam_file: self.pam_file.clone() }
+    }
 }
 
 pub const MANIFEST_DIR: &str = "/var/lib/sshidle";
@@ -640,9 +660,10 @@ fn sshd_uses_pam() -> Option<bool> {
     Some(value.trim() == "yes")
 }
 
-pub fn uninstall(cli: &Cli, args: &InstallArgs) -> u8 {
-    match Layout::system(cli, args) {
-        Ok(layout) => uninstall_with(&layout, args),
+pub fn uninstall(cli: &Cli, args: &UninstallArgs) -> u8 {
+    let args = args.as_install_args();
+    match Layout::system(cli, &args) {
+        Ok(layout) => uninstall_with(&layout, &args),
         Err(e) => {
             eprintln!("sshidlectl: {e}");
             EXIT_PROBLEM

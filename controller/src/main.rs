@@ -59,7 +59,7 @@ pub enum Command {
     /// Install the module, the PAM line, a default policy and the enforcer service
     Install(install::InstallArgs),
     /// Remove exactly what install added
-    Uninstall(install::InstallArgs),
+    Uninstall(install::UninstallArgs),
     /// Print a shell completion script for sshidlectl
     Completions {
         /// Shell to write the script for
