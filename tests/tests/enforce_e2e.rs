@@ -455,3 +455,46 @@ fn policy_change_applies_to_open_sessions() {
     );
     assert!(wait_until(Duration::from_secs(8), || user_processes(&user).is_empty()), "{:?}", user_processes(&user));
 }
+
+/// A login without a record (made before the module was installed) is found
+/// through utmp, gets the policy of its user and is enforced.
+#[test]
+fn session_known_only_from_utmp_is_adopted() {
+    if !e2e_enabled() {
+        return;
+    }
+    let user = TestUser::create("eut", &[]);
+    let policy = format!("user {} idle=12s warn=4s\n", user.name);
+    let sshd = Sshd::start("eutmp", SshdOptions { policy, ..Default::default() });
+    sshd.authorize(&user);
+    let tmux = tty_login(&sshd, &user.name, &[]);
+    let id = wait_recorded(&sshd, &user.name, 1)[0]["id"].as_str().unwrap().to_string();
+    let in_utmp = wait_until(Duration::from_secs(5), || {
+        sshidle::utmp::read(Path::new(sshidle::utmp::DEFAULT_UTMP))
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.pid.to_string() == id && e.user == user.name)
+    });
+    assert!(in_utmp, "sshd wrote no utmp entry for session {id}");
+    // Forget the record, as if the module had not been there at login.
+    StateDir::open(&sshd.state_dir, false).unwrap().compact(&|r| r.user != user.name).unwrap();
+    assert!(sessions_of(&sshd, &user.name).is_empty());
+    let enforcer = Enforcer::start(&sshd, &[]);
+    assert!(
+        wait_until(Duration::from_secs(5), || sessions_of(&sshd, &user.name)
+            .first()
+            .is_some_and(|r| r["service"] == "utmp" && r["idle_limit_secs"] == 12 && r["id"] == id.as_str())),
+        "not adopted: {:?}\n{}",
+        sessions_of(&sshd, &user.name),
+        enforcer.output()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || tmux.is_dead()),
+        "adopted session not disconnected:\n{}\n{}",
+        tmux.capture(),
+        enforcer.output()
+    );
+    assert!(tmux.capture().contains("will be disconnected"), "{}", tmux.capture());
+    assert!(wait_until(Duration::from_secs(8), || user_processes(&user).is_empty()), "{:?}", user_processes(&user));
+    assert!(wait_until(Duration::from_secs(5), || sessions_of(&sshd, &user.name).is_empty()), "record left");
+}
