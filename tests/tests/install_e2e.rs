@@ -286,7 +286,8 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     }
     assert!(
         !Path::new(MANIFEST).exists() && !package_installed(),
-        "sshidle is installed on this machine; this test would remove it"
+        "sshidle is installed on this machine and this test would remove it: take it away first \
+         (`sshidlectl uninstall`, or `dpkg -P sshidle`)"
     );
     ensure_runtime_dirs();
     let guard = SystemGuard::take();
