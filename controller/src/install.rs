@@ -704,6 +704,14 @@ pub fn install_with(layout: &Layout, args: &InstallArgs) -> u8 {
         }
         return EXIT_PROBLEM;
     }
+    if !args.dry_run && !args.pam_only {
+        println!(
+            "sshidle is installed. The policy is {} (see sshidle.conf(5); `sshidlectl check` validates it, \
+             `sshidlectl explain USER` shows who gets what); `sshidlectl status` lists the sessions; \
+             `sshidlectl uninstall` takes it all away again.",
+            run.layout.policy.display()
+        );
+    }
     EXIT_OK
 }
 
