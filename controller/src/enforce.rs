@@ -350,7 +350,9 @@ impl Enforcer {
             let members = t.members.as_ref().expect("scanned");
             let had_memo = t.memo;
             let act = activity::assess(&t.record, members, &mut t.memo, now);
-            if t.memo != had_memo {
+            // sampled_at alone is not worth a write.
+            let essence = |m: Option<IoMemo>| m.map(|m| (m.fingerprint, m.last_active));
+            if essence(t.memo) != essence(had_memo) {
                 self.memory_dirty = true;
             }
             let decision =
