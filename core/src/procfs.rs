@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::Write;
 
 /// Start time of `pid` in clock ticks since boot (field 22 of
 /// `/proc/PID/stat`), or `None` when the process does not exist.
@@ -10,14 +11,23 @@ pub fn start_time(pid: i32) -> Option<u64> {
     if pid <= 0 {
         return None;
     }
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_stat_line(pid)?;
     stat_field(&stat, 22)?.parse().ok()
 }
 
 /// Parent PID (field 4 of `/proc/PID/stat`).
 pub fn parent_pid(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_stat_line(pid)?;
     stat_field(&stat, 4)?.parse().ok()
+}
+
+/// `/proc/PID/stat`, read lossily: a command name that is not UTF-8 (a user
+/// can choose it) must not make a process invisible.
+fn read_stat_line(pid: i32) -> Option<String> {
+    if pid <= 0 {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/stat")).ok()?).into_owned())
 }
 
 /// Field `n` (1-based, as in proc(5)) of a `/proc/PID/stat` line. The command
@@ -37,7 +47,7 @@ pub fn is_same_process(pid: i32, start: u64) -> bool {
     if pid <= 0 {
         return false;
     }
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Some(stat) = read_stat_line(pid) else { return false };
     !matches!(stat_field(&stat, 3), Some("Z") | Some("X"))
         && stat_field(&stat, 22).and_then(|s| s.parse().ok()) == Some(start)
 }
@@ -87,7 +97,7 @@ pub fn read_stat(pid: i32) -> Option<ProcStat> {
     if pid <= 0 {
         return None;
     }
-    parse_stat(pid, &fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    parse_stat(pid, &read_stat_line(pid)?)
 }
 
 /// The PIDs of all processes (not threads).
@@ -159,7 +169,27 @@ pub struct ProcTable {
 
 impl ProcTable {
     pub fn scan() -> ProcTable {
-        ProcTable::from_procs(all_pids().into_iter().filter_map(read_stat))
+        // Three system calls per process (open, read, close) into one reused
+        // buffer: this is most of what a sweep costs.
+        let mut buf = [0u8; 4096];
+        let mut path = Vec::with_capacity(32);
+        let procs = all_pids().into_iter().filter_map(|pid| {
+            path.clear();
+            let _ = write!(&mut path, "/proc/{pid}/stat\0");
+            // SAFETY: path is NUL-terminated; buf is writable for its length.
+            let n = unsafe {
+                let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return None;
+                }
+                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                libc::close(fd);
+                n
+            };
+            // Lossy: a command name that is not UTF-8 must not hide a process.
+            parse_stat(pid, &String::from_utf8_lossy(buf.get(..usize::try_from(n).ok()?)?))
+        });
+        ProcTable::from_procs(procs.collect::<Vec<_>>())
     }
 
     pub fn from_procs(procs: impl IntoIterator<Item = ProcStat>) -> ProcTable {
@@ -233,6 +263,26 @@ mod tests {
         assert_eq!(stat_field(stat, 4), Some("1"));
         assert_eq!(stat_field(stat, 22), Some("123456"));
     }
+    #[test]
+    fn processes_with_non_utf8_names_are_seen() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(format!("sshidle-procfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join(std::ffi::OsStr::from_bytes(b"evil\xff\xfe"));
+        std::os::unix::fs::symlink("/bin/sleep", &link).unwrap();
+        let mut child = std::process::Command::new(&link).arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let start = start_time(pid).expect("start time of a non-UTF-8 command");
+        assert!(is_same_process(pid, start));
+        assert_eq!(parent_pid(pid), Some(std::process::id() as i32));
+        assert!(ProcTable::scan().get(pid).is_some_and(|p| p.start == start));
+        assert!(read_stat(pid).is_some());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn parse_stat_fields_and_pts_names() {
         let stat = "42 (sshd: a (x)) S 7 42 42 34816 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 123456 0";
