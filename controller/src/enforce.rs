@@ -88,6 +88,8 @@ struct Enforcer {
     memory_saved: Instant,
     terminations: Vec<Termination>,
     problems: usize,
+    /// `resolve` answers of the current batch.
+    resolved: std::collections::HashMap<String, Option<(Limits, String)>>,
 }
 
 impl Enforcer {
@@ -110,6 +112,7 @@ impl Enforcer {
             memory_saved: Instant::now(),
             terminations: Vec::new(),
             problems: 0,
+            resolved: Default::default(),
         }
     }
 
@@ -145,6 +148,7 @@ impl Enforcer {
             return false;
         }
         self.policy_stamp = stamp;
+        self.resolved.clear();
         match Policy::load(&self.config) {
             Ok(policy) => {
                 for error in &policy.errors {
@@ -173,18 +177,27 @@ impl Enforcer {
 
     /// The limits and rule the policy gives `user`; `None` without a policy
     /// or for an unknown user.
-    fn resolve(&self, user: &str) -> Option<(Limits, String)> {
+    /// Answers are cached for one batch (a reload, a policy change, utmp):
+    /// thousands of sessions of few users cost few NSS lookups.
+    fn resolve(&mut self, user: &str) -> Option<(Limits, String)> {
+        if let Some(cached) = self.resolved.get(user) {
+            return cached.clone();
+        }
         let policy = self.policy.as_ref()?;
-        let account = users::lookup_user(user)?;
-        let resolution = policy.resolve(&account.name, &mut || users::group_names(&account));
-        Some((resolution.limits, resolution.describe(policy)))
+        let answer = users::lookup_user(user).map(|account| {
+            let resolution = policy.resolve(&account.name, &mut || users::group_names(&account));
+            (resolution.limits, resolution.describe(policy))
+        });
+        self.resolved.insert(user.to_string(), answer.clone());
+        answer
     }
 
     /// Applies the current policy to a session; records the new limits so
     /// `status` shows them. Returns true when they changed.
     fn apply_policy(&mut self, key: SessionKey, now: i64) -> bool {
-        let Some(t) = self.sessions.get(&key) else { return false };
-        let Some((limits, rule)) = self.resolve(&t.record.user) else { return false };
+        let Some(user) = self.sessions.get(&key).map(|t| t.record.user.clone()) else { return false };
+        let Some((limits, rule)) = self.resolve(&user) else { return false };
+        let t = &self.sessions[&key];
         if limits == t.record.limits && rule == t.record.rule {
             return false;
         }
@@ -207,6 +220,7 @@ impl Enforcer {
 
     /// Re-reads the state file: new sessions are tracked, closed ones dropped.
     fn reload_sessions(&mut self, now: i64) {
+        self.resolved.clear();
         self.open_state();
         let Some(state) = &self.state else { return };
         let snapshot = match state.load() {
