@@ -1,11 +1,11 @@
 //! `sshidlectl`: the controller of sshidle.
 
 mod enforce;
+mod fsutil;
 mod install;
 mod keepalive;
 mod report;
 mod sshd_config;
-#[allow(dead_code)] // used by the enforcer
 mod syslog;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

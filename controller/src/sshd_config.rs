@@ -21,9 +21,8 @@ use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Where sshd resolves relative `Include` paths (its SSHDIR).
@@ -841,30 +840,8 @@ pub fn mode_of(path: &Path) -> FileMode {
 /// set, synced, renamed over the path, directory synced. A symlink is
 /// followed: its target is replaced.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: FileMode) -> std::io::Result<()> {
-    let path = match fs::canonicalize(path) {
-        Ok(p) => p,
-        Err(_) => path.to_path_buf(),
-    };
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.sshidle-{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.write_all(bytes)?;
-        std::os::unix::fs::fchown(&f, Some(mode.uid), Some(mode.gid))?;
-        f.set_permissions(fs::Permissions::from_mode(mode.mode))?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, &path)?;
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    crate::fsutil::write_atomic(&path, bytes, mode.mode, Some((mode.uid, mode.gid)))
 }
 
 /// Deletes `path` (a missing file is fine) and syncs its directory.
