@@ -645,11 +645,41 @@ pub fn uninstall(cli: &Cli, args: &UninstallArgs) -> u8 {
     }
 }
 
+/// Keeps two installs or uninstalls (or an install and a package script)
+/// from interleaving: an flock on the directory of the PAM file, which both
+/// edit. Locking the directory leaves no file behind. Dry runs do not lock.
+fn lock_installation(layout: &Layout, dry_run: bool) -> Result<Option<fs::File>, String> {
+    if dry_run {
+        return Ok(None);
+    }
+    let dir = layout.pam_file.parent().unwrap_or(Path::new("/"));
+    let Ok(handle) = fs::File::open(dir) else {
+        // No directory to lock: the steps report the missing PAM file.
+        return Ok(None);
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // SAFETY: flock on a descriptor we own.
+    while unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&handle), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("{}: another install or uninstall is running; try again later", dir.display()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(Some(handle))
+}
+
 pub fn install_with(layout: &Layout, args: &InstallArgs) -> u8 {
     if !args.dry_run && !args.pam_only && unsafe { libc::geteuid() } != 0 && layout.service != ServiceKind::None {
         eprintln!("sshidlectl: install must run as root (try --dry-run to see what it would do)");
         return EXIT_PROBLEM;
     }
+    let _lock = match lock_installation(layout, args.dry_run) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("sshidlectl: {e}");
+            return EXIT_PROBLEM;
+        }
+    };
     let manifest = match load_manifest(layout) {
         Ok(m) => m,
         Err(e) => {
@@ -853,6 +883,13 @@ fn install_service(run: &mut Run) -> Result<(), String> {
 }
 
 pub fn uninstall_with(layout: &Layout, args: &InstallArgs) -> u8 {
+    let _lock = match lock_installation(layout, args.dry_run) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("sshidlectl: {e}");
+            return EXIT_PROBLEM;
+        }
+    };
     let manifest = match load_manifest(layout) {
         Ok(m) => m,
         Err(e) => {
@@ -1194,6 +1231,27 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
             }
         }
         out
+    }
+
+    #[test]
+    fn concurrent_installs_wait_for_each_other() {
+        let root = temp_root("lock");
+        let layout = layout(&root.0);
+        let pam_dir = fs::File::open(root.0.join("etc/pam.d")).unwrap();
+        // SAFETY: flock on a descriptor we own.
+        assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&pam_dir), libc::LOCK_EX) }, 0);
+        let waiting = {
+            let layout = layout.clone();
+            std::thread::spawn(move || install_with(&layout, &args(false)))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert!(!waiting.is_finished(), "install ran while another held the lock");
+        assert_eq!(fs::read_to_string(root.0.join("etc/pam.d/sshd")).unwrap(), DEBIAN_SSHD);
+        drop(pam_dir);
+        assert_eq!(waiting.join().unwrap(), EXIT_OK);
+        assert!(fs::read_to_string(root.0.join("etc/pam.d/sshd")).unwrap().contains("pam_sshidle.so"));
+        assert_eq!(uninstall_with(&layout, &args(false)), EXIT_OK);
+        assert_eq!(fs::read_to_string(root.0.join("etc/pam.d/sshd")).unwrap(), DEBIAN_SSHD);
     }
 
     #[test]
