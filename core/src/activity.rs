@@ -77,7 +77,7 @@ pub fn members(table: &ProcTable, key: SessionKey) -> Option<Members> {
     let monitor = table.get(key.pid).filter(|p| p.start == key.start)?;
     let mut m = Members { sshd: vec![(key.pid, key.start)], ..Members::default() };
     for p in table.descendants(key.pid) {
-        if p.comm == monitor.comm {
+        if p.comm == monitor.comm && !is_internal_sftp(p.pid) {
             m.sshd.push((p.pid, p.start));
         } else if p.tty_nr != 0 {
             m.on_ttys.push((p.pid, p.start));
@@ -90,6 +90,13 @@ pub fn members(table: &ProcTable, key: SessionKey) -> Option<Members> {
     m.ttys.dedup();
     m.commands.sort_unstable();
     Some(m)
+}
+
+/// sshd runs `internal-sftp` in a process of its own, titled
+/// `sshd: USER@internal-sftp`: its I/O is the user's file transfer, never
+/// keepalives (those are the `@notty` parent's), so it counts as a command.
+fn is_internal_sftp(pid: i32) -> bool {
+    procfs::title(pid).is_some_and(|t| t.ends_with("@internal-sftp"))
 }
 
 /// The atime (unix seconds) of a pty, or `None` when it is gone.

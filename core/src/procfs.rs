@@ -15,6 +15,14 @@ pub fn start_time(pid: i32) -> Option<u64> {
     stat_field(&stat, 22)?.parse().ok()
 }
 
+/// The process title (`/proc/PID/cmdline`, NULs as spaces), lossily decoded;
+/// sshd rewrites it to say what each of its processes does.
+pub fn title(pid: i32) -> Option<String> {
+    let bytes = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let text = String::from_utf8_lossy(&bytes).replace('\0', " ");
+    Some(text.trim_end().to_string())
+}
+
 /// Parent PID (field 4 of `/proc/PID/stat`).
 pub fn parent_pid(pid: i32) -> Option<i32> {
     let stat = read_stat_line(pid)?;

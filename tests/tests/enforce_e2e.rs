@@ -499,3 +499,73 @@ fn session_known_only_from_utmp_is_adopted() {
     assert!(wait_until(Duration::from_secs(8), || user_processes(&user).is_empty()), "{:?}", user_processes(&user));
     assert!(wait_until(Duration::from_secs(5), || sessions_of(&sshd, &user.name).is_empty()), "record left");
 }
+
+/// sftp through `internal-sftp` (the harness's sshd uses it): the transfer
+/// runs in a forked sshd process (`sshd: user@internal-sftp`) whose I/O is
+/// the user's, not keepalives'. An idle sftp session is ended; one that sends
+/// a request every 2 s is kept (`ls`: the client answers `pwd` from a cache).
+#[test]
+fn internal_sftp_idle_is_disconnected_and_busy_is_kept() {
+    if !e2e_enabled() {
+        return;
+    }
+    let idle = TestUser::create("esi", &[]);
+    let busy = TestUser::create("esb", &[]);
+    let policy = format!("user {} idle=12s warn=4s\nuser {} idle=12s warn=4s\n", idle.name, busy.name);
+    let sshd = Sshd::start("esftp", SshdOptions { policy, ..Default::default() });
+    sshd.authorize(&idle);
+    sshd.authorize(&busy);
+    let enforcer = Enforcer::start(&sshd, &[]);
+    let sftp_argv = |user: &str| -> Vec<String> {
+        sshd.ssh_args(user)
+            .into_iter()
+            .map(|a| match a.as_str() {
+                "ssh" => "sftp".to_string(),
+                "-p" => "-P".to_string(),
+                _ => a,
+            })
+            .collect()
+    };
+    let started = Instant::now();
+    let quiet = Tmux::new(&sftp_argv(&idle.name));
+    let chatty = Tmux::new(&sftp_argv(&busy.name));
+    for (tmux, user) in [(&quiet, &idle), (&chatty, &busy)] {
+        assert!(tmux.wait_for("sftp>", Duration::from_secs(15)), "no sftp prompt:\n{}\n{}", tmux.capture(), sshd.log());
+        wait_recorded(&sshd, &user.name, 1);
+    }
+    let ended = wait_until(Duration::from_secs(30), || {
+        if started.elapsed().as_secs().is_multiple_of(2) {
+            chatty.type_line("ls");
+        }
+        // The client's ssh reports the close; sftp itself only notices at
+        // its next command.
+        quiet.capture().contains("closed by remote host")
+    });
+    let took = started.elapsed();
+    assert!(
+        ended,
+        "idle sftp session not disconnected:\n{}\n{}\n{:#}\n{}",
+        quiet.capture(),
+        enforcer.output(),
+        sshd.status_json(),
+        sshd.log()
+    );
+    assert!(took >= Duration::from_secs(12), "disconnected after {took:?}, before the limit");
+    assert!(took <= Duration::from_secs(22), "disconnected after {took:?}");
+    assert!(wait_until(Duration::from_secs(5), || sessions_of(&sshd, &idle.name).is_empty()), "record left");
+    assert!(
+        wait_until(Duration::from_secs(8), || user_processes(&idle).is_empty()),
+        "processes left: {:?}",
+        user_processes(&idle)
+    );
+    while started.elapsed() < Duration::from_secs(26) {
+        chatty.type_line("ls");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let screen = chatty.capture();
+    assert!(
+        !screen.contains("closed by remote host"),
+        "a busy sftp session was disconnected:\n{screen}\n{}",
+        enforcer.output()
+    );
+}
