@@ -27,7 +27,7 @@ lint:
 
 # What building needs beyond Rust itself, installed when missing (Debian, as root).
 build-deps:
-	@command -v $(CARGO) >/dev/null 2>&1 || { echo "make: $(CARGO) not found: install Rust 1.74 or newer, e.g. from https://rustup.rs" >&2; exit 1; }
+	@command -v $(CARGO) >/dev/null 2>&1 || { echo "make: $(CARGO) not found: install Rust 1.85 or newer, e.g. from https://rustup.rs" >&2; exit 1; }
 	@missing=""; \
 	dpkg -s libpam0g-dev >/dev/null 2>&1 || missing="$$missing libpam0g-dev"; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
