@@ -445,9 +445,29 @@ struct Run<'a> {
     problems: usize,
     /// Directories a dry run would have created.
     planned_dirs: Vec<PathBuf>,
+    /// Held for the whole run (see `lock_installation`).
+    _lock: Option<fs::File>,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// Takes the installation lock, loads the manifest and announces a dry run.
+    fn begin(layout: &'a Layout, dry_run: bool) -> Result<Run<'a>, String> {
+        let lock = lock_installation(layout, dry_run)?;
+        let manifest = load_manifest(layout)?;
+        if dry_run {
+            println!("dry run: nothing is changed");
+        }
+        Ok(Run {
+            layout,
+            dry_run,
+            manifest,
+            service_inputs_changed: false,
+            problems: 0,
+            planned_dirs: Vec::new(),
+            _lock: lock,
+        })
+    }
+
     fn say(&self, what: &str) {
         if self.dry_run {
             println!("would {what}");
@@ -673,31 +693,13 @@ pub fn install_with(layout: &Layout, args: &InstallArgs) -> u8 {
         eprintln!("sshidlectl: install must run as root (try --dry-run to see what it would do)");
         return EXIT_PROBLEM;
     }
-    let _lock = match lock_installation(layout, args.dry_run) {
-        Ok(lock) => lock,
+    let mut run = match Run::begin(layout, args.dry_run) {
+        Ok(run) => run,
         Err(e) => {
             eprintln!("sshidlectl: {e}");
             return EXIT_PROBLEM;
         }
     };
-    let manifest = match load_manifest(layout) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("sshidlectl: {e}");
-            return EXIT_PROBLEM;
-        }
-    };
-    let mut run = Run {
-        layout,
-        dry_run: args.dry_run,
-        manifest,
-        service_inputs_changed: false,
-        problems: 0,
-        planned_dirs: Vec::new(),
-    };
-    if args.dry_run {
-        println!("dry run: nothing is changed");
-    }
     let result = if args.pam_only { install_pam_line(&mut run) } else { install_steps(&mut run, args) };
     if let Err(e) = result {
         run.fail(&e);
@@ -883,30 +885,12 @@ fn install_service(run: &mut Run) -> Result<(), String> {
 }
 
 pub fn uninstall_with(layout: &Layout, args: &InstallArgs) -> u8 {
-    let _lock = match lock_installation(layout, args.dry_run) {
-        Ok(lock) => lock,
+    let mut run = match Run::begin(layout, args.dry_run) {
+        Ok(run) => run,
         Err(e) => {
             eprintln!("sshidlectl: {e}");
             return EXIT_PROBLEM;
         }
-    };
-    let manifest = match load_manifest(layout) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("sshidlectl: {e}");
-            return EXIT_PROBLEM;
-        }
-    };
-    if args.dry_run {
-        println!("dry run: nothing is changed");
-    }
-    let mut run = Run {
-        layout,
-        dry_run: args.dry_run,
-        manifest,
-        service_inputs_changed: false,
-        problems: 0,
-        planned_dirs: Vec::new(),
     };
     let had_pam_entry = run.manifest.entries.iter().any(|e| matches!(e, Entry::PamLine(..)));
     if run.manifest.entries.is_empty() && !args.pam_only {

@@ -263,14 +263,19 @@ fn sshd_binary() -> &'static str {
     SSHD
 }
 
-/// `sshd -t -f MAIN`: Ok, or sshd's complaint.
-fn sshd_test(main: &Path) -> Result<(), String> {
-    let out = Command::new(sshd_binary())
-        .arg("-t")
+/// `sshd MODE -f MAIN` (`-t` or `-T`), run to completion.
+fn run_sshd(mode: &str, main: &Path) -> Result<std::process::Output, String> {
+    Command::new(sshd_binary())
+        .arg(mode)
         .arg("-f")
         .arg(main)
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", sshd_binary()))?;
+        .map_err(|e| format!("cannot run {}: {e}", sshd_binary()))
+}
+
+/// `sshd -t -f MAIN`: Ok, or sshd's complaint.
+fn sshd_test(main: &Path) -> Result<(), String> {
+    let out = run_sshd("-t", main)?;
     if out.status.success() {
         Ok(())
     } else {
@@ -281,12 +286,7 @@ fn sshd_test(main: &Path) -> Result<(), String> {
 
 /// `sshd -T -f MAIN`: keyword (lower case) → values, in order.
 fn sshd_effective(main: &Path) -> Result<BTreeMap<String, Vec<String>>, String> {
-    let out = Command::new(sshd_binary())
-        .arg("-T")
-        .arg("-f")
-        .arg(main)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", sshd_binary()))?;
+    let out = run_sshd("-T", main)?;
     if !out.status.success() {
         return Err(format!("sshd -T -f {} failed: {}", main.display(), String::from_utf8_lossy(&out.stderr).trim()));
     }
@@ -323,7 +323,7 @@ fn supports_unused_timeout() -> bool {
         }
     }
     let Some(path) = created else { return false };
-    let out = Command::new(sshd_binary()).arg("-t").arg("-f").arg(&path).output();
+    let out = run_sshd("-t", &path);
     let _ = fs::remove_file(&path);
     match out {
         Ok(o) => {

@@ -164,7 +164,9 @@ impl StateDir {
         }
         // SAFETY: fd was just opened and is owned by nobody else.
         let dir = unsafe { OwnedFd::from_raw_fd(fd) };
-        let meta = File::from(dir.try_clone().map_err(io_err("dup"))?).metadata().map_err(io_err("fstat"))?;
+        // SAFETY: a File view of the descriptor that `dir` keeps owning (never closed here).
+        let view = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(dir.as_raw_fd()) });
+        let meta = view.metadata().map_err(io_err("fstat"))?;
         check_owner(path, meta.uid())?;
         if meta.mode() & 0o077 != 0 {
             // Ours, but too open: tighten rather than refuse.
@@ -267,17 +269,15 @@ impl StateDir {
     fn append(&self, line: &str) -> Result<Option<PathBuf>> {
         let _lock = self.lock()?;
         let mut moved_aside = None;
-        let file = self.open_file(libc::O_RDWR | libc::O_APPEND | libc::O_CREAT)?;
-        let mut file = file;
-        let mut size = file.metadata().map_err(io_err("fstat"))?.len();
+        let append = libc::O_RDWR | libc::O_APPEND | libc::O_CREAT;
+        let (mut file, mut size) = self.open_checked(STATE_FILE, append, 0o600)?;
         let mut base = 0;
         if size > 0 {
             match read_header(&file) {
                 Some(b) => base = b,
                 None => {
                     moved_aside = Some(self.move_aside()?);
-                    file = self.open_file(libc::O_RDWR | libc::O_APPEND | libc::O_CREAT)?;
-                    size = 0;
+                    (file, size) = self.open_checked(STATE_FILE, append, 0o600)?;
                 }
             }
         }
@@ -366,20 +366,20 @@ impl StateDir {
     }
 
     fn open_file_named(&self, name: &str, flags: libc::c_int) -> Result<File> {
-        let file = self.openat(name, flags, 0)?;
-        self.check_file(name, &file)?;
-        Ok(file)
+        Ok(self.open_checked(name, flags, 0)?.0)
     }
 
     /// Creates (or opens) `name` with mode 0600, refusing a symlink or a file
     /// that belongs to someone else.
     fn create_file(&self, name: &str, flags: libc::c_int) -> Result<File> {
-        let file = self.openat(name, flags | libc::O_CREAT, 0o600)?;
-        self.check_file(name, &file)?;
-        Ok(file)
+        Ok(self.open_checked(name, flags | libc::O_CREAT, 0o600)?.0)
     }
 
-    fn check_file(&self, name: &str, file: &File) -> Result<()> {
+    /// Opens `name` (O_NOFOLLOW) and checks it is a regular file of ours,
+    /// tightening its mode if needed. Returns it with its size, from the same
+    /// fstat, so the login path stats the file once.
+    fn open_checked(&self, name: &str, flags: libc::c_int, mode: libc::mode_t) -> Result<(File, u64)> {
+        let file = self.openat(name, flags, mode)?;
         let meta = file.metadata().map_err(io_err("fstat"))?;
         let path = self.path.join(name);
         if !meta.is_file() {
@@ -390,7 +390,7 @@ impl StateDir {
             // SAFETY: valid fd.
             unsafe { libc::fchmod(file.as_raw_fd(), 0o600) };
         }
-        Ok(())
+        Ok((file, meta.len()))
     }
 
     fn openat(&self, name: &str, flags: libc::c_int, mode: libc::mode_t) -> Result<File> {

@@ -6,8 +6,7 @@
 
 use crate::accounts::TestUser;
 use crate::util::{
-    descendants, ensure_runtime_dirs, free_port, module_path, run, signal, sshidlectl_path, unique_name, wait_until,
-    TempDir,
+    descendants, ensure_runtime_dirs, free_port, module_path, run, signal, sshidlectl, unique_name, wait_until, TempDir,
 };
 use std::io::Read;
 use std::net::TcpStream;
@@ -176,15 +175,7 @@ impl Sshd {
 
     /// `sshidlectl --config <policy> --state-dir <state> ARGS`.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(sshidlectl_path())
-            .arg("--config")
-            .arg(&self.policy_path)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("sshidlectl")
+        sshidlectl(&self.policy_path, &self.state_dir).args(args).stdin(Stdio::null()).output().expect("sshidlectl")
     }
 
     /// `sshidlectl status --json`, parsed.

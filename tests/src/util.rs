@@ -40,6 +40,13 @@ pub fn sshidlectl_path() -> PathBuf {
     built("sshidlectl")
 }
 
+/// `sshidlectl --config CONFIG --state-dir STATE_DIR`, ready for its arguments.
+pub fn sshidlectl(config: &Path, state_dir: &Path) -> Command {
+    let mut cmd = Command::new(sshidlectl_path());
+    cmd.arg("--config").arg(config).arg("--state-dir").arg(state_dir);
+    cmd
+}
+
 pub fn module_path() -> PathBuf {
     built("libpam_sshidle.so")
 }

@@ -2,17 +2,10 @@
 //! of the test's own, plus exit codes for bad usage.
 
 use sshidle_tests::*;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn ctl(dir: &TempDir, args: &[&str]) -> Output {
-    Command::new(sshidlectl_path())
-        .arg("--config")
-        .arg(dir.join("sshidle.conf"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .args(args)
-        .output()
-        .expect("sshidlectl")
+    sshidlectl(&dir.join("sshidle.conf"), &dir.join("state")).args(args).output().expect("sshidlectl")
 }
 
 fn text(bytes: &[u8]) -> String {

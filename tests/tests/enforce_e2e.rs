@@ -19,11 +19,7 @@ struct Enforcer {
 impl Enforcer {
     fn start(sshd: &Sshd, extra: &[&str]) -> Enforcer {
         let log = sshd.dir.join(format!("enforcer-{}.log", unique_name("e")));
-        let child = Command::new(sshidlectl_path())
-            .arg("--config")
-            .arg(&sshd.policy_path)
-            .arg("--state-dir")
-            .arg(&sshd.state_dir)
+        let child = sshidlectl(&sshd.policy_path, &sshd.state_dir)
             .arg("enforce")
             .args(extra)
             .stdin(Stdio::null())
@@ -324,16 +320,7 @@ fn stale_record_with_reused_pid_is_never_signalled() {
             warned_at: None,
         })
         .unwrap();
-    let ctl = |args: &[&str]| {
-        Command::new(sshidlectl_path())
-            .arg("--config")
-            .arg(&policy)
-            .arg("--state-dir")
-            .arg(&state_path)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let ctl = |args: &[&str]| sshidlectl(&policy, &state_path).args(args).output().unwrap();
     let out = ctl(&["disconnect", &pid.to_string()]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let out = ctl(&["enforce", "--once", "--utmp", "none"]);

@@ -115,11 +115,7 @@ impl Tree {
     }
 
     fn keepalive(&self, args: &[&str]) -> Output {
-        Command::new(sshidlectl_path())
-            .arg("--config")
-            .arg(&self.policy)
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
+        sshidlectl(&self.policy, &self.dir.join("state"))
             .arg("keepalive")
             .arg("--sshd-config")
             .arg(&self.main)

@@ -30,7 +30,7 @@ use sshidle::activity;
 use sshidle::policy::Limits;
 use sshidle::procfs::{self, ProcTable};
 use sshidle::state::{SessionKey, SessionRecord, StateDir};
-use sshidle_tests::{sshidlectl_path, TempDir, TestUser};
+use sshidle_tests::{sshidlectl, TempDir, TestUser};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -173,16 +173,8 @@ fn children_cpu() -> f64 {
 fn timed_ctl(policy: &std::path::Path, state: &std::path::Path, args: &[&str]) -> (f64, f64) {
     let cpu0 = children_cpu();
     let t = Instant::now();
-    let out = Command::new(sshidlectl_path())
-        .arg("--config")
-        .arg(policy)
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("sshidlectl");
+    let out =
+        sshidlectl(policy, state).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).output().expect("sshidlectl");
     let wall = t.elapsed().as_secs_f64();
     assert!(out.status.success(), "sshidlectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     (wall, children_cpu() - cpu0)
@@ -265,11 +257,7 @@ fn sweep_cost(size: usize, idle_window: u64) {
     );
 
     // The daemon with these sessions sitting idle.
-    let mut daemon = Command::new(sshidlectl_path())
-        .arg("--config")
-        .arg(&policy)
-        .arg("--state-dir")
-        .arg(&state_path)
+    let mut daemon = sshidlectl(&policy, &state_path)
         .args(["enforce", "--utmp", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -365,11 +353,7 @@ fn compare_with_autolog(n: usize) {
     for (f, u) in theirs.iter().zip(&users) {
         utmp_entry(f, &u.name, false);
     }
-    let mut enforcer = Command::new(sshidlectl_path())
-        .arg("--config")
-        .arg(&policy)
-        .arg("--state-dir")
-        .arg(&state_path)
+    let mut enforcer = sshidlectl(&policy, &state_path)
         .args(["enforce", "--utmp", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
