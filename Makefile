@@ -17,9 +17,20 @@ build:
 release:
 	$(CARGO) build --workspace --release
 
-# Unit tests, the real-libpam tests and the end-to-end tests (need root).
+# Unit tests, the real-libpam tests and the end-to-end tests (need root; as
+# another user they fail unless SSHIDLE_SKIP_E2E=REASON skips them on purpose).
+# The end says how many tests did not run, and why: skips the harness
+# recorded in $(SKIPS) and tests cargo reports as ignored.
+SKIPS = $(TARGET_DIR)/sshidle-test-skips.txt
+TEST_LOG = $(TARGET_DIR)/sshidle-test.log
 test: build lint
-	$(CARGO) test --workspace -- --test-threads=4
+	@rm -f $(SKIPS)
+	@{ $(CARGO) test --workspace -- --test-threads=4; echo $$? > $(TEST_LOG).rc; } 2>&1 | tee $(TEST_LOG)
+	@skipped=$$(cat $(SKIPS) 2>/dev/null | wc -l); \
+	ignored=$$(sed -n 's/^test result:.* \([0-9][0-9]*\) ignored.*/\1/p' $(TEST_LOG) | awk '{n += $$1} END {print n + 0}'); \
+	echo "make test: $$((skipped + ignored)) test(s) did not run ($$skipped skipped on purpose, $$ignored ignored)"; \
+	if [ -s $(SKIPS) ]; then sed 's/^/  skipped: /' $(SKIPS); fi; \
+	exit $$(cat $(TEST_LOG).rc)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1402,9 +1402,16 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
     }
 
     #[test]
-    fn module_dir_is_where_pam_unix_lives() {
-        if let Some(dir) = find_pam_module_dir() {
-            assert!(dir.join("pam_unix.so").exists());
+    fn module_dir_is_the_multiarch_one_libpam_reads() {
+        // libpam-modules is installed wherever the tests run (.ci/deps), so
+        // no module directory is a failure, not a reason to skip.
+        let dir = find_pam_module_dir().expect("no PAM module directory with pam_unix.so (install libpam-modules)");
+        // Debian's libpam loads modules from the multiarch directory
+        // (/lib is /usr/lib on merged-/usr systems).
+        let expected =
+            [format!("/lib/{}/security", multiarch_triplet()), format!("/usr/lib/{}/security", multiarch_triplet())];
+        if Path::new("/etc/debian_version").exists() {
+            assert!(expected.iter().any(|e| Path::new(e) == dir), "{} is not one of {expected:?}", dir.display());
         }
     }
 

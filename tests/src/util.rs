@@ -5,19 +5,55 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// True when end-to-end tests can run (we are root). Under `CI=true` they
-/// must run, so not being root there is a failure, not a skip.
+/// The variable that skips end-to-end tests on purpose; its value says why.
+pub const SKIP_E2E_VAR: &str = "SSHIDLE_SKIP_E2E";
+/// Where skipped tests are listed (under the cargo target directory), one
+/// line each, for `make test` to report; it removes the file before a run.
+pub const SKIPS_FILE: &str = "sshidle-test-skips.txt";
+
+/// True when end-to-end tests can run (we are root). A test that cannot run
+/// fails and says why, unless `SSHIDLE_SKIP_E2E=REASON` asks for the skip;
+/// an asked-for skip is recorded in `SKIPS_FILE`. Under CI (`CI` set to
+/// anything but `false`/`0`) nothing may skip.
 pub fn e2e_enabled() -> bool {
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "end-to-end tests need root, and CI=true forbids skipping"
-        );
-        eprintln!("skipping: end-to-end tests need root");
+    if root {
+        return true;
     }
-    root
+    skip_or_fail("end-to-end tests need root (they create users and start sshd)");
+    false
+}
+
+/// Either records an explicitly requested skip (returns) or panics with
+/// `why`: a test that cannot run never passes silently.
+pub fn skip_or_fail(why: &str) {
+    let skip = std::env::var(SKIP_E2E_VAR).ok().filter(|r| !r.trim().is_empty());
+    let ci = std::env::var("CI").ok().filter(|v| !v.is_empty() && v != "false" && v != "0");
+    if let Some(ci) = ci {
+        panic!("{why}; CI={ci} forbids skipping (run as root)");
+    }
+    let Some(reason) = skip else {
+        panic!("{why}; run as root, or set {SKIP_E2E_VAR}=REASON to skip end-to-end tests on purpose");
+    };
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .map(|n| n.rsplit_once('-').map(|(stem, _hash)| stem.to_string()).unwrap_or(n))
+        .unwrap_or_default();
+    let line = format!("{binary}::{test}: {why} ({SKIP_E2E_VAR}={reason})\n");
+    eprintln!("SKIPPED {line}");
+    let file = target_dir().parent().map(|t| t.join(SKIPS_FILE));
+    if let Some(file) = file {
+        use std::io::Write;
+        // O_APPEND: one short write per line, safe across test processes.
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+    }
 }
 
 /// The cargo profile directory holding the test executable (target/debug).
