@@ -186,7 +186,7 @@ impl Enforcer {
         let policy = self.policy.as_ref()?;
         let answer = users::lookup_user(user).map(|account| {
             let resolution = policy.resolve(&account.name, &mut || users::group_names(&account));
-            (resolution.limits, resolution.describe(policy))
+            (resolution.limits, resolution.describe())
         });
         self.resolved.insert(user.to_string(), answer.clone());
         answer

@@ -171,20 +171,21 @@ fn desired_values(cli: &Cli, args: &KeepaliveArgs) -> Result<Desired, String> {
         desired.count_max = args.count_max.unwrap_or(DEFAULT_COUNT_MAX);
         return Ok(desired);
     };
-    // A bad keepalive line means the admin wanted something else: stop.
-    let text = fs::read(&policy.path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let bad: Vec<String> = policy
-        .errors
-        .iter()
-        .filter(|e| lines.get(e.line.wrapping_sub(1)).is_some_and(|l| l.split_whitespace().next() == Some("keepalive")))
-        .map(|e| e.to_string())
-        .collect();
+    // A bad keepalive line (in the main file or a drop-in) means the admin
+    // wanted something else: stop.
+    let mut texts: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut is_keepalive_line = |e: &sshidle::policy::PolicyError| {
+        let text = texts
+            .entry(e.path.clone())
+            .or_insert_with(|| fs::read(&e.path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default());
+        text.lines().nth(e.line.wrapping_sub(1)).is_some_and(|l| l.split_whitespace().next() == Some("keepalive"))
+    };
+    let bad: Vec<String> = policy.errors.iter().filter(|e| is_keepalive_line(e)).map(|e| e.to_string()).collect();
     if !bad.is_empty() {
         return Err(format!("{}\nfix the policy file first (`sshidlectl check`); nothing was changed", bad.join("\n")));
     }
-    let at = |what: &str| match policy.keepalive.line {
-        Some(l) => format!("{}:{l}: {what}", policy.path.display()),
+    let at = |what: &str| match &policy.keepalive.at {
+        Some((file, l)) => format!("{}:{l}: {what}", file.display()),
         None => what.to_string(),
     };
     desired.interval = match (args.interval, policy.keepalive.interval) {
@@ -200,8 +201,8 @@ fn desired_values(cli: &Cli, args: &KeepaliveArgs) -> Result<Desired, String> {
     if let Some(last) = policy.rules.iter().rposition(|r| r.unused_connection_timeout.is_some()) {
         for rule in &policy.rules[..=last] {
             let criteria = match &rule.selector {
-                Selector::User(name) => format!("User {}", match_name(name, &policy, rule.line)?),
-                Selector::Group(name) => format!("Group {}", match_name(name, &policy, rule.line)?),
+                Selector::User(name) => format!("User {}", match_name(name, rule)?),
+                Selector::Group(name) => format!("Group {}", match_name(name, rule)?),
                 Selector::Any => "All".to_string(),
             };
             desired.matches.push(MatchBlock { criteria, unused: rule.unused_connection_timeout.filter(|u| *u > 0) });
@@ -214,11 +215,12 @@ fn desired_values(cli: &Cli, args: &KeepaliveArgs) -> Result<Desired, String> {
 }
 
 /// A user/group name as sshd's Match takes it (a pattern list is not one name).
-fn match_name<'a>(name: &'a str, policy: &Policy, line: usize) -> Result<&'a str, String> {
+fn match_name<'a>(name: &'a str, rule: &sshidle::policy::Rule) -> Result<&'a str, String> {
     if name.is_empty() || name.contains([',', '!', '"', '\'', '\\', '#']) {
         return Err(format!(
-            "{}:{line}: '{name}' cannot be written as an sshd Match criterion (no , ! quotes # or \\)",
-            policy.path.display()
+            "{}:{}: '{name}' cannot be written as an sshd Match criterion (no , ! quotes # or \\)",
+            rule.file.display(),
+            rule.line
         ));
     }
     Ok(name)

@@ -207,8 +207,20 @@ pub fn check(cli: &Cli) -> u8 {
     for error in &policy.errors {
         eprintln!("{error}");
     }
+    if !policy.main_file_read() {
+        println!("{}: no such file; the drop-ins alone make the policy", cli.config.display());
+    }
     if policy.errors.is_empty() {
-        println!("{}: {} rules, no errors", cli.config.display(), policy.rules.len());
+        let dropins = policy.files.iter().filter(|f| **f != policy.path).count();
+        let from = match dropins {
+            0 => String::new(),
+            1 => " (with 1 drop-in)".to_string(),
+            n => format!(" (with {n} drop-ins)"),
+        };
+        println!("{}: {} rules{from}, no errors", cli.config.display(), policy.rules.len());
+        for file in &policy.files {
+            println!("  read {}", file.display());
+        }
         EXIT_OK
     } else {
         EXIT_PROBLEM
@@ -239,7 +251,7 @@ pub fn explain(cli: &Cli, user: &str) -> u8 {
     println!("user:   {} (uid {})", account.name, account.uid);
     println!("groups: {}", groups.join(" "));
     match resolution.rule {
-        Some(_) => println!("rule:   {}", resolution.describe(&policy)),
+        Some(_) => println!("rule:   {}", resolution.describe()),
         None => println!("rule:   none matches; no limit"),
     }
     println!("limits: {}", resolution.limits);

@@ -56,10 +56,14 @@ pub struct LoginItems {
     pub service: String,
 }
 
-/// Loads the policy for a login. Every problem is logged; none stops the login.
+/// Loads the policy (drop-ins, then the main file) for a login. Every
+/// problem is logged; none stops the login.
 pub fn load_policy(args: &ModuleArgs, log: &dyn LogSink) -> Policy {
     match Policy::load(&args.conf) {
         Ok(policy) => {
+            if args.conf_explicit && !policy.main_file_read() {
+                log.log(Level::Error, &format!("{}: no such file; only its drop-ins apply", args.conf.display()));
+            }
             for error in &policy.errors {
                 log.log(Level::Error, &error.to_string());
             }
@@ -99,7 +103,7 @@ pub fn open_session(args: &ModuleArgs, items: &LoginItems, log: &dyn LogSink) ->
         service: items.service.clone(),
         login_time: crate::now_unix(),
         limits: resolution.limits,
-        rule: resolution.describe(&policy),
+        rule: resolution.describe(),
         warned_at: None,
     };
     let state = match StateDir::open(&args.state_dir, true) {
@@ -218,6 +222,26 @@ mod tests {
         assert!(log.0.borrow().iter().any(|(l, m)| *l == Level::Error && m.contains("missing")));
         let state = StateDir::open(&args.state_dir, false).unwrap();
         assert!(state.load().unwrap().sessions[0].limits.is_unlimited());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_login_gets_the_drop_in_rule_even_without_the_main_file() {
+        let dir = temp("dropin");
+        std::fs::create_dir(dir.join("policy.d")).unwrap();
+        std::fs::write(dir.join("policy.d/10-root.conf"), "user root idle=7m\n").unwrap();
+        let args =
+            ModuleArgs { conf: dir.join("policy"), conf_explicit: true, state_dir: dir.join("state"), debug: false };
+        let items = LoginItems { user: "root".into(), ..Default::default() };
+        let log = Collect::default();
+        assert!(open_session(&args, &items, &log).is_some());
+        let state = StateDir::open(&args.state_dir, false).unwrap();
+        let record = &state.load().unwrap().sessions[0];
+        assert_eq!(record.limits.idle, Some(420));
+        assert_eq!(record.rule, format!("{}:1: user root", dir.join("policy.d/10-root.conf").display()));
+        // The missing explicit main file is still an error in syslog.
+        let logged = log.0.borrow();
+        assert!(logged.iter().any(|(l, m)| *l == Level::Error && m.contains("only its drop-ins apply")), "{logged:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -11,12 +11,26 @@
 //! Rules are read top to bottom and the first one that matches a login wins.
 //! A bad line is reported as `FILE:LINE: message` and skipped; the rest of the
 //! file still applies, so a typo never stops logins.
+//!
+//! Drop-ins (`PATH.d/*.conf`, read in C-locale order) stand **before** the main
+//! file, as `sshd_config.d` does in Debian's `sshd_config`: a role or a team
+//! ships its specific rules there, and the main file's catch-all `*` stays
+//! last instead of shadowing every drop-in.
 
 use crate::duration::{format_duration, parse_duration};
+use std::ffi::OsString;
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_POLICY_PATH: &str = "/etc/security/sshidle.conf";
+
+/// At most this many drop-ins are read: the login path stays bounded whatever
+/// is put into the directory. The rest are reported and ignored.
+pub const MAX_DROPINS: usize = 128;
+
+/// A policy file (main or drop-in) larger than this is reported and ignored.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// The warning lead used when a rule sets `idle=` but no `warn=`.
 pub const DEFAULT_WARN_SECS: u64 = 60;
@@ -67,16 +81,19 @@ pub struct Rule {
     /// `UnusedConnectionTimeout` for the logins this rule matches (rendered by
     /// `sshidlectl keepalive` as a `Match` block).
     pub unused_connection_timeout: Option<u64>,
+    /// The file and line the rule was read from.
+    pub file: PathBuf,
     pub line: usize,
 }
 
 /// sshd settings that `sshidlectl keepalive` applies when given no flags.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeepaliveSettings {
     pub interval: Option<u64>,
     pub count_max: Option<u64>,
     pub unused_connection_timeout: Option<u64>,
-    pub line: Option<usize>,
+    /// Where the `keepalive` line was read (file, line).
+    pub at: Option<(PathBuf, usize)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +115,11 @@ impl fmt::Display for PolicyError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
+    /// The main file.
     pub path: PathBuf,
+    /// The files read, in the order their rules stand: drop-ins, then the
+    /// main file when it exists.
+    pub files: Vec<PathBuf>,
     pub rules: Vec<Rule>,
     pub keepalive: KeepaliveSettings,
     /// Lines that were skipped, in file order.
@@ -114,11 +135,79 @@ pub struct Resolution<'a> {
 
 impl Resolution<'_> {
     /// `FILE:LINE: selector`, or `none` when no rule matched.
-    pub fn describe(&self, policy: &Policy) -> String {
+    pub fn describe(&self) -> String {
         match self.rule {
-            Some(rule) => format!("{}:{}: {}", policy.path.display(), rule.line, rule.selector),
+            Some(rule) => format!("{}:{}: {}", rule.file.display(), rule.line, rule.selector),
             None => "none".to_string(),
         }
+    }
+}
+
+/// The drop-in directory of a main policy file: `PATH.d`.
+pub fn dropin_dir(main: &Path) -> PathBuf {
+    let mut name = OsString::from(main.as_os_str());
+    name.push(".d");
+    PathBuf::from(name)
+}
+
+/// The drop-ins of `main`, in C-locale (byte) order: regular names ending in
+/// `.conf`, not starting with `.` (as sshd's `Include *.conf` globs them).
+/// A missing directory has none; any other problem is returned as an error to
+/// report. Only one directory is read, and at most [`MAX_DROPINS`] are kept.
+pub fn dropin_files(main: &Path) -> (Vec<PathBuf>, Vec<PolicyError>) {
+    let dir = dropin_dir(main);
+    let mut errors = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), errors),
+        Err(err) => {
+            errors.push(PolicyError::whole_file(&dir, format!("cannot read the drop-in directory: {err}")));
+            return (Vec::new(), errors);
+        }
+    };
+    let mut names: Vec<OsString> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.file_name()))
+        .filter(|name| {
+            let bytes = name.as_bytes();
+            bytes.ends_with(b".conf") && bytes.len() > ".conf".len() && !bytes.starts_with(b".")
+        })
+        .collect();
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    if names.len() > MAX_DROPINS {
+        for name in &names[MAX_DROPINS..] {
+            errors.push(PolicyError::whole_file(
+                &dir.join(name),
+                format!("ignored: more than {MAX_DROPINS} drop-ins in {}", dir.display()),
+            ));
+        }
+        names.truncate(MAX_DROPINS);
+    }
+    (names.into_iter().map(|name| dir.join(name)).collect(), errors)
+}
+
+/// Reads one policy file, refusing what is not a regular file or too large.
+fn read_policy_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {} KiB", MAX_FILE_BYTES / 1024),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+impl PolicyError {
+    /// An error about a whole file (no line): printed `FILE: message`.
+    fn whole_file(path: &Path, message: String) -> PolicyError {
+        PolicyError { path: path.to_path_buf(), line: 0, message }
     }
 }
 
@@ -127,35 +216,72 @@ impl Policy {
     pub fn empty(path: &Path) -> Policy {
         Policy {
             path: path.to_path_buf(),
+            files: Vec::new(),
             rules: Vec::new(),
             keepalive: KeepaliveSettings::default(),
             errors: Vec::new(),
         }
     }
 
-    /// Reads and parses `path`. A missing or unreadable file is an `Err`; bad
-    /// lines are not (they are in `errors`).
+    /// Reads the drop-ins of `path` (`PATH.d/*.conf`), then `path` itself.
+    ///
+    /// `Err` when the main file cannot be read (other than missing), or when
+    /// it is missing and there is no drop-in either (`NotFound`: no policy).
+    /// A drop-in that cannot be read, and bad lines, are not errors of the
+    /// load: they are in `errors`, and the rest still applies.
     pub fn load(path: &Path) -> std::io::Result<Policy> {
-        let text = std::fs::read(path)?;
-        Ok(Policy::parse(path, &String::from_utf8_lossy(&text)))
+        let mut policy = Policy::empty(path);
+        let main_text = match read_policy_file(path) {
+            Ok(text) => Ok(text),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(err),
+            Err(err) => return Err(err),
+        };
+        let (dropins, errors) = dropin_files(path);
+        policy.errors.extend(errors);
+        for dropin in dropins {
+            match read_policy_file(&dropin) {
+                Ok(text) => policy.add_file(&dropin, &text),
+                Err(err) => policy.errors.push(PolicyError::whole_file(&dropin, format!("cannot read: {err}"))),
+            }
+        }
+        match main_text {
+            Ok(text) => policy.add_file(path, &text),
+            Err(missing) if policy.files.is_empty() => return Err(missing),
+            Err(_) => {}
+        }
+        Ok(policy)
     }
 
+    /// Whether the main file was read (it may be missing when drop-ins exist).
+    pub fn main_file_read(&self) -> bool {
+        self.files.last() == Some(&self.path)
+    }
+
+    /// Parses one file's text as the whole policy.
     pub fn parse(path: &Path, text: &str) -> Policy {
         let mut policy = Policy::empty(path);
+        policy.add_file(path, text);
+        policy
+    }
+
+    /// Appends the rules of one more file (lower in first-match order than
+    /// those already read).
+    pub fn add_file(&mut self, path: &Path, text: &str) {
+        self.files.push(path.to_path_buf());
+        let policy = self;
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
             let content = raw.split('#').next().unwrap_or("");
             let mut words = content.split_whitespace();
             let Some(first) = words.next() else { continue };
             let result = match first {
-                "keepalive" => parse_keepalive(words, &mut policy.keepalive, line),
-                _ => parse_rule(first, &mut words, line).map(|rule| policy.rules.push(rule)),
+                "keepalive" => parse_keepalive(words, &mut policy.keepalive, path, line),
+                _ => parse_rule(first, &mut words, path, line).map(|rule| policy.rules.push(rule)),
             };
             if let Err(message) = result {
                 policy.errors.push(PolicyError { path: path.to_path_buf(), line, message });
             }
         }
-        policy
     }
 
     /// The first rule matching `user`. `groups` returns the names of the
@@ -179,7 +305,12 @@ impl Policy {
     }
 }
 
-fn parse_rule<'a>(first: &str, words: &mut impl Iterator<Item = &'a str>, line: usize) -> Result<Rule, String> {
+fn parse_rule<'a>(
+    first: &str,
+    words: &mut impl Iterator<Item = &'a str>,
+    file: &Path,
+    line: usize,
+) -> Result<Rule, String> {
     let selector = match first {
         "*" => Selector::Any,
         "user" | "group" => {
@@ -238,18 +369,31 @@ fn parse_rule<'a>(first: &str, words: &mut impl Iterator<Item = &'a str>, line: 
     if let (Some(_), None) = (warn, shortest) {
         return Err("warn= needs idle= or hard=".to_string());
     }
-    Ok(Rule { selector, limits: Limits { idle, warn, hard }, unused_connection_timeout: unused.flatten(), line })
+    Ok(Rule {
+        selector,
+        limits: Limits { idle, warn, hard },
+        unused_connection_timeout: unused.flatten(),
+        file: file.to_path_buf(),
+        line,
+    })
 }
 
 fn parse_keepalive<'a>(
     words: impl Iterator<Item = &'a str>,
     settings: &mut KeepaliveSettings,
+    file: &Path,
     line: usize,
 ) -> Result<(), String> {
-    if let Some(first_line) = settings.line {
-        return Err(format!("keepalive is already set on line {first_line}"));
+    match &settings.at {
+        Some((first_file, first_line)) if first_file == file => {
+            return Err(format!("keepalive is already set on line {first_line}"))
+        }
+        Some((first_file, first_line)) => {
+            return Err(format!("keepalive is already set at {}:{first_line}", first_file.display()))
+        }
+        None => {}
     }
-    let mut parsed = KeepaliveSettings { line: Some(line), ..KeepaliveSettings::default() };
+    let mut parsed = KeepaliveSettings { at: Some((file.to_path_buf(), line)), ..KeepaliveSettings::default() };
     let mut any = false;
     for word in words {
         any = true;
@@ -379,7 +523,7 @@ group  contractors    idle=10m  warn=1m  hard=8h
         assert_eq!(r.limits.idle, Some(7200));
         let r = resolve_for(&policy, "carol", &["carol"]);
         assert_eq!(r.rule.unwrap().selector, Selector::Any);
-        assert_eq!(r.describe(&policy), "/etc/security/sshidle.conf:5: *");
+        assert_eq!(r.describe(), "/etc/security/sshidle.conf:5: *");
     }
 
     #[test]
@@ -396,7 +540,7 @@ group  contractors    idle=10m  warn=1m  hard=8h
         let r = resolve_for(&policy, "bob", &["bob"]);
         assert!(r.rule.is_none());
         assert!(r.limits.is_unlimited());
-        assert_eq!(r.describe(&policy), "none");
+        assert_eq!(r.describe(), "none");
     }
 
     #[test]
@@ -513,7 +657,7 @@ user good idle=1m
                 interval: Some(30),
                 count_max: Some(4),
                 unused_connection_timeout: Some(3600),
-                line: Some(1)
+                at: Some(("/etc/security/sshidle.conf".into(), 1))
             }
         );
         assert_eq!(policy.rules[0].unused_connection_timeout, Some(600));
@@ -526,6 +670,155 @@ user good idle=1m
     fn limits_display() {
         let l = Limits { idle: Some(900), warn: Some(60), hard: None };
         assert_eq!(l.to_string(), "idle=15m warn=1m hard=off");
+    }
+}
+
+#[cfg(test)]
+mod dropins {
+    use super::*;
+    use std::fs;
+
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!("sshidle-policy-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(dir.join("sshidle.conf.d")).unwrap();
+            Dir(dir)
+        }
+        fn main(&self) -> PathBuf {
+            self.0.join("sshidle.conf")
+        }
+        fn dropin(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.0.join("sshidle.conf.d").join(name);
+            fs::write(&path, text).unwrap();
+            path
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn who(policy: &Policy, user: &str, groups: &[&str]) -> String {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        policy.resolve(user, &mut || groups.clone()).describe()
+    }
+
+    #[test]
+    fn dropin_dir_is_path_dot_d() {
+        assert_eq!(dropin_dir(Path::new("/etc/security/sshidle.conf")), Path::new("/etc/security/sshidle.conf.d"));
+        assert_eq!(dropin_dir(Path::new("p")), Path::new("p.d"));
+    }
+
+    #[test]
+    fn dropins_stand_before_the_main_file_in_c_locale_order() {
+        let dir = Dir::new("order");
+        fs::write(dir.main(), "user alice idle=1h\n* idle=30m\n").unwrap();
+        let b = dir.dropin("20-b.conf", "group ops idle=2h\n");
+        let a = dir.dropin("10-a.conf", "\nuser alice idle=5m\n");
+        // C locale: upper case before lower case ("Z" < "a"), digits first.
+        let upper = dir.dropin("Z.conf", "user zed idle=1m\n");
+        let lower = dir.dropin("a.conf", "user zed idle=2m\nuser amy idle=3m\n");
+        // Not drop-ins: other suffixes, hidden files, editor backups, a bare ".conf".
+        for ignored in ["notes.txt", ".hidden.conf", "10-a.conf~", "10-a.conf.dpkg-old", ".conf"] {
+            dir.dropin(ignored, "* idle=1s\n");
+        }
+        let policy = Policy::load(&dir.main()).unwrap();
+        assert_eq!(policy.errors, vec![]);
+        assert_eq!(policy.files, vec![a.clone(), b.clone(), upper.clone(), lower.clone(), dir.main()]);
+        assert!(policy.main_file_read());
+        let main = dir.main().display().to_string();
+        // A drop-in's rule beats the main file's rule for the same user...
+        assert_eq!(who(&policy, "alice", &[]), format!("{}:2: user alice", a.display()));
+        assert_eq!(who(&policy, "bob", &["ops"]), format!("{}:1: group ops", b.display()));
+        assert_eq!(who(&policy, "zed", &[]), format!("{}:1: user zed", upper.display()));
+        assert_eq!(who(&policy, "amy", &[]), format!("{}:2: user amy", lower.display()));
+        // ...and the main file's catch-all stays last.
+        assert_eq!(who(&policy, "carol", &[]), format!("{main}:2: *"));
+    }
+
+    #[test]
+    fn errors_name_the_drop_in_and_its_line_and_the_rest_applies() {
+        let dir = Dir::new("errors");
+        fs::write(dir.main(), "* idle=30m\nuser x idle=5q\n").unwrap();
+        let bad = dir.dropin("50-team.conf", "# team\ngroup\nuser eve idle=5m\n");
+        fs::create_dir(dir.0.join("sshidle.conf.d/60-dir.conf")).unwrap();
+        let policy = Policy::load(&dir.main()).unwrap();
+        let got: Vec<String> = policy.errors.iter().map(|e| e.to_string()).collect();
+        let d = dir.0.join("sshidle.conf.d");
+        assert_eq!(
+            got,
+            vec![
+                format!("{}:2: 'group' needs a name", bad.display()),
+                format!("{}/60-dir.conf: cannot read: not a regular file", d.display()),
+                format!("{}:2: idle: invalid duration '5q': units are s, m, h, d, w", dir.main().display()),
+            ]
+        );
+        assert_eq!(who(&policy, "eve", &[]), format!("{}:3: user eve", bad.display()));
+    }
+
+    #[test]
+    fn keepalive_first_one_wins_a_second_is_reported_with_its_place() {
+        let dir = Dir::new("keepalive");
+        fs::write(dir.main(), "keepalive interval=60\n").unwrap();
+        let first = dir.dropin("10-net.conf", "keepalive interval=15 count-max=2\n");
+        let policy = Policy::load(&dir.main()).unwrap();
+        assert_eq!(policy.keepalive.interval, Some(15));
+        assert_eq!(policy.keepalive.at, Some((first.clone(), 1)));
+        assert_eq!(
+            policy.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            vec![format!("{}:1: keepalive is already set at {}:1", dir.main().display(), first.display())]
+        );
+    }
+
+    #[test]
+    fn missing_main_file() {
+        let dir = Dir::new("nomain");
+        assert_eq!(Policy::load(&dir.main()).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        let only = dir.dropin("x.conf", "* idle=9m\n");
+        let policy = Policy::load(&dir.main()).unwrap();
+        assert!(!policy.main_file_read());
+        assert_eq!(policy.files, vec![only]);
+        assert_eq!(policy.resolve("anyone", &mut Vec::new).limits.idle, Some(540));
+    }
+
+    #[test]
+    fn a_drop_in_path_that_is_not_a_directory_is_reported() {
+        let dir = Dir::new("notdir");
+        fs::remove_dir(dir.0.join("sshidle.conf.d")).unwrap();
+        fs::write(dir.0.join("sshidle.conf.d"), "* idle=1s\n").unwrap();
+        fs::write(dir.main(), "* idle=30m\n").unwrap();
+        let policy = Policy::load(&dir.main()).unwrap();
+        assert_eq!(policy.errors.len(), 1, "{:?}", policy.errors);
+        assert!(policy.errors[0].to_string().starts_with(&format!("{}.d: cannot read", dir.main().display())));
+        assert_eq!(policy.rules.len(), 1);
+    }
+
+    #[test]
+    fn at_most_max_dropins_are_read() {
+        let dir = Dir::new("many");
+        fs::write(dir.main(), "* idle=30m\n").unwrap();
+        for i in 0..MAX_DROPINS + 3 {
+            dir.dropin(&format!("{i:04}.conf"), &format!("user u{i} idle=1m\n"));
+        }
+        let policy = Policy::load(&dir.main()).unwrap();
+        assert_eq!(policy.files.len(), MAX_DROPINS + 1);
+        assert_eq!(policy.errors.len(), 3);
+        assert!(policy.errors[0].message.contains("more than"), "{:?}", policy.errors[0]);
+        assert_eq!(policy.errors[0].path, dir.0.join(format!("sshidle.conf.d/{MAX_DROPINS:04}.conf")));
+    }
+
+    #[test]
+    fn a_file_too_large_is_reported_not_read() {
+        let dir = Dir::new("large");
+        fs::write(dir.main(), "* idle=30m\n").unwrap();
+        let big = dir.dropin("big.conf", &"# padding\n".repeat((MAX_FILE_BYTES / 10 + 1) as usize));
+        let policy = Policy::load(&dir.main()).unwrap();
+        assert_eq!(policy.errors.len(), 1);
+        assert_eq!(policy.errors[0].path, big);
+        assert!(policy.errors[0].message.contains("larger than"), "{:?}", policy.errors[0]);
     }
 }
 

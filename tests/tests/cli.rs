@@ -77,6 +77,39 @@ fn explain_without_a_matching_rule_says_no_limit() {
 }
 
 #[test]
+fn check_and_explain_cover_the_drop_ins() {
+    let dir = TempDir::new("cli-dropins");
+    let main = dir.join("sshidle.conf");
+    let dropins = dir.join("sshidle.conf.d");
+    std::fs::create_dir(&dropins).unwrap();
+    std::fs::write(&main, "* idle=15m\n").unwrap();
+    std::fs::write(dropins.join("20-ops.conf"), "# ops team\ngroup root idle=2h warn=5m\n").unwrap();
+    std::fs::write(dropins.join("10-svc.conf"), "user nobody idle=off\n").unwrap();
+    let out = ctl(&dir, &["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("3 rules (with 2 drop-ins), no errors"), "{stdout}");
+    // Read in first-match order: the drop-ins (C-locale order), then the main file.
+    let read: Vec<&str> = stdout.lines().filter_map(|l| l.trim().strip_prefix("read ")).collect();
+    let expected = [dropins.join("10-svc.conf"), dropins.join("20-ops.conf"), main.clone()];
+    assert_eq!(read, expected.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>());
+    // The drop-in's group rule decides for root, ahead of the main file's catch-all.
+    let out = ctl(&dir, &["explain", "root"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(&format!("rule:   {}:2: group root", dropins.join("20-ops.conf").display())), "{stdout}");
+    assert!(stdout.contains("limits: idle=2h warn=5m hard=off"), "{stdout}");
+    // A bad line in a drop-in: FILE:LINE: message, exit 1.
+    std::fs::write(dropins.join("30-bad.conf"), "\nuser eve idle=10q\n").unwrap();
+    let out = ctl(&dir, &["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(
+        text(&out.stderr).trim_end(),
+        format!("{}:2: idle: invalid duration '10q': units are s, m, h, d, w", dropins.join("30-bad.conf").display())
+    );
+}
+
+#[test]
 fn status_of_an_empty_state() {
     let dir = TempDir::new("cli-status");
     let out = ctl(&dir, &["status", "--json"]);
