@@ -142,6 +142,18 @@ pub fn login_uid(pid: i32) -> Option<u32> {
     text.trim().parse().ok().filter(|id| *id != u32::MAX)
 }
 
+/// The real uid of the process (first field of `Uid:` in `/proc/PID/status`):
+/// who it runs as, which `sudo`/`su` change and a setuid program does not.
+pub fn real_uid(pid: i32) -> Option<u32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_real_uid(&text)
+}
+
+/// The real uid from the text of `/proc/PID/status`.
+pub fn parse_real_uid(status: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_ascii_whitespace().next()?.parse().ok()
+}
+
 /// The file the process runs (`/proc/PID/exe`).
 pub fn exe(pid: i32) -> Option<std::path::PathBuf> {
     fs::read_link(format!("/proc/{pid}/exe")).ok()

@@ -1,4 +1,4 @@
-//! Ending a session cleanly, and completely.
+//! Ending a session cleanly, and only the session.
 //!
 //! sshd's `[priv]` monitor gets SIGTERM: it forwards it to its child, runs
 //! `close_session` and writes the wtmp logout, and the client sees the
@@ -7,12 +7,17 @@
 //! without a terminal run in a session of their own and would survive the
 //! connection. Whatever still runs after a grace period gets SIGKILL.
 //!
-//! The session's processes are collected before anything is signalled: the
-//! monitor's descendants, plus the processes of the login's audit session
-//! (`/proc/PID/sessionid`, set by `pam_loginuid`), which catches commands that
-//! daemonized away from the tree. The audit session is only trusted when it
-//! is the login's own: set, owned by the user's login uid, not shared with
-//! the monitor's parent and holding no process older than the monitor.
+//! Who is the session's: the monitor's descendants (the tree), plus the
+//! processes of the login's audit session (`/proc/PID/sessionid`, set by
+//! `pam_loginuid`), which catches commands that daemonized away from the
+//! tree. The audit session is only trusted when it is the login's own: set,
+//! owned by the user's login uid, not shared with the monitor's parent and
+//! holding no process older than the monitor. The audit session survives
+//! `sudo` and `su`, so it also holds what an admin started as root from the
+//! session (`sudo service x restart`): a process that left the tree is ended
+//! only when it runs as the session's user (real uid). In the tree, a process
+//! of another user (`sudo -s`) gets only what a logout gives it, the hangup
+//! (SIGHUP + SIGCONT), never SIGTERM or SIGKILL.
 //!
 //! Every signal goes through a pidfd opened while the process's start time
 //! matched, so a PID reused by another process is never signalled (with a
@@ -33,8 +38,33 @@ pub enum Role {
     Monitor,
     /// Another sshd process of the connection (the `@pts`/`@notty` child).
     Sshd,
-    /// A process of the user's.
+    /// A process of the session's user: hangup, SIGTERM, then SIGKILL.
     User,
+    /// A process in the monitor's tree running as another user (`sudo -s`):
+    /// the hangup a logout gives it (SIGHUP + SIGCONT), nothing more.
+    HangupOnly,
+}
+
+/// Where a process was found, for [`role_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A descendant of the monitor.
+    Tree,
+    /// Outside the tree, in the login's audit session.
+    AuditSession,
+}
+
+/// What a process found at `place`, running with real uid `real_uid`
+/// (`None`: unreadable, it is gone), gets when session of `uid` ends.
+/// `None`: it is left alone.
+pub fn role_for(place: Place, sshd_child: bool, real_uid: Option<u32>, uid: u32) -> Option<Role> {
+    let own = real_uid == Some(uid);
+    match place {
+        Place::Tree if sshd_child => Some(Role::Sshd),
+        Place::Tree if own => Some(Role::User),
+        Place::Tree => real_uid.map(|_| Role::HangupOnly),
+        Place::AuditSession => own.then_some(Role::User),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,8 +95,10 @@ pub fn collect(table: &ProcTable, key: SessionKey, uid: u32) -> Option<Collected
     seen.insert(key.pid);
     for p in table.descendants(key.pid) {
         if !protected.contains(&p.pid) && seen.insert(p.pid) {
-            let role = if p.comm == monitor.comm { Role::Sshd } else { Role::User };
-            victims.push(Victim { pid: p.pid, start: p.start, role });
+            let sshd_child = p.comm == monitor.comm;
+            if let Some(role) = role_for(Place::Tree, sshd_child, procfs::real_uid(p.pid), uid) {
+                victims.push(Victim { pid: p.pid, start: p.start, role });
+            }
         }
     }
     let audit = trusted_audit_session(table, key, uid);
@@ -75,9 +107,10 @@ pub fn collect(table: &ProcTable, key: SessionKey, uid: u32) -> Option<Collected
             if protected.contains(pid) || seen.contains(pid) || procfs::login_uid(*pid) != Some(uid) {
                 continue;
             }
-            if let Some(p) = table.get(*pid) {
+            let Some(p) = table.get(*pid) else { continue };
+            if let Some(role) = role_for(Place::AuditSession, false, procfs::real_uid(p.pid), uid) {
                 seen.insert(p.pid);
-                victims.push(Victim { pid: p.pid, start: p.start, role: Role::User });
+                victims.push(Victim { pid: p.pid, start: p.start, role });
             }
         }
     }
@@ -95,6 +128,7 @@ pub fn stragglers(table: &ProcTable, sid: u32, uid: u32, monitor_start: u64, kno
         .filter_map(|pid| table.get(*pid))
         .filter(|p| p.start >= monitor_start && !known.contains(&(p.pid, p.start)) && !protected.contains(&p.pid))
         .filter(|p| procfs::login_uid(p.pid) == Some(uid))
+        .filter(|p| role_for(Place::AuditSession, false, procfs::real_uid(p.pid), uid) == Some(Role::User))
         .map(|p| Victim { pid: p.pid, start: p.start, role: Role::User })
         .collect()
 }
@@ -221,6 +255,11 @@ impl Termination {
                         h.signal(sig);
                     }
                 }
+                Role::HangupOnly => {
+                    for sig in [libc::SIGHUP, libc::SIGCONT] {
+                        h.signal(sig);
+                    }
+                }
                 Role::Sshd => {}
             }
         }
@@ -229,14 +268,27 @@ impl Termination {
 
     /// The collected processes still running.
     pub fn survivors(&mut self) -> Vec<Victim> {
-        self.handles.iter_mut().filter_map(|h| h.alive().then_some(h.victim)).collect()
+        self.handles
+            .iter_mut()
+            .filter(|h| h.victim.role != Role::HangupOnly)
+            .filter_map(|h| h.alive().then_some(h.victim))
+            .collect()
     }
 
     /// SIGKILL for every survivor, and for processes of the login's audit
     /// session that were forked meanwhile. Returns who got it.
     pub fn kill_survivors(&mut self) -> Vec<Victim> {
         let mut killed = Vec::new();
+        let uid = self.uid;
         for h in &mut self.handles {
+            if h.victim.role == Role::HangupOnly {
+                continue;
+            }
+            // A user's process that became another user's meanwhile (it ran
+            // `sudo`) is not the session's any more.
+            if h.victim.role == Role::User && procfs::real_uid(h.victim.pid) != Some(uid) {
+                continue;
+            }
             if h.alive() && h.signal(libc::SIGKILL) {
                 killed.push(h.victim);
             }
@@ -322,6 +374,69 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(t.survivors(), vec![]);
+    }
+
+    #[test]
+    fn only_the_sessions_user_is_ended_outside_the_tree() {
+        use Place::*;
+        // The tree: the user's processes fully, another user's only hung up.
+        assert_eq!(role_for(Tree, true, Some(1000), 1000), Some(Role::Sshd));
+        assert_eq!(role_for(Tree, false, Some(1000), 1000), Some(Role::User));
+        assert_eq!(role_for(Tree, false, Some(0), 1000), Some(Role::HangupOnly));
+        assert_eq!(role_for(Tree, false, None, 1000), None);
+        // Outside it: a root daemon started with sudo survives.
+        assert_eq!(role_for(AuditSession, false, Some(1000), 1000), Some(Role::User));
+        assert_eq!(role_for(AuditSession, false, Some(0), 1000), None);
+        assert_eq!(role_for(AuditSession, false, Some(1001), 1000), None);
+        assert_eq!(role_for(AuditSession, false, None, 1000), None);
+        // A root login's own processes are the session's.
+        assert_eq!(role_for(AuditSession, false, Some(0), 0), Some(Role::User));
+    }
+
+    #[test]
+    fn real_uid_is_the_first_uid_field() {
+        let status = "Name:\tsudo\nUmask:\t0022\nUid:\t0\t1000\t0\t0\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(procfs::parse_real_uid(status), Some(0));
+        assert_eq!(procfs::parse_real_uid("Uid:\t1000\t0\t0\t0\n"), Some(1000));
+        assert_eq!(procfs::parse_real_uid("Name: x\n"), None);
+        assert_eq!(procfs::real_uid(std::process::id() as i32), Some(unsafe { libc::getuid() }));
+    }
+
+    #[test]
+    fn another_users_process_in_the_tree_only_gets_the_hangup() {
+        // SAFETY: getuid cannot fail.
+        if unsafe { libc::getuid() } != 0 {
+            return; // needs root to run a child as another user
+        }
+        // A "monitor" of root's session with a child running as nobody that
+        // ignores SIGHUP: like a `nohup` under `sudo -u`, a logout leaves it.
+        let mut monitor = spawn(
+            "setpriv --reuid 65534 --regid 65534 --clear-groups sh -c 'trap \"\" HUP; exec sleep 30' & \
+             trap '' HUP; sleep 30",
+        );
+        let pid = monitor.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let other = loop {
+            let table = ProcTable::scan();
+            let found = table.descendants(pid).iter().map(|p| p.pid).find(|p| procfs::real_uid(*p) == Some(65534));
+            if let Some(found) = found.filter(|p| procfs::read_stat(*p).is_some_and(|s| s.comm == "sleep")) {
+                break found;
+            }
+            assert!(Instant::now() < deadline, "the nobody child did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let key = SessionKey { pid, start: procfs::start_time(pid).unwrap() };
+        let collected = collect(&ProcTable::scan(), key, 0).unwrap();
+        let role = collected.victims.iter().find(|v| v.pid == other).map(|v| v.role);
+        assert_eq!(role, Some(Role::HangupOnly), "{collected:?}");
+        let other_start = procfs::start_time(other).unwrap();
+        let mut t = Termination::begin(key, 0, collected);
+        monitor.wait().unwrap();
+        t.finish(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(procfs::is_same_process(other, other_start), "another user's process was killed");
+        // SAFETY: plain kill of the process we checked just now.
+        unsafe { libc::kill(other, libc::SIGKILL) };
     }
 
     #[test]
