@@ -1004,14 +1004,38 @@ mod tests {
 
     #[test]
     fn drop_time_matches_the_9_2_measurements() {
-        // facts.md: Interval 2 / CountMax 2 dropped a stopped client after
-        // 10.3-10.8 s (measured from the stop, ~1.5 s after its last packet).
-        assert_eq!(dead_client_drop_secs(2, 2), Some(12));
-        assert_eq!(dead_client_drop_secs(60, 3), Some(480));
-        assert_eq!(dead_client_drop_secs(0, 3), None);
-        assert_eq!(dead_client_drop_secs(60, 0), None);
-        assert_eq!(dead_client_drop_secs(MAX_INTERVAL, MAX_COUNT_MAX), Some(2 * 86_400 * 1001));
-        assert!(drop_sentence(60, 3).contains("about 8m (480 s)"));
+        // Measured on 9.2, seconds from the client's last packet to the drop
+        // (facts.md: 2/2 dropped 10.3-10.8 s after the stop, which came
+        // ~1.5 s after the last packet; this command's own runs: 2/2, 3/1,
+        // 1/3 after 12, 12 and 8 s). The promise is "worst case": never
+        // earlier than what was seen, at most one probe interval later.
+        for (interval, count_max, seen) in [(2, 2, 11.8), (2, 2, 12.0), (3, 1, 12.0), (1, 3, 8.0)] {
+            let said = dead_client_drop_secs(interval, count_max).unwrap() as f64;
+            assert!(said >= seen && said <= seen + interval as f64, "{interval}/{count_max}: said {said}, seen {seen}");
+        }
+        // What sshd does, whatever the values: a probe only after two silent
+        // intervals, dropped when CountMax probes went unanswered and one more
+        // is due. So the time is a whole number of double intervals, grows
+        // with both settings, is never shorter than CountMax probes sent one
+        // interval apart, and is None exactly when sshd never drops.
+        for interval in [1, 2, 3, 7, 60, 3600, MAX_INTERVAL] {
+            for count_max in [1, 2, 3, 10, MAX_COUNT_MAX] {
+                let secs = dead_client_drop_secs(interval, count_max).expect("drops");
+                assert_eq!(secs % (2 * interval), 0, "{interval}/{count_max}");
+                assert_eq!(secs / (2 * interval), count_max + 1, "{interval}/{count_max}: probes");
+                assert!(secs > interval * count_max, "{interval}/{count_max}");
+                assert!(dead_client_drop_secs(interval + 1, count_max).unwrap() > secs);
+                assert!(dead_client_drop_secs(interval, count_max + 1).unwrap() > secs);
+            }
+            assert_eq!(dead_client_drop_secs(interval, 0), None, "CountMax 0 never drops");
+            assert_eq!(dead_client_drop_secs(0, interval), None, "Interval 0 sends no probes");
+        }
+        // Overflow is "never", not a wrapped small number.
+        assert_eq!(dead_client_drop_secs(u64::MAX, 3), None);
+        assert_eq!(dead_client_drop_secs(3, u64::MAX), None);
+        // The sentence shows the same number.
+        let secs = dead_client_drop_secs(60, 3).unwrap();
+        assert!(drop_sentence(60, 3).contains(&format!("about {} ({secs} s)", format_duration(secs))));
     }
 
     #[test]

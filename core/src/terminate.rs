@@ -358,11 +358,16 @@ mod tests {
         // A "monitor" that exits on SIGTERM, with a child that ignores it.
         let mut monitor = spawn("trap '' HUP; sh -c 'trap \"\" TERM HUP; sleep 30' & sleep 30");
         let pid = monitor.id() as i32;
-        std::thread::sleep(Duration::from_millis(200));
         let key = SessionKey { pid, start: procfs::start_time(pid).unwrap() };
-        let table = ProcTable::scan();
-        let collected = collect(&table, key, 0).unwrap();
-        assert!(collected.victims.len() >= 3, "{collected:?}");
+        // Until the tree is complete: the monitor, its child shell, and the
+        // two sleeps (polled: a loaded machine forks slowly).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut collected = collect(&ProcTable::scan(), key, 0).unwrap();
+        while collected.victims.len() < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            collected = collect(&ProcTable::scan(), key, 0).unwrap();
+        }
+        assert!(collected.victims.len() >= 4, "{collected:?}");
         assert_eq!(collected.victims[0].role, Role::Monitor);
         assert!(!collected.victims.iter().any(|v| v.pid == std::process::id() as i32));
         let mut t = Termination::begin(key, 0, collected);

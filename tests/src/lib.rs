@@ -5,6 +5,7 @@
 //! parallel threads.
 
 pub mod accounts;
+pub mod journal;
 pub mod pam;
 pub mod sshd;
 pub mod syslog;
@@ -12,6 +13,7 @@ pub mod tmux;
 pub mod util;
 
 pub use accounts::{TestGroup, TestUser};
+pub use journal::JournalWatch;
 pub use pam::{PamConfDir, PamSession};
 pub use sshd::{Sshd, SshdOptions};
 pub use syslog::SyslogCapture;

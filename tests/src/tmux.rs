@@ -61,10 +61,17 @@ impl Tmux {
         wait_until(timeout, || self.capture().contains(text))
     }
 
-    /// True once the command in the pane has exited.
+    /// True once the command in the pane has exited. Panics when tmux itself
+    /// cannot tell (its server is gone): "not dead" must mean alive.
     pub fn is_dead(&self) -> bool {
-        String::from_utf8_lossy(&self.tmux(&["display-message", "-p", "-t", "main", "#{pane_dead}"], &[]).stdout).trim()
-            == "1"
+        let out = self.tmux(&["display-message", "-p", "-t", "main", "#{pane_dead}"], &[]);
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success() && (answer == "0" || answer == "1"),
+            "tmux cannot say whether the pane is dead: {}",
+            crate::util::describe(&out)
+        );
+        answer == "1"
     }
 
     /// PID of the command running in the pane.

@@ -33,6 +33,12 @@ impl Enforcer {
     fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Panics unless the enforcer is still running.
+    fn assert_alive(&mut self) {
+        let status = self.child.try_wait().expect("try_wait");
+        assert!(status.is_none(), "the enforcer exited ({status:?}):\n{}", self.output());
+    }
 }
 
 impl Drop for Enforcer {
@@ -60,12 +66,37 @@ fn ssh_with(sshd: &Sshd, user: &str, opts: &[&str]) -> Vec<String> {
 
 /// An interactive login on a pty in tmux; returns once the shell answers.
 fn tty_login(sshd: &Sshd, user: &str, opts: &[&str]) -> Tmux {
+    tty_login_timed(sshd, user, opts).tmux
+}
+
+/// A pty login and when its last input was typed: after `key` (the instant
+/// before the keys were sent) and before `echoed` (when the shell's answer
+/// was seen). Idle windows are measured from these.
+struct TtyLogin {
+    tmux: Tmux,
+    key: Instant,
+    echoed: Instant,
+}
+
+fn tty_login_timed(sshd: &Sshd, user: &str, opts: &[&str]) -> TtyLogin {
     let mut o = vec!["-tt"];
     o.extend_from_slice(opts);
     let tmux = Tmux::new(&ssh_with(sshd, user, &o));
+    let key = Instant::now();
     tmux.type_line("echo READY''GO");
     assert!(tmux.wait_for("READYGO", Duration::from_secs(15)), "no shell:\n{}\n{}", tmux.capture(), sshd.log());
-    tmux
+    TtyLogin { tmux, key, echoed: Instant::now() }
+}
+
+/// The idle time (seconds) an enforcer log line gives: `...: idle 23s (limit ...`.
+fn idle_in(line: &str) -> u64 {
+    let text = line.split(": idle ").nth(1).and_then(|t| t.split(' ').next()).unwrap_or_else(|| panic!("{line}"));
+    sshidle::duration::parse_duration(text).unwrap_or_else(|e| panic!("{text}: {e:?} in {line}"))
+}
+
+/// Seconds from the recorded login time (unix, rounded down) to now.
+fn since_recorded_login(row: &serde_json::Value) -> i64 {
+    sshidle::now_unix() - row["login_time"].as_i64().expect("login_time")
 }
 
 fn spawn_ssh(sshd: &Sshd, user: &str, remote: &str) -> Child {
@@ -105,12 +136,13 @@ fn idle_tty_is_warned_then_disconnected_cleanly() {
     let policy = format!("user {} idle=20s warn=10s\n", user.name);
     let sshd = Sshd::start("eidle", SshdOptions { policy, ..Default::default() });
     sshd.authorize(&user);
+    let journal = JournalWatch::start(&sshd.state_dir);
     let enforcer = Enforcer::start(&sshd, &[]);
-    let before_login = Instant::now();
-    let tmux = tty_login(&sshd, &user.name, &[]);
-    let ready = Instant::now();
+    let login = tty_login_timed(&sshd, &user.name, &[]);
+    let tmux = &login.tmux;
     let rows = wait_recorded(&sshd, &user.name, 1);
     let id = rows[0]["id"].as_str().unwrap().to_string();
+    let pid = rows[0]["pid"].as_i64().unwrap() as i32;
     assert!(!rows[0]["ttys"].as_array().unwrap().is_empty(), "no tty found: {}", rows[0]);
 
     assert!(
@@ -119,28 +151,30 @@ fn idle_tty_is_warned_then_disconnected_cleanly() {
         tmux.capture(),
         enforcer.output()
     );
-    let warned = before_login.elapsed();
+    let (warned_after_key, warned_after_echo) = (login.key.elapsed(), login.echoed.elapsed());
     assert!(tmux.capture().contains("Press a key"), "{}", tmux.capture());
     // A restarted enforcer knows the session was warned: no second warning,
     // same deadline.
     let first_log = enforcer.output();
     drop(enforcer);
-    let enforcer = Enforcer::start(&sshd, &[]);
+    let mut enforcer = Enforcer::start(&sshd, &[]);
     let closed = wait_until(Duration::from_secs(30), || tmux.is_dead());
-    let since_login = before_login.elapsed();
-    let since_ready = ready.elapsed();
+    let (after_key, after_echo) = (login.key.elapsed(), login.echoed.elapsed());
+    let since_login = since_recorded_login(&rows[0]);
     assert!(closed, "not disconnected:\n{}\n{}", tmux.capture(), enforcer.output());
+    enforcer.assert_alive();
     assert!(tmux.capture().contains("closed"), "client did not see the close:\n{}", tmux.capture());
-    // Never before the limit after the pty existed (which was after
-    // before_login); at most limit + 8 s granularity + 2 s after it (which
-    // was before ready).
-    assert!(since_login >= Duration::from_secs(20), "disconnected after {since_login:?}, before the 20 s limit");
-    assert!(since_ready <= Duration::from_secs(30), "disconnected {since_ready:?} after login, later than 20+8+2 s");
-    assert!(warned >= Duration::from_secs(10), "warned after {warned:?}, before limit - warn");
+    // Windows from the last input (typed after `key`, read before `echoed`):
+    // never before the limit, at most limit + 8 s tty granularity + 2 s.
+    assert!(after_key >= Duration::from_secs(20), "disconnected {after_key:?} after the last key, before 20 s");
+    assert!(after_echo <= Duration::from_secs(30), "disconnected {after_echo:?} after the last key, past 20+8+2 s");
+    assert!(warned_after_key >= Duration::from_secs(10), "warned {warned_after_key:?} after the key, before 20-10 s");
+    assert!(warned_after_echo <= Duration::from_secs(20), "warned {warned_after_echo:?} after the key, past 10+8+2 s");
     assert_eq!(tmux.capture().matches("will be disconnected in").count(), 1, "warned twice:\n{}", tmux.capture());
-    assert!(first_log.contains("warned session"), "{first_log}");
+    assert!(first_log.contains(&format!("warned session {id} of {}", user.name)), "{first_log}");
 
-    assert!(wait_until(Duration::from_secs(5), || sessions_of(&sshd, &user.name).is_empty()), "record left");
+    // The module's close_session wrote the close (not the enforcer's clean-up).
+    journal.assert_closed(pid, Duration::from_secs(5));
     assert!(wait_until(Duration::from_secs(5), || user_processes(&user).is_empty()), "{:?}", user_processes(&user));
     // wtmp has the logout (sshd wrote it because close ran normally).
     let last = Command::new("last").args(["-w", "-f", "/var/log/wtmp", &user.name]).output().expect("last");
@@ -148,14 +182,21 @@ fn idle_tty_is_warned_then_disconnected_cleanly() {
     let line = last.lines().find(|l| l.starts_with(&user.name)).unwrap_or_else(|| panic!("no wtmp entry:\n{last}"));
     assert!(!line.contains("still logged in") && !line.contains("no logout"), "no logout in wtmp: {line}");
     // syslog (authpriv): the warning, the disconnect with user, session,
-    // idle time and rule, and the module's close with the reason.
+    // idle time and rule, and the module's close with the reason, all of
+    // this very session (other tests end sessions at the same time).
     let warn = syslog.wait_for(&format!("warned session {id} of {}", user.name), Duration::from_secs(2));
     let warn = warn.unwrap_or_else(|| panic!("no warning in syslog: {:#?}", syslog.messages()));
     assert_eq!(sshidle_tests::syslog::facility(&warn), Some(libc::LOG_AUTHPRIV), "{warn}");
     let gone = syslog.wait_for(&format!("disconnecting session {id} of {}", user.name), Duration::from_secs(2));
     let gone = gone.unwrap_or_else(|| panic!("no disconnect in syslog: {:#?}", syslog.messages()));
-    assert!(gone.contains("idle 2") && gone.contains("limit idle=20s") && gone.contains(":1: user"), "{gone}");
-    let closed = syslog.wait_for("ended by sshidle: idle", Duration::from_secs(5));
+    assert!(gone.contains("(limit idle=20s") && gone.contains(":1: user"), "{gone}");
+    let idle = idle_in(&gone);
+    assert!(
+        idle >= 20 && idle as i64 <= since_login + 1,
+        "idle {idle}s reported, {since_login} s after the login: {gone}"
+    );
+    let closed = syslog
+        .wait_for(&format!("session {id} of {} closed: ended by sshidle: idle", user.name), Duration::from_secs(5));
     assert!(closed.is_some(), "close_session did not log the reason: {:#?}", syslog.messages());
 }
 
@@ -167,27 +208,53 @@ fn typing_user_longer_rule_and_idle_off_are_kept() {
     let typist = TestUser::create("ekt", &[]);
     let relaxed = TestUser::create("ekr", &[]);
     let exempt = TestUser::create("eko", &[]);
+    // The control: idle under the typist's limit, it must be ended, which
+    // shows the enforcer was alive and looking while the others were kept.
+    let control = TestUser::create("ekc", &[]);
     let policy = format!(
-        "user {} idle=20s warn=10s\nuser {} idle=10m warn=1m\nuser {} idle=off\n",
-        typist.name, relaxed.name, exempt.name
+        "user {} idle=20s warn=10s\nuser {} idle=10m warn=1m\nuser {} idle=off\nuser {} idle=20s warn=10s\n",
+        typist.name, relaxed.name, exempt.name, control.name
     );
     let sshd = Sshd::start("ekeep", SshdOptions { policy, ..Default::default() });
-    for u in [&typist, &relaxed, &exempt] {
+    for u in [&typist, &relaxed, &exempt, &control] {
         sshd.authorize(u);
     }
-    let enforcer = Enforcer::start(&sshd, &[]);
+    let mut enforcer = Enforcer::start(&sshd, &[]);
     let sessions: Vec<Tmux> = [&typist, &relaxed, &exempt].iter().map(|u| tty_login(&sshd, &u.name, &[])).collect();
+    let idle = tty_login_timed(&sshd, &control.name, &[]);
     let started = Instant::now();
+    let mut control_ended = None;
+    let mut next_key = started;
     // 36 s: past the typist's limit + granularity, typing every 4 s.
     while started.elapsed() < Duration::from_secs(36) {
-        sessions[0].type_line("true");
-        std::thread::sleep(Duration::from_secs(4));
+        if Instant::now() >= next_key {
+            sessions[0].type_line("true");
+            next_key += Duration::from_secs(4);
+        }
+        if control_ended.is_none() && idle.tmux.is_dead() {
+            control_ended = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+    enforcer.assert_alive();
     for (tmux, user) in sessions.iter().zip([&typist, &relaxed, &exempt]) {
         assert!(!tmux.is_dead(), "{} was disconnected:\n{}\n{}", user.name, tmux.capture(), enforcer.output());
         assert!(!tmux.capture().contains("will be disconnected"), "{} was warned:\n{}", user.name, tmux.capture());
     }
+    // The control was ended, 20 s to 20 s + 8 s granularity + 2 s after its key.
+    let ended = control_ended.unwrap_or_else(|| {
+        panic!("the idle control session was not ended: is the enforcer looking?\n{}", enforcer.output())
+    });
+    assert!(ended - idle.key >= Duration::from_secs(20), "control ended {:?} after its key", ended - idle.key);
+    assert!(ended - idle.echoed <= Duration::from_secs(30), "control ended {:?} after its key", ended - idle.echoed);
+    assert!(idle.tmux.capture().contains("will be disconnected"), "{}", idle.tmux.capture());
 }
+
+/// A command that prints every 2 s and starts no process while it runs
+/// (bash's `read -t` on a pipe that never has data is the pause; the one
+/// process substitution forks once, at the start): only its output can keep
+/// its session.
+const CHATTY_WITHOUT_FORKS: &str = "exec 3<> <(:); while :; do echo tick; read -t 2 -u 3; done";
 
 #[test]
 fn idle_notty_is_disconnected_with_nothing_left_and_busy_one_kept() {
@@ -200,29 +267,37 @@ fn idle_notty_is_disconnected_with_nothing_left_and_busy_one_kept() {
     let sshd = Sshd::start("enotty", SshdOptions { policy, ..Default::default() });
     sshd.authorize(&idle);
     sshd.authorize(&busy);
-    let enforcer = Enforcer::start(&sshd, &[]);
+    let journal = JournalWatch::start(&sshd.state_dir);
+    let mut enforcer = Enforcer::start(&sshd, &[]);
     let started = Instant::now();
     // A command and a background child: both run in a session of their own
     // and would outlive a naive kill of the connection.
     let mut quiet = spawn_ssh(&sshd, &idle.name, "sleep 1000 & exec sleep 1001");
-    let mut chatty = spawn_ssh(&sshd, &busy.name, "while :; do echo tick; sleep 2; done");
-    wait_recorded(&sshd, &idle.name, 1);
+    let mut chatty = spawn_ssh(&sshd, &busy.name, CHATTY_WITHOUT_FORKS);
+    let quiet_row = wait_recorded(&sshd, &idle.name, 1).remove(0);
     wait_recorded(&sshd, &busy.name, 1);
     let ended = wait_until(Duration::from_secs(30), || exited(&mut quiet));
     let took = started.elapsed();
+    let since_login = since_recorded_login(&quiet_row);
     assert!(ended, "idle notty session not disconnected:\n{}", enforcer.output());
+    // Its last activity (the commands starting) came after `started`.
     assert!(took >= Duration::from_secs(12), "disconnected after {took:?}, before the limit");
     // First look 1 s after login, counters read every 1 s (limit/10): the
-    // end comes at most ~3 s after the limit, plus the login itself.
-    assert!(took <= Duration::from_secs(19), "disconnected after {took:?}");
+    // end comes at most ~3 s after the limit, measured from the recorded
+    // login, plus 2 s for the ending itself on a loaded machine.
+    assert!(since_login <= 12 + 3 + 2, "disconnected {since_login} s after the recorded login");
     assert!(
         wait_until(Duration::from_secs(8), || user_processes(&idle).is_empty()),
         "processes left: {:?}",
         user_processes(&idle)
     );
-    assert!(wait_until(Duration::from_secs(5), || sessions_of(&sshd, &idle.name).is_empty()), "record left");
-    // The chatty one lives on well past its limit.
-    std::thread::sleep(Duration::from_secs(25u64.saturating_sub(started.elapsed().as_secs())));
+    journal.assert_closed(quiet_row["pid"].as_i64().unwrap() as i32, Duration::from_secs(5));
+    // The chatty one lives on well past its limit, on its output alone.
+    while started.elapsed() < Duration::from_secs(25) {
+        assert!(!exited(&mut chatty), "a session printing every 2 s was disconnected:\n{}", enforcer.output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    enforcer.assert_alive();
     assert!(!exited(&mut chatty), "a session printing every 2 s was disconnected:\n{}", enforcer.output());
     let _ = chatty.kill();
     let _ = chatty.wait();
@@ -258,14 +333,28 @@ fn multiplexed_connection_is_kept_while_any_tty_is_active() {
         std::thread::sleep(Duration::from_secs(4));
     }
     assert!(!master.is_dead() && !second.is_dead(), "disconnected while a tty was active:\n{}", enforcer.output());
-    // Quiet on both: the connection goes, not before 20 s after the last key.
+    assert!(!master.capture().contains("will be disconnected"), "warned while a tty was active");
+    // Quiet on both: the connection goes 20 s after the last key, at most
+    // 8 s (tty granularity) + 2 s later.
     assert!(
         wait_until(Duration::from_secs(35), || master.is_dead() && second.is_dead()),
         "not disconnected once idle:\n{}\n{}",
         master.capture(),
         enforcer.output()
     );
-    assert!(last_key.elapsed() >= Duration::from_secs(20), "ended {:?} after the last key", last_key.elapsed());
+    let after = last_key.elapsed();
+    assert!(after >= Duration::from_secs(20), "ended {after:?} after the last key");
+    assert!(after <= Duration::from_secs(31), "ended {after:?} after the last key, past 20+8+2 s (+1 s typing)");
+    // Both ttys of the connection got the warning.
+    for (name, tty) in [("master", &master), ("second", &second)] {
+        assert_eq!(
+            tty.capture().matches("will be disconnected in").count(),
+            1,
+            "the {name} tty did not get one warning:\n{}\n{}",
+            tty.capture(),
+            enforcer.output()
+        );
+    }
 }
 
 #[test]
@@ -278,16 +367,18 @@ fn hard_limit_ends_an_active_session() {
     let sshd = Sshd::start("ehard", SshdOptions { policy, ..Default::default() });
     sshd.authorize(&user);
     let enforcer = Enforcer::start(&sshd, &[]);
-    let before = Instant::now();
     let tmux = tty_login(&sshd, &user.name, &[]);
-    let ready = Instant::now();
+    let row = wait_recorded(&sshd, &user.name, 1).remove(0);
     let ended = wait_until(Duration::from_secs(30), || {
         tmux.type_line("true");
         tmux.is_dead()
     });
+    let since_login = since_recorded_login(&row);
     assert!(ended, "hard limit not enforced:\n{}\n{}", tmux.capture(), enforcer.output());
-    assert!(before.elapsed() >= Duration::from_secs(15), "ended after {:?}", before.elapsed());
-    assert!(ready.elapsed() <= Duration::from_secs(18), "ended {:?} after login", ready.elapsed());
+    // From the recorded login (whole seconds, rounded down): not before 15 s,
+    // at most 1 s (rounding) + 2 s later.
+    assert!(since_login >= 15, "ended {since_login} s after the recorded login");
+    assert!(since_login <= 15 + 1 + 2, "ended {since_login} s after the recorded login");
     assert!(tmux.capture().contains("maximum length of 15s"), "{}", tmux.capture());
 }
 
@@ -357,15 +448,25 @@ fn dry_run_changes_nothing_and_disconnect_by_id_and_user() {
     let mut first = spawn_ssh(&sshd, &user.name, "sleep 1000");
     let tmux = tty_login(&sshd, &user.name, &[]);
     let rows = wait_recorded(&sshd, &user.name, 2);
-    std::thread::sleep(Duration::from_secs(12)); // well past idle + granularity
+    let journal = JournalWatch::start(&sshd.state_dir);
     let before = dir_contents(&sshd.state_dir);
-
-    let out = sshd.ctl(&["enforce", "--once", "--dry-run"]);
-    assert!(out.status.success(), "{}", describe(&out));
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(said.contains("would warn session") || said.contains("would disconnect session"), "{said}");
-    let daemon = Enforcer::start(&sshd, &["--dry-run"]);
-    std::thread::sleep(Duration::from_secs(3));
+    // Dry sweeps until the tty session is due (past idle + granularity; a
+    // single sweep sees the notty command for the first time, which counts
+    // as activity): it says what it would do, and changes nothing.
+    let would =
+        |text: &str| text.matches("would warn session").count() + text.matches("would disconnect session").count();
+    let mut said = String::new();
+    let due = wait_until(Duration::from_secs(20), || {
+        let out = sshd.ctl(&["enforce", "--once", "--dry-run"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        said = String::from_utf8_lossy(&out.stdout).into_owned();
+        would(&said) >= 1
+    });
+    assert!(due, "a dry sweep never named the idle tty session: {said}");
+    // A dry daemon remembers what it saw: both become due.
+    let mut daemon = Enforcer::start(&sshd, &["--dry-run"]);
+    assert!(wait_until(Duration::from_secs(15), || would(&daemon.output()) >= 2), "{}", daemon.output());
+    daemon.assert_alive();
     let out = sshd.ctl(&["disconnect", "--user", &user.name, "--dry-run"]);
     assert!(out.status.success(), "{}", describe(&out));
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -397,7 +498,13 @@ fn dry_run_changes_nothing_and_disconnect_by_id_and_user() {
     assert!(out.status.success(), "{}", describe(&out));
     assert!(wait_until(Duration::from_secs(8), || tmux.is_dead() && exited(&mut third)), "--user left sessions");
     assert!(wait_until(Duration::from_secs(8), || user_processes(&user).is_empty()), "{:?}", user_processes(&user));
-    assert!(wait_until(Duration::from_secs(5), || sessions_of(&sshd, &user.name).is_empty()));
+    for row in &rows {
+        journal.assert_closed(row["pid"].as_i64().unwrap() as i32, Duration::from_secs(5));
+    }
+    let known: Vec<i64> = rows.iter().map(|r| r["pid"].as_i64().unwrap()).collect();
+    let third = journal.lines().into_iter().find(|l| l.kind == "open" && !known.contains(&(l.pid as i64)));
+    let third_pid = third.unwrap_or_else(|| panic!("no open of the third session:\n{}", journal.dump())).pid;
+    journal.assert_closed(third_pid, Duration::from_secs(5));
     let out = sshd.ctl(&["disconnect", "--user", &user.name]);
     assert_eq!(out.status.code(), Some(1), "no session left: {}", describe(&out));
 }
@@ -467,6 +574,7 @@ fn session_known_only_from_utmp_is_adopted() {
     // Forget the record, as if the module had not been there at login.
     StateDir::open(&sshd.state_dir, false).unwrap().compact(&|r| r.user != user.name).unwrap();
     assert!(sessions_of(&sshd, &user.name).is_empty());
+    let journal = JournalWatch::start(&sshd.state_dir);
     let enforcer = Enforcer::start(&sshd, &[]);
     assert!(
         wait_until(Duration::from_secs(5), || sessions_of(&sshd, &user.name)
@@ -484,7 +592,13 @@ fn session_known_only_from_utmp_is_adopted() {
     );
     assert!(tmux.capture().contains("will be disconnected"), "{}", tmux.capture());
     assert!(wait_until(Duration::from_secs(8), || user_processes(&user).is_empty()), "{:?}", user_processes(&user));
-    assert!(wait_until(Duration::from_secs(5), || sessions_of(&sshd, &user.name).is_empty()), "record left");
+    // The enforcer wrote the adopted record; the module's close_session closed it.
+    assert!(
+        journal.opens_of(id.parse().unwrap()).iter().any(|l| l.text.contains("service=utmp")),
+        "{}",
+        journal.dump()
+    );
+    journal.assert_closed(id.parse().unwrap(), Duration::from_secs(5));
 }
 
 /// sftp through `internal-sftp` (the harness's sshd uses it): the transfer
@@ -502,7 +616,8 @@ fn internal_sftp_idle_is_disconnected_and_busy_is_kept() {
     let sshd = Sshd::start("esftp", SshdOptions { policy, ..Default::default() });
     sshd.authorize(&idle);
     sshd.authorize(&busy);
-    let enforcer = Enforcer::start(&sshd, &[]);
+    let journal = JournalWatch::start(&sshd.state_dir);
+    let mut enforcer = Enforcer::start(&sshd, &[]);
     let sftp_argv = |user: &str| -> Vec<String> {
         sshd.ssh_args(user)
             .into_iter()
@@ -516,9 +631,13 @@ fn internal_sftp_idle_is_disconnected_and_busy_is_kept() {
     let started = Instant::now();
     let quiet = Tmux::new(&sftp_argv(&idle.name));
     let chatty = Tmux::new(&sftp_argv(&busy.name));
+    let mut quiet_pid = 0;
     for (tmux, user) in [(&quiet, &idle), (&chatty, &busy)] {
         assert!(tmux.wait_for("sftp>", Duration::from_secs(15)), "no sftp prompt:\n{}\n{}", tmux.capture(), sshd.log());
-        wait_recorded(&sshd, &user.name, 1);
+        let pid = wait_recorded(&sshd, &user.name, 1)[0]["pid"].as_i64().unwrap() as i32;
+        if user.name == idle.name {
+            quiet_pid = pid;
+        }
     }
     let ended = wait_until(Duration::from_secs(30), || {
         if started.elapsed().as_secs().is_multiple_of(2) {
@@ -539,7 +658,7 @@ fn internal_sftp_idle_is_disconnected_and_busy_is_kept() {
     );
     assert!(took >= Duration::from_secs(12), "disconnected after {took:?}, before the limit");
     assert!(took <= Duration::from_secs(22), "disconnected after {took:?}");
-    assert!(wait_until(Duration::from_secs(5), || sessions_of(&sshd, &idle.name).is_empty()), "record left");
+    journal.assert_closed(quiet_pid, Duration::from_secs(5));
     assert!(
         wait_until(Duration::from_secs(8), || user_processes(&idle).is_empty()),
         "processes left: {:?}",
@@ -549,6 +668,7 @@ fn internal_sftp_idle_is_disconnected_and_busy_is_kept() {
         chatty.type_line("ls");
         std::thread::sleep(Duration::from_secs(2));
     }
+    enforcer.assert_alive();
     let screen = chatty.capture();
     assert!(
         !screen.contains("closed by remote host"),
