@@ -19,22 +19,20 @@
 
 use crate::syslog::Logger;
 use crate::{Cli, DisconnectArgs, EnforceArgs, EXIT_OK, EXIT_PROBLEM};
-use sshidle::activity::{self, Activity, Cause, Decision, IoMemo, Members, Memory};
+use sshidle::activity::{self, Activity, IoMemo, Members, Memory};
+use sshidle::lifecycle::{Cause, Lifecycle, Observation, Step};
 use sshidle::policy::Policy;
 use sshidle::procfs::{self, ProcTable};
 use sshidle::state::{SessionKey, SessionRecord, StateDir, StateError};
 use sshidle::terminate::{self, Termination, GRACE};
 use sshidle::{format_duration, now_unix, users, utmp, Level, Limits, LogSink};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// New sessions are first looked at this long after their login, when their
-/// terminal or command exists.
-const FIRST_LOOK_SECS: i64 = 1;
 /// Dead records are dropped and utmp is re-read this often, also when no
 /// deadline is near.
 const HOUSEKEEPING: Duration = Duration::from_secs(300);
@@ -45,45 +43,114 @@ const RELOAD_DELAY: Duration = Duration::from_millis(100);
 /// The command memory is written at most this often.
 const MEMORY_SAVE_EVERY: Duration = Duration::from_secs(5);
 
-/// How often the I/O counters of a session's commands are read: a tenth of
-/// its idle limit, between 1 and 30 s. A change is credited when it is seen,
-/// so a session without a terminal is disconnected at most this late.
-fn sample_every(limits: &Limits) -> Option<i64> {
-    limits.idle.map(|l| (l as i64 / 10).clamp(1, 30))
-}
-
-/// A session the enforcer looks after.
-struct Tracked {
-    record: SessionRecord,
+/// What the enforcer keeps of a session's processes between looks (the
+/// observation side; the lifecycle state is in [`sshidle::lifecycle`]).
+#[derive(Debug, Default)]
+struct Seen {
     /// Its processes at the last scan; `None` until scanned.
     members: Option<Members>,
     memo: Option<IoMemo>,
-    /// When to look again (unix seconds).
-    next_check: i64,
-    /// Being disconnected.
-    ending: bool,
-    /// `--dry-run` said it would disconnect it; nothing more to say.
-    dry_done: bool,
 }
 
-/// What a session needs now, decided by [`Enforcer::look`].
-enum Action {
-    Nothing,
-    Warn { cause: Cause, ends_at: i64 },
-    End(Cause),
-    Dead,
+/// Every change the enforcer makes to the world goes through here. With
+/// `--dry-run` none is made: each says what it would have done instead.
+struct Effects {
+    dry_run: bool,
+    state: Option<StateDir>,
+    log: Logger,
+}
+
+impl Effects {
+    /// Tells the admin: to the log, or (`--dry-run`) to stdout.
+    fn say(&self, level: Level, message: &str) {
+        if self.dry_run {
+            println!("{message}");
+        } else {
+            self.log.log(level, message);
+        }
+    }
+
+    /// Writes a session's record (new limits, an adopted session).
+    fn record(&self, record: &SessionRecord) -> Result<(), StateError> {
+        match &self.state {
+            Some(state) if !self.dry_run => state.record_open(record).map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes the warning to the session's terminals and records it.
+    fn warn(&self, key: SessionKey, ttys: &[u32], text: &str, now: i64, what: &str) {
+        if self.dry_run {
+            return self.say(Level::Notice, &format!("would warn {what}"));
+        }
+        for tty in ttys {
+            if let Err(err) = write_tty(*tty, text) {
+                self.log.log(Level::Warning, &format!("warning session {key} on its tty: {err}"));
+            }
+        }
+        if let Some(state) = &self.state {
+            if let Err(err) = state.record_warned(key, now) {
+                self.log.log(Level::Error, &format!("recording the warning of session {key}: {err}"));
+            }
+        }
+        self.say(Level::Notice, &format!("warned {what}"));
+    }
+
+    /// Begins ending a session.
+    fn end(&self, table: &ProcTable, r: &SessionRecord, reason: &str, what: &str) -> Option<Termination> {
+        if self.dry_run {
+            self.say(Level::Notice, &format!("would disconnect {what}"));
+            return None;
+        }
+        self.say(Level::Notice, &format!("disconnecting {what}"));
+        begin_termination(self.state.as_ref(), table, r, reason, &self.log)
+    }
+
+    /// Drops the records of sessions whose process is gone (`dead`), and
+    /// their ending marks.
+    fn drop_dead(&self, dead: &[SessionKey]) {
+        let Some(state) = self.state.as_ref().filter(|_| !self.dry_run) else { return };
+        for key in dead {
+            state.take_ending(*key);
+        }
+        match state.compact(&|r| r.key.is_alive()) {
+            Ok(dropped) => {
+                for r in dropped {
+                    self.log
+                        .log(Level::Info, &format!("session {} of {}: process gone, record dropped", r.key, r.user));
+                }
+            }
+            Err(err) => self.log.log(Level::Error, &format!("dropping dead sessions: {err}")),
+        }
+    }
+
+    /// Drops the records of sessions ended without `close_session`.
+    fn drop_ended(&self, gone: &[SessionKey]) {
+        let Some(state) = self.state.as_ref().filter(|_| !self.dry_run) else { return };
+        let _ = state.compact(&|r| !gone.contains(&r.key));
+        for key in gone {
+            state.take_ending(*key);
+        }
+    }
+
+    fn save_memory(&self, memory: &Memory, state_path: &Path) {
+        if self.dry_run || self.state.is_none() {
+            return;
+        }
+        if let Err(err) = memory.save(state_path) {
+            self.log.log(Level::Warning, &format!("saving {}: {err}", activity::MEMORY_FILE));
+        }
+    }
 }
 
 struct Enforcer {
     config: PathBuf,
     state_path: PathBuf,
-    state: Option<StateDir>,
     utmp_path: Option<PathBuf>,
-    dry_run: bool,
-    log: Logger,
+    fx: Effects,
     policy: Option<Policy>,
     policy_stamp: Option<(u64, u64, i64, i64, u64)>,
-    sessions: BTreeMap<SessionKey, Tracked>,
+    life: Lifecycle<Seen>,
     memory_dirty: bool,
     memory_saved: Instant,
     terminations: Vec<Termination>,
@@ -101,13 +168,11 @@ impl Enforcer {
         Enforcer {
             config: cli.config.clone(),
             state_path: cli.state_dir.clone(),
-            state: None,
             utmp_path,
-            dry_run: args.dry_run,
-            log: Logger::new(true, !args.dry_run),
+            fx: Effects { dry_run: args.dry_run, state: None, log: Logger::new(true, !args.dry_run) },
             policy: None,
             policy_stamp: None,
-            sessions: BTreeMap::new(),
+            life: Lifecycle::new(),
             memory_dirty: false,
             memory_saved: Instant::now(),
             terminations: Vec::new(),
@@ -116,26 +181,22 @@ impl Enforcer {
         }
     }
 
+    fn log(&self) -> &Logger {
+        &self.fx.log
+    }
+
     /// Opens the state directory (creating it unless `--dry-run`).
     fn open_state(&mut self) {
-        if self.state.is_some() {
+        if self.fx.state.is_some() {
             return;
         }
-        match StateDir::open(&self.state_path, !self.dry_run) {
-            Ok(state) => self.state = Some(state),
+        match StateDir::open(&self.state_path, !self.fx.dry_run) {
+            Ok(state) => self.fx.state = Some(state),
             Err(StateError::Io(_, err)) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
                 self.problems += 1;
-                self.log.log(Level::Error, &err.to_string());
+                self.log().log(Level::Error, &err.to_string());
             }
-        }
-    }
-
-    fn say(&self, level: Level, message: &str) {
-        if self.dry_run {
-            println!("{message}");
-        } else {
-            self.log.log(level, message);
         }
     }
 
@@ -152,13 +213,13 @@ impl Enforcer {
         match Policy::load(&self.config) {
             Ok(policy) => {
                 for error in &policy.errors {
-                    self.log.log(Level::Error, &format!("{error} (line skipped)"));
+                    self.log().log(Level::Error, &format!("{error} (line skipped)"));
                 }
                 self.policy = Some(policy);
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 if self.policy.is_some() {
-                    self.log.log(
+                    self.log().log(
                         Level::Warning,
                         &format!("{}: gone; sessions keep the limits they have", self.config.display()),
                     );
@@ -167,7 +228,7 @@ impl Enforcer {
             }
             Err(err) => {
                 self.problems += 1;
-                self.log
+                self.log()
                     .log(Level::Error, &format!("{}: {err}; keeping the policy read before", self.config.display()));
                 return false;
             }
@@ -193,67 +254,45 @@ impl Enforcer {
     }
 
     /// Applies the current policy to a session; records the new limits so
-    /// `status` shows them. Returns true when they changed.
-    fn apply_policy(&mut self, key: SessionKey, now: i64) -> bool {
-        let Some(user) = self.sessions.get(&key).map(|t| t.record.user.clone()) else { return false };
-        let Some((limits, rule)) = self.resolve(&user) else { return false };
-        let t = &self.sessions[&key];
-        if limits == t.record.limits && rule == t.record.rule {
-            return false;
-        }
-        let t = self.sessions.get_mut(&key).expect("present");
-        let before = t.record.limits;
-        t.record.limits = limits;
-        t.record.rule = rule;
-        t.next_check = now;
-        let (user, rule) = (t.record.user.clone(), t.record.rule.clone());
-        if !self.dry_run && key.is_alive() {
-            if let Some(state) = &self.state {
-                if let Err(err) = state.record_open(&self.sessions[&key].record) {
-                    self.log.log(Level::Error, &format!("recording new limits of session {key}: {err}"));
-                }
+    /// `status` shows them.
+    fn apply_policy(&mut self, key: SessionKey, now: i64) {
+        let Some(user) = self.life.get(&key).map(|t| t.session.record.user.clone()) else { return };
+        let Some((limits, rule)) = self.resolve(&user) else { return };
+        let t = self.life.get_mut(&key).expect("present");
+        let Some(change) = t.session.apply_policy(limits, &rule, now) else { return };
+        if key.is_alive() {
+            if let Err(err) = self.fx.record(&t.session.record) {
+                self.fx.log.log(Level::Error, &format!("recording new limits of session {key}: {err}"));
             }
         }
-        self.say(Level::Info, &format!("session {key} of {user}: limits {before} -> {limits} (rule {rule})"));
-        true
+        self.fx.say(
+            Level::Info,
+            &format!("session {key} of {user}: limits {} -> {} (rule {rule})", change.before, change.after),
+        );
     }
 
     /// Re-reads the state file: new sessions are tracked, closed ones dropped.
     fn reload_sessions(&mut self, now: i64) {
         self.resolved.clear();
         self.open_state();
-        let Some(state) = &self.state else { return };
+        let Some(state) = &self.fx.state else { return };
         let snapshot = match state.load() {
             Ok(s) => s,
             Err(err) => {
                 self.problems += 1;
-                self.log.log(Level::Error, &err.to_string());
+                self.fx.log.log(Level::Error, &err.to_string());
                 return;
             }
         };
-        let present: HashSet<SessionKey> = snapshot.sessions.iter().map(|r| r.key).collect();
         let memory = Memory::load(&self.state_path);
-        let mut new = Vec::new();
-        for record in snapshot.sessions {
-            match self.sessions.get_mut(&record.key) {
-                Some(t) => {
-                    if record.warned_at > t.record.warned_at {
-                        t.record.warned_at = record.warned_at;
-                    }
-                }
-                None => {
-                    new.push(record.key);
-                    let memo = memory.entries.get(&record.key).copied();
-                    let next_check = (record.login_time + FIRST_LOOK_SECS).max(now);
-                    self.sessions.insert(
-                        record.key,
-                        Tracked { record, members: None, memo, next_check, ending: false, dry_done: false },
-                    );
-                }
-            }
-        }
-        // Sessions closed meanwhile (in --dry-run, adopted ones are only here).
-        self.sessions.retain(|k, t| present.contains(k) || (t.record.service == ADOPTED && k.is_alive()));
+        let new = self.life.sync(
+            snapshot.sessions,
+            now,
+            |r| Seen { members: None, memo: memory.entries.get(&r.key).copied() },
+            // Sessions closed meanwhile are forgotten; adopted ones are in no
+            // file (in --dry-run not even in ours).
+            |s| s.record.service == ADOPTED && s.key().is_alive(),
+        );
         for key in new {
             self.apply_policy(key, now);
         }
@@ -268,7 +307,7 @@ impl Enforcer {
         let entries = match utmp::read(&path) {
             Ok(entries) => entries,
             Err(err) => {
-                self.log.log(Level::Warning, &format!("{}: {err}", path.display()));
+                self.log().log(Level::Warning, &format!("{}: {err}", path.display()));
                 return;
             }
         };
@@ -280,7 +319,7 @@ impl Enforcer {
             }
             let Some(start) = procfs::start_time(entry.pid) else { continue };
             let key = SessionKey { pid: entry.pid, start };
-            if self.sessions.contains_key(&key) || !is_sshd_login(entry.pid, start, entry.time) {
+            if self.life.contains(&key) || !is_sshd_login(entry.pid, start, entry.time) {
                 continue;
             }
             let Some((limits, rule)) = self.resolve(&entry.user) else { continue };
@@ -299,124 +338,86 @@ impl Enforcer {
                 rule,
                 warned_at: None,
             };
-            if !self.dry_run {
-                if let Some(state) = &self.state {
-                    if let Err(err) = state.record_open(&record) {
-                        self.log.log(Level::Error, &format!("recording session {key} from utmp: {err}"));
-                        continue;
-                    }
-                }
+            if let Err(err) = self.fx.record(&record) {
+                self.log().log(Level::Error, &format!("recording session {key} from utmp: {err}"));
+                continue;
             }
-            self.say(
+            self.fx.say(
                 Level::Info,
                 &format!(
                     "session {key} of {} on {} (logged in before sshidle): {} (rule {})",
                     entry.user, entry.line, record.limits, record.rule
                 ),
             );
-            let memo = None;
-            self.sessions
-                .insert(key, Tracked { record, members: None, memo, next_check: now, ending: false, dry_done: false });
+            self.life.adopt(record, Seen::default(), now);
         }
     }
 
-    /// Drops records whose monitor is gone.
+    /// Forgets sessions whose monitor is gone, and drops their records.
     fn drop_dead(&mut self) {
-        let dead: Vec<SessionKey> = self.sessions.keys().filter(|k| !k.is_alive()).copied().collect();
+        let dead: Vec<SessionKey> = self.life.keys().into_iter().filter(|k| !k.is_alive()).collect();
         for key in &dead {
-            self.sessions.remove(key);
+            self.life.forget(key);
         }
-        if dead.is_empty() || self.dry_run {
-            return;
-        }
-        if let Some(state) = &self.state {
-            for key in &dead {
-                state.take_ending(*key);
-            }
-            match state.compact(&|r| r.key.is_alive()) {
-                Ok(dropped) => {
-                    for r in dropped {
-                        self.log.log(
-                            Level::Info,
-                            &format!("session {} of {}: process gone, record dropped", r.key, r.user),
-                        );
-                    }
-                }
-                Err(err) => self.log.log(Level::Error, &format!("dropping dead sessions: {err}")),
-            }
+        if !dead.is_empty() {
+            self.fx.drop_dead(&dead);
         }
     }
 
-    /// Looks at a session: cheaply with what was known, and again with a
-    /// fresh process table before anything is done to it.
-    fn look(&mut self, key: SessionKey, now: i64, table: &mut Option<ProcTable>) -> (Action, Activity) {
-        let t = self.sessions.get_mut(&key).expect("tracked");
+    /// Looks at a session, cheaply with what was known, and again with a
+    /// fresh process table when the lifecycle wants to act on it. `None`
+    /// when its monitor is gone.
+    fn look(&mut self, key: SessionKey, now: i64, table: &mut Option<ProcTable>) -> Option<(Step, Activity)> {
+        let t = self.life.get_mut(&key).expect("tracked");
+        let mut scan = t.seen.members.is_none();
         let mut fresh = false;
         loop {
-            if t.members.is_none() || fresh {
+            if scan {
                 let table = table.get_or_insert_with(ProcTable::scan);
-                match activity::members(table, key) {
-                    Some(m) => t.members = Some(m),
-                    None => return (Action::Dead, Activity::default()),
-                }
+                t.seen.members = Some(activity::members(table, key)?);
                 fresh = true;
             }
-            let members = t.members.as_ref().expect("scanned");
-            let had_memo = t.memo;
-            let act = activity::assess(&t.record, members, &mut t.memo, now);
+            let members = t.seen.members.as_ref().expect("scanned");
+            let had_memo = t.seen.memo;
+            let act = activity::assess(&t.session.record, members, &mut t.seen.memo, now);
             // sampled_at alone is not worth a write.
             let essence = |m: Option<IoMemo>| m.map(|m| (m.fingerprint, m.last_active));
-            if essence(t.memo) != essence(had_memo) {
+            if essence(t.seen.memo) != essence(had_memo) {
                 self.memory_dirty = true;
             }
-            let decision =
-                activity::decide(&t.record.limits, t.record.login_time, act.quiet_since, t.record.warned_at, now);
-            let action = match decision {
-                Decision::Wait(until) => {
-                    let mut next = until.unwrap_or(i64::MAX);
-                    if let Some(every) = sample_every(&t.record.limits) {
-                        if !members.commands.is_empty() {
-                            next = next.min(now + every);
-                        } else if members.ttys.is_empty() {
-                            // No channel (yet): look for one again now and then.
-                            next = next.min(now + (every * 3).clamp(2, 60));
-                            t.members = None;
-                        }
-                    }
-                    t.next_check = next;
-                    Action::Nothing
-                }
-                Decision::Warn { cause, ends_at } => Action::Warn { cause, ends_at },
-                Decision::End(cause) => Action::End(cause),
+            let seen = Observation {
+                quiet_since: act.quiet_since,
+                ttys: !members.ttys.is_empty(),
+                commands: !members.commands.is_empty(),
+                fresh,
             };
-            if matches!(action, Action::Nothing) || fresh {
-                return (action, act);
+            match t.session.step(&seen, now) {
+                Step::Refresh => scan = true,
+                step @ Step::Wait { rescan } => {
+                    if rescan {
+                        t.seen.members = None;
+                    }
+                    return Some((step, act));
+                }
+                step => return Some((step, act)),
             }
-            fresh = true;
         }
     }
 
     /// Looks at the sessions that are due (or all), and acts.
     fn sweep(&mut self, now: i64, all: bool) {
-        let due: Vec<SessionKey> = self
-            .sessions
-            .iter()
-            .filter(|(_, t)| !t.ending && !t.dry_done && (all || t.next_check <= now))
-            .map(|(k, _)| *k)
-            .collect();
         let mut table = None;
         let mut dead = false;
-        for key in due {
+        for key in self.life.due(now, all) {
             if !key.is_alive() {
                 dead = true;
                 continue;
             }
-            let (action, act) = self.look(key, now, &mut table);
-            match action {
-                Action::Nothing => {}
-                Action::Dead => dead = true,
-                Action::Warn { cause, ends_at } => self.warn(key, &act, cause, ends_at, now),
-                Action::End(cause) => {
+            match self.look(key, now, &mut table) {
+                None => dead = true,
+                Some((Step::Wait { .. } | Step::Refresh, _)) => {}
+                Some((Step::Warn { cause, ends_at }, act)) => self.warn(key, &act, cause, ends_at, now),
+                Some((Step::End(cause), act)) => {
                     let table = table.get_or_insert_with(ProcTable::scan);
                     self.end(key, &act, cause, table, now);
                 }
@@ -428,49 +429,28 @@ impl Enforcer {
     }
 
     fn warn(&mut self, key: SessionKey, act: &Activity, cause: Cause, ends_at: i64, now: i64) {
-        let t = self.sessions.get_mut(&key).expect("tracked");
-        t.record.warned_at = Some(now);
-        t.next_check = ends_at;
-        if let Some(every) = sample_every(&t.record.limits) {
-            if t.members.as_ref().is_some_and(|m| !m.commands.is_empty()) {
-                t.next_check = ends_at.min(now + every);
-            }
-        }
-        let r = t.record.clone();
-        let ttys = t.members.as_ref().map(|m| m.ttys.clone()).unwrap_or_default();
+        let t = self.life.get(&key).expect("tracked");
+        let r = &t.session.record;
+        let ttys = t.seen.members.as_ref().map(|m| m.ttys.clone()).unwrap_or_default();
         let left = format_duration((ends_at - now).max(0) as u64);
         let text = warning_text(cause, &r.limits, act.idle_secs, &left);
         let what = match cause {
             Cause::Idle => format!("idle {}", format_duration(act.idle_secs)),
             Cause::Hard => format!("logged in for {}", format_duration((now - r.login_time).max(0) as u64)),
         };
-        let message = format!(
-            "{}session {key} of {} from {} on {}: {what}, disconnect in {left} (limits {}, rule {})",
-            if self.dry_run { "would warn " } else { "warned " },
+        let what = format!(
+            "session {key} of {} from {} on {}: {what}, disconnect in {left} (limits {}, rule {})",
             r.user,
             display_or_dash(&r.rhost),
             display_ttys(&act.ttys),
             r.limits,
             r.rule
         );
-        if !self.dry_run {
-            for tty in &ttys {
-                if let Err(err) = write_tty(*tty, &text) {
-                    self.log.log(Level::Warning, &format!("warning session {key} on its tty: {err}"));
-                }
-            }
-            if let Some(state) = &self.state {
-                if let Err(err) = state.record_warned(key, now) {
-                    self.log.log(Level::Error, &format!("recording the warning of session {key}: {err}"));
-                }
-            }
-        }
-        self.say(Level::Notice, &message);
+        self.fx.warn(key, &ttys, &text, now, &what);
     }
 
     fn end(&mut self, key: SessionKey, act: &Activity, cause: Cause, table: &ProcTable, now: i64) {
-        let t = self.sessions.get_mut(&key).expect("tracked");
-        let r = t.record.clone();
+        let r = &self.life.get(&key).expect("tracked").session.record;
         let reason = match cause {
             Cause::Idle => format!(
                 "idle {} (limit idle={}, rule {})",
@@ -485,21 +465,13 @@ impl Enforcer {
                 r.rule
             ),
         };
-        let intro = if self.dry_run { "would disconnect" } else { "disconnecting" };
-        let message = format!(
-            "{intro} session {key} of {} from {} on {}: {reason}",
+        let what = format!(
+            "session {key} of {} from {} on {}: {reason}",
             r.user,
             display_or_dash(&r.rhost),
             display_ttys(&act.ttys)
         );
-        if self.dry_run {
-            t.dry_done = true;
-            self.say(Level::Notice, &message);
-            return;
-        }
-        t.ending = true;
-        self.log.log(Level::Notice, &message);
-        if let Some(term) = begin_termination(self.state.as_ref(), table, &r, &reason, &self.log) {
+        if let Some(term) = self.fx.end(table, r, &reason, &what) {
             self.terminations.push(term);
         }
     }
@@ -511,7 +483,7 @@ impl Enforcer {
             let over = force || term.started.elapsed() >= GRACE;
             if term.survivors().is_empty() || over {
                 let killed = term.kill_survivors();
-                report_killed(term.key, &killed, &self.log);
+                report_killed(term.key, &killed, &self.fx.log);
                 finished.push(i);
             }
         }
@@ -520,31 +492,21 @@ impl Enforcer {
             let term = self.terminations.remove(i);
             // Normally close_session removes the record; if the monitor died
             // without running it, the record goes here.
-            if !term.key.is_alive() && self.sessions.remove(&term.key).is_some() {
+            if !term.key.is_alive() && self.life.forget(&term.key).is_some() {
                 gone.push(term.key);
             }
         }
-        if !gone.is_empty() && !self.dry_run {
-            if let Some(state) = &self.state {
-                let _ = state.compact(&|r| !gone.contains(&r.key));
-                for key in &gone {
-                    state.take_ending(*key);
-                }
-            }
+        if !gone.is_empty() {
+            self.fx.drop_ended(&gone);
         }
     }
 
     fn save_memory(&mut self, force: bool) {
-        if self.dry_run || !self.memory_dirty || (!force && self.memory_saved.elapsed() < MEMORY_SAVE_EVERY) {
+        if !self.memory_dirty || (!force && self.memory_saved.elapsed() < MEMORY_SAVE_EVERY) {
             return;
         }
-        if self.state.is_none() {
-            return;
-        }
-        let memory = Memory { entries: self.sessions.iter().filter_map(|(k, t)| t.memo.map(|m| (*k, m))).collect() };
-        if let Err(err) = memory.save(&self.state_path) {
-            self.log.log(Level::Warning, &format!("saving {}: {err}", activity::MEMORY_FILE));
-        }
+        let memory = Memory { entries: self.life.iter().filter_map(|(k, t)| t.seen.memo.map(|m| (*k, m))).collect() };
+        self.fx.save_memory(&memory, &self.state_path);
         self.memory_dirty = false;
         self.memory_saved = Instant::now();
     }
@@ -554,7 +516,7 @@ impl Enforcer {
         let now_ms = now_millis();
         let mut wake: Option<Instant> = None;
         let mut consider = |at: Instant| wake = Some(wake.map_or(at, |w| w.min(at)));
-        if let Some(next) = self.sessions.values().filter(|t| !t.ending && !t.dry_done).map(|t| t.next_check).min() {
+        if let Some(next) = self.life.next_check() {
             if next < i64::MAX / 2000 {
                 let ms = (next * 1000 - now_ms).max(0) as u64;
                 consider(Instant::now() + Duration::from_millis(ms));
@@ -564,7 +526,7 @@ impl Enforcer {
             // Look at the processes being ended every 200 ms until the grace is over.
             consider((term.started + GRACE).min(Instant::now() + Duration::from_millis(200)));
         }
-        if self.memory_dirty && !self.dry_run {
+        if self.memory_dirty {
             consider(self.memory_saved + MEMORY_SAVE_EVERY);
         }
         wake
@@ -680,7 +642,7 @@ pub fn run(cli: &Cli, args: &EnforceArgs) -> u8 {
         e.sweep(now, true);
         for term in &mut e.terminations {
             let killed = term.finish(GRACE);
-            report_killed(term.key, &killed, &e.log);
+            report_killed(term.key, &killed, &e.fx.log);
         }
         e.terminations.clear();
         e.save_memory(true);
@@ -689,7 +651,7 @@ pub fn run(cli: &Cli, args: &EnforceArgs) -> u8 {
     match daemon(&mut e) {
         Ok(()) => EXIT_OK,
         Err(err) => {
-            e.log.log(Level::Error, &format!("enforcer stopped: {err}"));
+            e.fx.log.log(Level::Error, &format!("enforcer stopped: {err}"));
             EXIT_PROBLEM
         }
     }
@@ -759,19 +721,19 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
     let policy_name = e.config.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let policy_wd = add_watch(&inotify, &policy_dir, file_events | libc::IN_ATTRIB | libc::IN_MOVED_FROM);
     if policy_wd.is_none() {
-        e.log.log(
+        e.fx.log.log(
             Level::Warning,
             &format!("cannot watch {}; policy changes are seen on SIGHUP only", policy_dir.display()),
         );
     }
-    e.log.log(
+    e.fx.log.log(
         Level::Info,
         &format!(
             "enforcing {} on {} sessions in {}{}",
             e.config.display(),
-            e.sessions.len(),
+            e.life.len(),
             e.state_path.display(),
-            if e.dry_run { " (dry run)" } else { "" }
+            if e.fx.dry_run { " (dry run)" } else { "" }
         ),
     );
     e.sweep(now_unix(), true);
@@ -806,25 +768,25 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
             {
                 match info.ssi_signo as libc::c_int {
                     libc::SIGHUP => {
-                        e.log.log(Level::Info, "SIGHUP: re-reading the policy, the sessions and utmp");
+                        e.fx.log.log(Level::Info, "SIGHUP: re-reading the policy, the sessions and utmp");
                         let now = now_unix();
                         e.load_policy(true);
                         e.adopt_from_utmp(now);
                         e.reload_sessions(now);
-                        let keys: Vec<SessionKey> = e.sessions.keys().copied().collect();
+                        let keys = e.life.keys();
                         for key in keys {
                             e.apply_policy(key, now);
-                            if let Some(t) = e.sessions.get_mut(&key) {
-                                t.members = None;
+                            if let Some(t) = e.life.get_mut(&key) {
+                                t.seen.members = None;
                             }
                         }
                         e.sweep(now, true);
                     }
                     sig => {
-                        e.log.log(Level::Info, &format!("signal {sig}: stopping"));
+                        e.fx.log.log(Level::Info, &format!("signal {sig}: stopping"));
                         for term in &mut e.terminations {
                             let killed = term.finish(GRACE);
-                            report_killed(term.key, &killed, &e.log);
+                            report_killed(term.key, &killed, &e.fx.log);
                         }
                         e.terminations.clear();
                         e.save_memory(true);
@@ -843,10 +805,10 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
             }
         }
         let now = now_unix();
-        if state_wd.is_none() && e.state.is_none() {
+        if state_wd.is_none() && e.fx.state.is_none() {
             // The state directory appeared (first login after boot, --dry-run).
             e.open_state();
-            if e.state.is_some() {
+            if e.fx.state.is_some() {
                 state_wd = add_watch(&inotify, &e.state_path, file_events);
                 reload_at = Some(Instant::now());
             }
@@ -858,8 +820,8 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
         if policy_at.is_some_and(|at| at <= Instant::now()) {
             policy_at = None;
             if e.load_policy(false) {
-                e.log.log(Level::Info, &format!("{}: re-read; applying it to open sessions", e.config.display()));
-                let keys: Vec<SessionKey> = e.sessions.keys().copied().collect();
+                e.fx.log.log(Level::Info, &format!("{}: re-read; applying it to open sessions", e.config.display()));
+                let keys = e.life.keys();
                 for key in keys {
                     e.apply_policy(key, now);
                 }
@@ -991,15 +953,6 @@ pub fn disconnect(cli: &Cli, args: &DisconnectArgs) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sampling_interval() {
-        let l = |idle| Limits { idle, warn: None, hard: None };
-        assert_eq!(sample_every(&l(Some(20))), Some(2));
-        assert_eq!(sample_every(&l(Some(5))), Some(1));
-        assert_eq!(sample_every(&l(Some(3600))), Some(30));
-        assert_eq!(sample_every(&l(None)), None);
-    }
 
     #[test]
     fn warning_texts() {

@@ -2,9 +2,9 @@
 
 use crate::{Cli, Format, StatusArgs, EXIT_OK, EXIT_PROBLEM};
 use serde::Serialize;
-use sshidle::activity;
 use sshidle::policy::Policy;
 use sshidle::state::{SessionRecord, StateDir, StateError};
+use sshidle::{activity, lifecycle};
 use sshidle::{format_duration, users};
 
 /// One row of `status`.
@@ -22,7 +22,8 @@ pub struct SessionRow {
     pub idle_limit_secs: Option<u64>,
     pub warn_secs: Option<u64>,
     pub hard_limit_secs: Option<u64>,
-    /// Seconds until the session is disconnected; `None` when it never is.
+    /// Seconds until the enforcer disconnects the session if nothing
+    /// changes; `None` when it never does.
     pub time_left_secs: Option<i64>,
     pub rule: String,
     pub warned: bool,
@@ -31,13 +32,9 @@ pub struct SessionRow {
 impl SessionRow {
     pub fn new(record: &SessionRecord, now: i64, observer: &activity::Observer) -> SessionRow {
         let seen = observer.observe(record, now);
-        let age = (now - record.login_time).max(0);
-        let idle_left = record.limits.idle.map(|l| l as i64 - seen.idle_secs as i64);
-        let hard_left = record.limits.hard.map(|h| h as i64 - age);
-        let time_left = match (idle_left, hard_left) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // The enforcer's own judgement: quiet since the end of the tty's 8-s
+        // block, a warning's full lead, `ssh -N` never ended for idleness.
+        let ends = lifecycle::outlook(&record.limits, record.login_time, seen.quiet_since, record.warned_at, now);
         SessionRow {
             id: record.key.to_string(),
             pid: record.key.pid,
@@ -51,7 +48,7 @@ impl SessionRow {
             idle_limit_secs: record.limits.idle,
             warn_secs: record.limits.warn,
             hard_limit_secs: record.limits.hard,
-            time_left_secs: time_left.map(|t| t.max(0)),
+            time_left_secs: ends.map(|(at, _)| (at - now).max(0)),
             rule: record.rule.clone(),
             warned: record.warned_at.is_some(),
         }

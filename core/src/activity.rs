@@ -1,6 +1,6 @@
-//! How idle a recorded session is: its ttys, the time since its last input,
-//! and what the enforcer should do about it (see "What counts as idle" in the
-//! spec).
+//! How idle a recorded session is: its ttys and the time since its last input
+//! (see "What counts as idle" in the spec). What the enforcer does about it is
+//! decided in [`crate::lifecycle`].
 //!
 //! A session is found from the process that recorded it, sshd's `[priv]`
 //! monitor: its descendants are sshd's own processes (same command name as the
@@ -23,7 +23,6 @@
 //! - **Neither** (`ssh -N`, a ControlMaster with no channel left): not judged
 //!   here; sshd's `UnusedConnectionTimeout` covers it. `hard=` still applies.
 
-use crate::policy::Limits;
 use crate::procfs::{self, ProcTable};
 use crate::state::{SessionKey, SessionRecord};
 use std::collections::HashMap;
@@ -279,79 +278,9 @@ pub fn observe(record: &SessionRecord, now: i64) -> Activity {
     Observer { table: ProcTable::scan(), memory: Memory::default() }.observe(record, now)
 }
 
-/// Why a session is ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    Idle,
-    Hard,
-}
-
-/// What the enforcer does about a session now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Nothing before this unix time; `None`: no limit applies.
-    Wait(Option<i64>),
-    /// Warn now; the session will end at `ends_at` unless it becomes active
-    /// (for `Idle`).
-    Warn { cause: Cause, ends_at: i64 },
-    /// End it now.
-    End(Cause),
-}
-
-/// The deadline a session is ended at, and why, before any warning delay:
-/// `quiet_since + idle`, or `login + hard` (plus the second the login time
-/// was rounded down by).
-pub fn deadline(limits: &Limits, login_time: i64, quiet_since: Option<i64>) -> Option<(i64, Cause)> {
-    let idle = limits.idle.zip(quiet_since).map(|(l, q)| (q.saturating_add(l as i64), Cause::Idle));
-    // +1: the login time is recorded in whole seconds, rounded down; never end early.
-    let hard = limits.hard.map(|h| (login_time.saturating_add(h as i64 + 1), Cause::Hard));
-    match (idle, hard) {
-        (Some(i), Some(h)) => Some(if h.0 <= i.0 { h } else { i }),
-        (i, h) => i.or(h),
-    }
-}
-
-/// Decides what to do with a session. `warned_at` is when it was last warned.
-///
-/// A warning counts for the current deadline when it was given at or after
-/// `deadline − warn` (and, for idleness, after the last activity). The user
-/// always gets the warning's full lead: a warning given late (the enforcer was
-/// down, the policy changed) postpones the end to `warned_at + warn`.
-pub fn decide(
-    limits: &Limits,
-    login_time: i64,
-    quiet_since: Option<i64>,
-    warned_at: Option<i64>,
-    now: i64,
-) -> Decision {
-    let Some((end, cause)) = deadline(limits, login_time, quiet_since) else { return Decision::Wait(None) };
-    let warn = limits.warn.unwrap_or(0) as i64;
-    if warn <= 0 {
-        return if now >= end { Decision::End(cause) } else { Decision::Wait(Some(end)) };
-    }
-    let warn_at = end - warn;
-    let valid = warned_at.filter(|w| *w >= warn_at && (cause == Cause::Hard || Some(*w) >= quiet_since));
-    match valid {
-        Some(w) => {
-            let end = end.max(w + warn);
-            if now >= end {
-                Decision::End(cause)
-            } else {
-                Decision::Wait(Some(end))
-            }
-        }
-        None if now >= warn_at => Decision::Warn { cause, ends_at: end.max(now + warn) },
-        None => Decision::Wait(Some(warn_at)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn limits(idle: Option<u64>, warn: Option<u64>, hard: Option<u64>) -> Limits {
-        Limits { idle, warn, hard }
-    }
 
     #[test]
     fn tty_granularity() {
@@ -366,46 +295,6 @@ mod tests {
                 assert!(quiet_since_tty(atime) - atime <= TTY_TIME_GRANULARITY);
             }
         }
-    }
-
-    #[test]
-    fn warn_then_end() {
-        let l = limits(Some(20), Some(10), None);
-        // Quiet since 1000: warn at 1010, end at 1020.
-        assert_eq!(decide(&l, 990, Some(1000), None, 1005), Decision::Wait(Some(1010)));
-        assert_eq!(decide(&l, 990, Some(1000), None, 1010), Decision::Warn { cause: Cause::Idle, ends_at: 1020 });
-        assert_eq!(decide(&l, 990, Some(1000), Some(1010), 1011), Decision::Wait(Some(1020)));
-        assert_eq!(decide(&l, 990, Some(1000), Some(1010), 1020), Decision::End(Cause::Idle));
-        // Active again after the warning: the warning is spent, a new one comes later.
-        assert_eq!(decide(&l, 990, Some(1016), Some(1010), 1020), Decision::Wait(Some(1026)));
-        // A late warning (enforcer was down) gives the full lead.
-        assert_eq!(decide(&l, 990, Some(1000), None, 1050), Decision::Warn { cause: Cause::Idle, ends_at: 1060 });
-        assert_eq!(decide(&l, 990, Some(1000), Some(1050), 1055), Decision::Wait(Some(1060)));
-        // No warning configured.
-        let l = limits(Some(20), None, None);
-        assert_eq!(decide(&l, 990, Some(1000), None, 1019), Decision::Wait(Some(1020)));
-        assert_eq!(decide(&l, 990, Some(1000), None, 1020), Decision::End(Cause::Idle));
-    }
-
-    #[test]
-    fn hard_and_off() {
-        // Login at 999 (rounded down): the hard end is 999 + 60 + 1.
-        let l = limits(None, Some(5), Some(60));
-        assert_eq!(decide(&l, 999, Some(1059), None, 1050), Decision::Wait(Some(1055)));
-        assert_eq!(decide(&l, 999, Some(1059), None, 1055), Decision::Warn { cause: Cause::Hard, ends_at: 1060 });
-        assert_eq!(decide(&l, 999, Some(1059), Some(1055), 1059), Decision::Wait(Some(1060)));
-        assert_eq!(decide(&l, 999, Some(1059), Some(1055), 1060), Decision::End(Cause::Hard));
-        // Typing does not help against hard=.
-        assert_eq!(decide(&l, 999, Some(1060), Some(1055), 1060), Decision::End(Cause::Hard));
-        // idle=off and no hard: never.
-        assert_eq!(decide(&limits(None, None, None), 1000, Some(1000), None, 99_999), Decision::Wait(None));
-        // No channel: idleness is not judged, hard still is.
-        assert_eq!(decide(&limits(Some(10), None, None), 1000, None, None, 99_999), Decision::Wait(None));
-        assert_eq!(decide(&limits(Some(10), None, Some(30)), 999, None, None, 1029), Decision::Wait(Some(1030)));
-        assert_eq!(decide(&limits(Some(10), None, Some(30)), 999, None, None, 1030), Decision::End(Cause::Hard));
-        // An earlier idle warning does not count for the hard end.
-        let l = limits(Some(100), Some(10), Some(150));
-        assert_eq!(decide(&l, 999, Some(1100), Some(1095), 1140), Decision::Warn { cause: Cause::Hard, ends_at: 1150 });
     }
 
     #[test]
@@ -435,7 +324,7 @@ mod tests {
             rhost: String::new(),
             service: "sshd".into(),
             login_time: login,
-            limits: Limits::default(),
+            limits: crate::policy::Limits::default(),
             rule: "none".into(),
             warned_at: None,
         }

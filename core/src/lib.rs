@@ -4,6 +4,7 @@
 
 pub mod activity;
 pub mod duration;
+pub mod lifecycle;
 pub mod login;
 pub mod policy;
 pub mod procfs;

@@ -217,7 +217,7 @@ fn sweep_cost(size: usize, idle_window: u64) {
         for r in &records {
             let m = activity::members(&table, r.key).expect("members");
             let a = activity::assess(r, &m, &mut memo, now);
-            let _ = activity::decide(&r.limits, r.login_time, a.quiet_since, r.warned_at, now);
+            let _ = sshidle::lifecycle::decide(&r.limits, r.login_time, a.quiet_since, r.warned_at, now);
             members.push(m);
         }
         full.push(t.elapsed().as_secs_f64());
@@ -226,7 +226,7 @@ fn sweep_cost(size: usize, idle_window: u64) {
         let t = Instant::now();
         for (r, m) in records.iter().zip(&members) {
             let a = activity::assess(r, m, &mut memo, now);
-            let _ = activity::decide(&r.limits, r.login_time, a.quiet_since, r.warned_at, now);
+            let _ = sshidle::lifecycle::decide(&r.limits, r.login_time, a.quiet_since, r.warned_at, now);
         }
         cheap.push(t.elapsed().as_secs_f64());
     }
