@@ -22,6 +22,12 @@ pub struct SshdOptions {
     pub sshd_extra: String,
     /// Extra module arguments after `conf=... state=... debug`.
     pub module_args: String,
+    /// PAM session lines before and after the module's.
+    pub pam_before: String,
+    pub pam_after: String,
+    /// A command that execs its arguments (sshd) in another context, e.g.
+    /// `nsenter -t PID -m --` for a mount namespace of the test's own.
+    pub launcher: Vec<String>,
 }
 
 pub struct Sshd {
@@ -62,11 +68,15 @@ impl Sshd {
                  account  required pam_permit.so\n\
                  password required pam_deny.so\n\
                  session  optional pam_loginuid.so\n\
-                 session  optional {} conf={} state={} debug {}\n",
+                 {}\n\
+                 session  optional {} conf={} state={} debug {}\n\
+                 {}\n",
+                opts.pam_before,
                 module_path().display(),
                 policy_path.display(),
                 state_dir.display(),
-                opts.module_args
+                opts.module_args,
+                opts.pam_after
             ),
         )
         .expect("pam service file");
@@ -105,7 +115,15 @@ impl Sshd {
             )
             .expect("sshd_config");
             let log = std::fs::File::create(dir.join("sshd.log")).expect("log");
-            let mut child = Command::new(&binary)
+            let mut command = match opts.launcher.split_first() {
+                Some((launcher, args)) => {
+                    let mut c = Command::new(launcher);
+                    c.args(args).arg(&binary);
+                    c
+                }
+                None => Command::new(&binary),
+            };
+            let mut child = command
                 .args(["-D", "-e", "-f"])
                 .arg(&config_path)
                 .stdin(Stdio::null())
