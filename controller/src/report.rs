@@ -243,10 +243,15 @@ pub fn explain(cli: &Cli, user: &str) -> u8 {
         eprintln!("sshidlectl: no such user: {user}");
         return EXIT_PROBLEM;
     };
-    let groups = users::group_names(&account);
-    let resolution = policy.resolve(&account.name, &mut || groups.clone());
+    // Bounded as at a login, so that explain shows what a login would get
+    // while the directory does not answer.
+    let groups = users::group_names_within(&account, users::DEFAULT_NSS_TIMEOUT);
+    let resolution = policy.resolve_with(&account.name, &mut || groups.clone().ok());
     println!("user:   {} (uid {})", account.name, account.uid);
-    println!("groups: {}", groups.join(" "));
+    match &groups {
+        Ok(names) => println!("groups: {}", names.join(" ")),
+        Err(why) => println!("groups: not read ({why}); group rules are skipped, as at a login"),
+    }
     match resolution.rule {
         Some(_) => println!("rule:   {}", resolution.describe()),
         None => println!("rule:   none matches; no limit"),

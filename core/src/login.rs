@@ -6,6 +6,10 @@ use crate::policy::{Policy, DEFAULT_POLICY_PATH};
 use crate::state::{SessionKey, SessionRecord, StateDir, DEFAULT_STATE_DIR};
 use crate::{users, Level, LogSink};
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// The longest `nss_timeout=` accepted: longer would defeat its purpose.
+pub const MAX_NSS_TIMEOUT_SECS: u64 = 60;
 
 /// Module arguments: `conf=PATH state=DIR debug`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +19,9 @@ pub struct ModuleArgs {
     pub conf_explicit: bool,
     pub state_dir: PathBuf,
     pub debug: bool,
+    /// Longest wait for the user's groups (`nss_timeout=`); past it, group
+    /// rules are skipped for this login.
+    pub nss_timeout: Duration,
 }
 
 impl Default for ModuleArgs {
@@ -24,6 +31,7 @@ impl Default for ModuleArgs {
             conf_explicit: false,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             debug: false,
+            nss_timeout: users::DEFAULT_NSS_TIMEOUT,
         }
     }
 }
@@ -40,6 +48,19 @@ impl ModuleArgs {
                 parsed.state_dir = PathBuf::from(dir);
             } else if arg == "debug" {
                 parsed.debug = true;
+            } else if let Some(value) = arg.strip_prefix("nss_timeout=") {
+                match crate::parse_duration(value) {
+                    Ok(secs) if (1..=MAX_NSS_TIMEOUT_SECS).contains(&secs) => {
+                        parsed.nss_timeout = Duration::from_secs(secs)
+                    }
+                    _ => log.log(
+                        Level::Warning,
+                        &format!(
+                            "'{arg}' ignored: expected 1s to {MAX_NSS_TIMEOUT_SECS}s; waiting at most {}s",
+                            parsed.nss_timeout.as_secs()
+                        ),
+                    ),
+                }
             } else {
                 log.log(Level::Warning, &format!("unknown argument '{arg}' ignored"));
             }
@@ -94,7 +115,20 @@ pub fn open_session(args: &ModuleArgs, items: &LoginItems, log: &dyn LogSink) ->
         return None;
     };
     let policy = load_policy(args, log);
-    let resolution = policy.resolve(&account.name, &mut || users::group_names(&account));
+    let mut unread = None;
+    let resolution = policy.resolve_with(&account.name, &mut || {
+        users::group_names_within(&account, args.nss_timeout).map_err(|why| unread = Some(why)).ok()
+    });
+    if let (true, Some(why)) = (resolution.groups_skipped, &unread) {
+        log.log(
+            Level::Warning,
+            &format!(
+                "groups of {} not read ({why}); group rules skipped, the login gets {}",
+                account.name,
+                resolution.describe()
+            ),
+        );
+    }
     let record = SessionRecord {
         key,
         uid: account.uid,
@@ -183,20 +217,37 @@ mod tests {
     #[test]
     fn args_parse_and_unknown_are_logged() {
         let log = Collect::default();
-        let args = ModuleArgs::parse(["conf=/x.conf", "state=/tmp/s", "debug", "bogus=1"], &log);
+        let args = ModuleArgs::parse(["conf=/x.conf", "state=/tmp/s", "debug", "bogus=1", "nss_timeout=5"], &log);
         assert_eq!(
             args,
-            ModuleArgs { conf: "/x.conf".into(), conf_explicit: true, state_dir: "/tmp/s".into(), debug: true }
+            ModuleArgs {
+                conf: "/x.conf".into(),
+                conf_explicit: true,
+                state_dir: "/tmp/s".into(),
+                debug: true,
+                nss_timeout: Duration::from_secs(5)
+            }
         );
         assert_eq!(log.0.borrow().as_slice(), &[(Level::Warning, "unknown argument 'bogus=1' ignored".to_string())]);
+        let log = Collect::default();
+        for bad in ["nss_timeout=0", "nss_timeout=2m", "nss_timeout=x"] {
+            assert_eq!(ModuleArgs::parse([bad], &log).nss_timeout, users::DEFAULT_NSS_TIMEOUT);
+        }
+        assert_eq!(log.0.borrow().len(), 3);
+        assert!(log.0.borrow()[0].1.contains("expected 1s to 60s; waiting at most 2s"), "{:?}", log.0.borrow());
     }
 
     #[test]
     fn open_then_close_records_and_removes() {
         let dir = temp("cycle");
         std::fs::write(dir.join("policy"), "user root idle=5m warn=1m\n").unwrap();
-        let args =
-            ModuleArgs { conf: dir.join("policy"), conf_explicit: true, state_dir: dir.join("state"), debug: false };
+        let args = ModuleArgs {
+            conf: dir.join("policy"),
+            conf_explicit: true,
+            state_dir: dir.join("state"),
+            debug: false,
+            nss_timeout: users::DEFAULT_NSS_TIMEOUT,
+        };
         let items = LoginItems { user: "root".into(), rhost: "127.0.0.1".into(), service: "sshd".into() };
         let log = Collect::default();
         let key = open_session(&args, &items, &log).expect("recorded");
@@ -214,8 +265,13 @@ mod tests {
     #[test]
     fn missing_explicit_conf_is_an_error_but_records_unlimited() {
         let dir = temp("noconf");
-        let args =
-            ModuleArgs { conf: dir.join("missing"), conf_explicit: true, state_dir: dir.join("state"), debug: false };
+        let args = ModuleArgs {
+            conf: dir.join("missing"),
+            conf_explicit: true,
+            state_dir: dir.join("state"),
+            debug: false,
+            nss_timeout: users::DEFAULT_NSS_TIMEOUT,
+        };
         let items = LoginItems { user: "root".into(), ..Default::default() };
         let log = Collect::default();
         assert!(open_session(&args, &items, &log).is_some());
@@ -230,8 +286,13 @@ mod tests {
         let dir = temp("dropin");
         std::fs::create_dir(dir.join("policy.d")).unwrap();
         std::fs::write(dir.join("policy.d/10-root.conf"), "user root idle=7m\n").unwrap();
-        let args =
-            ModuleArgs { conf: dir.join("policy"), conf_explicit: true, state_dir: dir.join("state"), debug: false };
+        let args = ModuleArgs {
+            conf: dir.join("policy"),
+            conf_explicit: true,
+            state_dir: dir.join("state"),
+            debug: false,
+            nss_timeout: users::DEFAULT_NSS_TIMEOUT,
+        };
         let items = LoginItems { user: "root".into(), ..Default::default() };
         let log = Collect::default();
         assert!(open_session(&args, &items, &log).is_some());

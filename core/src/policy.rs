@@ -29,6 +29,9 @@ pub const DEFAULT_POLICY_PATH: &str = "/etc/security/sshidle.conf";
 /// is put into the directory. The rest are reported and ignored.
 pub const MAX_DROPINS: usize = 128;
 
+/// What a rule's description ends with when group rules were skipped.
+pub const GROUPS_UNREAD: &str = "(groups unread)";
+
 /// A policy file (main or drop-in) larger than this is reported and ignored.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
@@ -131,14 +134,23 @@ pub struct Policy {
 pub struct Resolution<'a> {
     pub rule: Option<&'a Rule>,
     pub limits: Limits,
+    /// The user's groups could not be read and a `group` rule stood before
+    /// the decision: group rules were skipped (see [`Policy::resolve_with`]).
+    pub groups_skipped: bool,
 }
 
 impl Resolution<'_> {
-    /// `FILE:LINE: selector`, or `none` when no rule matched.
+    /// `FILE:LINE: selector`, or `none` when no rule matched; with
+    /// ` (groups unread)` when group rules were skipped.
     pub fn describe(&self) -> String {
-        match self.rule {
+        let decided = match self.rule {
             Some(rule) => format!("{}:{}: {}", rule.file.display(), rule.line, rule.selector),
             None => "none".to_string(),
+        };
+        if self.groups_skipped {
+            format!("{decided} {GROUPS_UNREAD}")
+        } else {
+            decided
         }
     }
 }
@@ -288,20 +300,34 @@ impl Policy {
     /// user's primary and supplementary groups; it is called at most once, and
     /// only when a `group` rule has to be tested.
     pub fn resolve(&self, user: &str, groups: &mut dyn FnMut() -> Vec<String>) -> Resolution<'_> {
-        let mut group_names: Option<Vec<String>> = None;
+        self.resolve_with(user, &mut || Some(groups()))
+    }
+
+    /// [`Policy::resolve`] when the groups may not be readable (`None`: the
+    /// directory did not answer). Then every `group` rule is skipped, as if
+    /// the user were in none of its groups, and the first `user` or `*` rule
+    /// that matches decides: the answer depends on nothing that was not read,
+    /// and it is the one `sshidlectl explain` shows for that case.
+    pub fn resolve_with(&self, user: &str, groups: &mut dyn FnMut() -> Option<Vec<String>>) -> Resolution<'_> {
+        let mut group_names: Option<Option<Vec<String>>> = None;
+        let mut groups_skipped = false;
         for rule in &self.rules {
             let matched = match &rule.selector {
                 Selector::Any => true,
                 Selector::User(pattern) => wildcard_match(pattern, user),
-                Selector::Group(pattern) => {
-                    group_names.get_or_insert_with(&mut *groups).iter().any(|g| wildcard_match(pattern, g))
-                }
+                Selector::Group(pattern) => match group_names.get_or_insert_with(&mut *groups) {
+                    Some(names) => names.iter().any(|g| wildcard_match(pattern, g)),
+                    None => {
+                        groups_skipped = true;
+                        false
+                    }
+                },
             };
             if matched {
-                return Resolution { rule: Some(rule), limits: rule.limits };
+                return Resolution { rule: Some(rule), limits: rule.limits, groups_skipped };
             }
         }
-        Resolution { rule: None, limits: Limits::default() }
+        Resolution { rule: None, limits: Limits::default(), groups_skipped }
     }
 }
 
@@ -558,6 +584,24 @@ group  contractors    idle=10m  warn=1m  hard=8h
         });
         assert_eq!(calls, 1);
         assert_eq!(r.limits.idle, Some(180));
+    }
+
+    #[test]
+    fn unreadable_groups_skip_group_rules_and_say_so() {
+        let policy = parse("group contractors idle=10m hard=8h\nuser bob idle=1h\ngroup admins idle=2h\n* idle=15m\n");
+        let unread = |user| policy.resolve_with(user, &mut || None);
+        let r = unread("bob");
+        assert_eq!((r.rule.unwrap().line, r.groups_skipped), (2, true));
+        assert_eq!(r.describe(), "/etc/security/sshidle.conf:2: user bob (groups unread)");
+        let r = unread("carol");
+        assert_eq!((r.rule.unwrap().line, r.limits.idle), (4, Some(900)));
+        // No group rule before the decision: nothing was skipped.
+        let policy = parse("user bob idle=1h\ngroup admins idle=2h\n");
+        let r = policy.resolve_with("bob", &mut || None);
+        assert!(!r.groups_skipped);
+        assert_eq!(r.describe(), "/etc/security/sshidle.conf:1: user bob");
+        let r = policy.resolve_with("eve", &mut || None);
+        assert!(r.rule.is_none() && r.groups_skipped && r.limits.is_unlimited());
     }
 
     #[test]

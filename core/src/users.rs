@@ -1,7 +1,22 @@
 //! Account and group lookups through NSS (getpwnam_r, getgrouplist), so that
 //! LDAP/SSSD users and supplementary groups count like local ones.
+//!
+//! A directory that does not answer makes NSS block for as long as its own
+//! timeouts say (nslcd, sssd: often tens of seconds). [`group_names_within`]
+//! bounds that for the login path: the lookup runs in a forked child, and the
+//! caller stops waiting at a deadline of its own.
 
 use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// How long a login waits for the user's groups unless `nss_timeout=` says
+/// otherwise.
+pub const DEFAULT_NSS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most a group lookup may return (names, NUL-separated): far beyond any
+/// real account, small enough to read at once.
+const MAX_GROUPS_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -72,6 +87,176 @@ pub fn group_names(account: &Account) -> Vec<String> {
     gids.into_iter().filter_map(group_name).collect()
 }
 
+/// Why the groups of an account are not known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupsUnknown(pub String);
+
+impl std::fmt::Display for GroupsUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// [`group_names`], but never waiting longer than `timeout`.
+///
+/// The lookup runs in a forked child that writes the names into a pipe; at
+/// the deadline the child is killed and reaped. A fork, not a thread: a
+/// thread stuck in NSS could not be stopped, would outlive the PAM call
+/// inside sshd's monitor (running code of a module that `pam_end` unloads),
+/// and could hold NSS locks across sshd's next fork. The child only does the
+/// lookup and `_exit`s; it dies with its parent (PR_SET_PDEATHSIG) and, as a
+/// last resort, by its own alarm. Meant for single-threaded callers (sshd's
+/// monitor, sshidlectl).
+pub fn group_names_within(account: &Account, timeout: Duration) -> Result<Vec<String>, GroupsUnknown> {
+    let started = Instant::now();
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(GroupsUnknown(format!("pipe: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: pipe2 succeeded; each descriptor is owned exactly once.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the child runs only the lookup below and _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(GroupsUnknown(format!("fork: {}", std::io::Error::last_os_error())));
+    }
+    if pid == 0 {
+        drop(reader);
+        lookup_child(account, &writer, timeout);
+    }
+    drop(writer);
+    let answer = read_until(&reader, started + timeout);
+    reap(pid, answer.is_err());
+    answer.map_err(|why| {
+        GroupsUnknown(match why {
+            ReadEnd::Deadline => format!("NSS did not answer within {:.1}s", timeout.as_secs_f64()),
+            ReadEnd::Incomplete => "the lookup process ended without an answer".to_string(),
+            ReadEnd::Failed(err) => format!("reading the lookup's answer: {err}"),
+        })
+    })
+}
+
+/// In the forked child: look up, write `name\0name\0...\n`, `_exit`. Never
+/// returns and never unwinds into the parent's code.
+fn lookup_child(account: &Account, writer: &OwnedFd, timeout: Duration) -> ! {
+    // SAFETY: plain syscalls on our own process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::signal(libc::SIGALRM, libc::SIG_DFL);
+        libc::alarm(timeout.as_secs().saturating_add(5).min(3600) as libc::c_uint);
+    }
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut answer = Vec::new();
+        for name in group_names(account) {
+            if answer.len() + name.len() + 2 > MAX_GROUPS_BYTES {
+                break;
+            }
+            answer.extend_from_slice(name.as_bytes());
+            answer.push(0);
+        }
+        answer.push(b'\n');
+        write_all(writer, &answer)
+    }));
+    let code = if matches!(outcome, Ok(true)) { 0 } else { 1 };
+    // SAFETY: leave without atexit handlers or stdio flushes of the parent's.
+    unsafe { libc::_exit(code) }
+}
+
+fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        // SAFETY: bytes is a live slice.
+        let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return false;
+        }
+        bytes = &bytes[n as usize..];
+    }
+    true
+}
+
+enum ReadEnd {
+    Deadline,
+    Incomplete,
+    Failed(std::io::Error),
+}
+
+/// Reads the child's answer until end of file or the deadline.
+fn read_until(reader: &OwnedFd, deadline: Instant) -> Result<Vec<String>, ReadEnd> {
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReadEnd::Deadline);
+        }
+        let mut pfd = libc::pollfd { fd: reader.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let wait_ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+        if ready < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(ReadEnd::Failed(err));
+        }
+        if ready == 0 {
+            continue;
+        }
+        // SAFETY: chunk is a live buffer of its length.
+        let n = unsafe { libc::read(reader.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+        match n {
+            0 => break,
+            n if n > 0 => {
+                answer.extend_from_slice(&chunk[..n as usize]);
+                if answer.len() > MAX_GROUPS_BYTES + 1 {
+                    return Err(ReadEnd::Incomplete);
+                }
+            }
+            _ => {
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(ReadEnd::Failed(err));
+            }
+        }
+    }
+    // A complete answer ends with the newline the child writes last.
+    match answer.pop() {
+        Some(b'\n') => Ok(answer
+            .split(|b| *b == 0)
+            .filter(|name| !name.is_empty())
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .collect()),
+        _ => Err(ReadEnd::Incomplete),
+    }
+}
+
+/// Reaps the lookup child, killing it first when it did not answer. Waits at
+/// most a short while: a child SIGKILLed is gone in microseconds, and one
+/// somebody else (a SIGCHLD handler of the host process) reaped is fine too.
+fn reap(pid: libc::pid_t, kill_first: bool) {
+    if kill_first {
+        // SAFETY: pid is our own child, not yet reaped by us.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let until = Instant::now() + Duration::from_millis(200);
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a live int.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if rc != 0 || Instant::now() >= until {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn group_name(gid: u32) -> Option<String> {
     with_nss_buffer(|buf| {
         // SAFETY: as above; gr_name points into buf.
@@ -92,6 +277,25 @@ mod tests {
         assert_eq!(root.uid, 0);
         assert!(group_names(&root).contains(&"root".to_string()));
         assert_eq!(user_name(0).as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn bounded_lookup_answers_like_the_direct_one() {
+        let root = lookup_user("root").expect("root");
+        let started = Instant::now();
+        let bounded = group_names_within(&root, Duration::from_secs(10)).expect("answer");
+        assert_eq!(bounded, group_names(&root));
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn bounded_lookup_gives_up_at_its_deadline() {
+        // A zero deadline can never be met: the child is killed, not waited for.
+        let root = lookup_user("root").expect("root");
+        let started = Instant::now();
+        let err = group_names_within(&root, Duration::ZERO).unwrap_err();
+        assert!(err.0.contains("did not answer within 0.0s"), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
     }
 
     #[test]
