@@ -4,12 +4,18 @@ export CARGO_TERM_COLOR ?= never
 # Where cargo puts its output (honours CARGO_TARGET_DIR).
 TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
 
-.PHONY: all build release test lint install uninstall deps bench build-deps deb
+.PHONY: all build release test test-deps lint install uninstall deps bench build-deps deb
 
 all: build
 
+# Every system package of .ci/packages (the list CI installs too).
 deps:
-	bash .ci/deps
+	sh .ci/deps
+
+# The packages the tests need: installs the missing ones (as root), or stops
+# at once naming them.
+test-deps:
+	@sh .ci/deps --if-missing
 
 build:
 	$(CARGO) build --workspace
@@ -23,7 +29,7 @@ release:
 # recorded in $(SKIPS) and tests cargo reports as ignored.
 SKIPS = $(TARGET_DIR)/sshidle-test-skips.txt
 TEST_LOG = $(TARGET_DIR)/sshidle-test.log
-test: build lint
+test: test-deps build lint
 	@rm -f $(SKIPS)
 	@{ $(CARGO) test --workspace -- --test-threads=4; echo $$? > $(TEST_LOG).rc; } 2>&1 | tee $(TEST_LOG)
 	@skipped=$$(cat $(SKIPS) 2>/dev/null | wc -l); \
@@ -59,7 +65,13 @@ uninstall:
 	@if [ -x /usr/local/sbin/sshidlectl ]; then /usr/local/sbin/sshidlectl uninstall; \
 	else $(TARGET_DIR)/release/sshidlectl uninstall; fi
 
-# The Debian package, in $(TARGET_DIR)/debian/.
+# The Debian package (dpkg-buildpackage, debhelper; cargo builds inside), in
+# $(TARGET_DIR)/debian/, with its -dbgsym, .buildinfo and .changes. Check it
+# with `lintian $(TARGET_DIR)/debian/sshidle_*.changes`.
 deb: build-deps
-	$(CARGO) build --release -p sshidlectl -p pam-sshidle
-	packaging/build-deb.sh $(TARGET_DIR)/release $(TARGET_DIR)/debian
+	@command -v dh >/dev/null 2>&1 && command -v dpkg-buildpackage >/dev/null 2>&1 || { \
+	    echo "make: installing debhelper dpkg-dev"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends debhelper dpkg-dev || \
+	    { apt-get update -q && apt-get install -y -q --no-install-recommends debhelper dpkg-dev; }; }
+	sh packaging/build-deb.sh $(TARGET_DIR)/debian

@@ -34,10 +34,11 @@ pub struct InstallArgs {
     /// next to the sshidlectl binary]
     #[arg(long, value_name = "PATH")]
     pub module: Option<PathBuf>,
-    /// Only add the PAM line to the sshd PAM file; this is what the Debian
-    /// package's maintainer scripts run
+    /// Only the Debian package's share, recorded as the package's: the PAM
+    /// line, and the default policy when there is none (the package's
+    /// postinst runs this)
     #[arg(long)]
-    pub pam_only: bool,
+    pub package: bool,
     /// PAM file of the sshd service
     #[arg(long, value_name = "PATH", default_value = "/etc/pam.d/sshd", hide = true)]
     pub pam_file: PathBuf,
@@ -48,10 +49,11 @@ pub struct UninstallArgs {
     /// Print each action that would be taken; change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Only remove the PAM line from the sshd PAM file; this is what the
-    /// Debian package's maintainer scripts run
+    /// Only what the Debian package's scripts added (the PAM line; the policy
+    /// stays until the package is purged), and the keepalive drop-in (the
+    /// package's prerm runs this)
     #[arg(long)]
-    pub pam_only: bool,
+    pub package: bool,
     /// PAM file of the sshd service
     #[arg(long, value_name = "PATH", default_value = "/etc/pam.d/sshd", hide = true)]
     pub pam_file: PathBuf,
@@ -59,7 +61,7 @@ pub struct UninstallArgs {
 
 impl UninstallArgs {
     fn as_install_args(&self) -> InstallArgs {
-        InstallArgs { dry_run: self.dry_run, module: None, pam_only: self.pam_only, pam_file: self.pam_file.clone() }
+        InstallArgs { dry_run: self.dry_run, module: None, package: self.package, pam_file: self.pam_file.clone() }
     }
 }
 
@@ -85,6 +87,15 @@ pub enum ServiceKind {
     None,
 }
 
+/// Who added what: `sshidlectl install` (the admin) or the Debian package's
+/// maintainer scripts. Each has its own manifest and backups, and takes away
+/// only its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Admin,
+    Package,
+}
+
 /// Every path install touches. `Layout::system` is the real machine; tests
 /// build one under a temporary directory.
 #[derive(Debug, Clone)]
@@ -99,6 +110,8 @@ pub struct Layout {
     /// `$prefix/share`, for the completion scripts.
     pub share_dir: PathBuf,
     pub var_dir: PathBuf,
+    /// Whose manifest this run reads and writes.
+    pub owner: Owner,
     pub init_dir: PathBuf,
     pub systemd_dir: PathBuf,
     pub service: ServiceKind,
@@ -129,6 +142,7 @@ impl Layout {
             man_dir: "/usr/local/share/man".into(),
             share_dir: "/usr/local/share".into(),
             var_dir: MANIFEST_DIR.into(),
+            owner: if args.package { Owner::Package } else { Owner::Admin },
             init_dir: "/etc/init.d".into(),
             systemd_dir: "/etc/systemd/system".into(),
             service,
@@ -140,11 +154,25 @@ impl Layout {
     }
 
     fn manifest_path(&self) -> PathBuf {
-        self.var_dir.join("installed")
+        self.manifest_of(self.owner)
+    }
+
+    fn manifest_of(&self, owner: Owner) -> PathBuf {
+        self.var_dir.join(match owner {
+            Owner::Admin => "installed",
+            Owner::Package => "package",
+        })
+    }
+
+    fn backup_dir(&self) -> PathBuf {
+        self.var_dir.join(match self.owner {
+            Owner::Admin => "backup",
+            Owner::Package => "package-backup",
+        })
     }
 
     fn backup_path(&self, path: &Path) -> PathBuf {
-        self.var_dir.join("backup").join(path.strip_prefix("/").unwrap_or(path))
+        self.backup_dir().join(path.strip_prefix("/").unwrap_or(path))
     }
 
     /// The sshidlectl the service runs: the running one when it already lives
@@ -368,13 +396,24 @@ fn session_module(line: &str) -> Option<&str> {
 }
 
 /// Whether the PAM file already loads pam_sshidle.so in its session stack.
-pub fn pam_has_module(text: &str) -> bool {
-    text.lines().filter_map(session_module).any(|m| m.rsplit('/').next() == Some("pam_sshidle.so"))
+pub fn pam_has_module(text: &[u8]) -> bool {
+    pam_lines(text).any(|l| is_our_module(&String::from_utf8_lossy(l)))
+}
+
+/// The lines of a PAM file as raw bytes, each with its newline. PAM files are
+/// not always UTF-8 (an admin's Latin-1 comment): lines are classified from a
+/// lossy copy, but everything written back is the original bytes.
+fn pam_lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    text.split_inclusive(|b| *b == b'\n')
+}
+
+fn is_our_module(line: &str) -> bool {
+    session_module(line).is_some_and(|m| m.rsplit('/').next() == Some("pam_sshidle.so"))
 }
 
 /// Adds our marked block after the last session line (at the end when there is
 /// none). `None` when the file already loads the module.
-pub fn pam_add(text: &str, pam_line: &str) -> Option<String> {
+pub fn pam_add(text: &[u8], pam_line: &str) -> Option<Vec<u8>> {
     if pam_has_module(text) {
         return None;
     }
@@ -382,44 +421,45 @@ pub fn pam_add(text: &str, pam_line: &str) -> Option<String> {
     // Byte offsets of the end of each line (after its newline, if any).
     let mut insert_at = None;
     let mut offset = 0;
-    for line in text.split_inclusive('\n') {
+    for line in pam_lines(text) {
         offset += line.len();
-        if is_session_line(line) {
+        if is_session_line(&String::from_utf8_lossy(line)) {
             insert_at = Some(offset);
         }
     }
     let at = insert_at.unwrap_or(text.len());
-    let mut out = String::with_capacity(text.len() + block.len() + 1);
-    out.push_str(&text[..at]);
-    if at == text.len() && !text.is_empty() && !text.ends_with('\n') {
+    let mut out = Vec::with_capacity(text.len() + block.len() + 1);
+    out.extend_from_slice(&text[..at]);
+    if at == text.len() && !text.is_empty() && !text.ends_with(b"\n") {
         // The last line has no newline: ours go on lines of their own, and
         // the file still ends without one, so that removal restores it exactly.
-        out.push('\n');
-        out.push_str(block.trim_end_matches('\n'));
+        out.push(b'\n');
+        out.extend_from_slice(block.trim_end_matches('\n').as_bytes());
     } else {
-        out.push_str(&block);
+        out.extend_from_slice(block.as_bytes());
     }
-    out.push_str(&text[at..]);
+    out.extend_from_slice(&text[at..]);
     Some(out)
 }
 
-/// Removes the block `pam_add` wrote. `None` when it is not there.
-pub fn pam_remove(text: &str) -> Option<String> {
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+/// Removes the block `pam_add` wrote, leaving every other byte as it is
+/// (also lines the admin added or changed since). `None` when it is not there.
+pub fn pam_remove(text: &[u8]) -> Option<Vec<u8>> {
+    let lines: Vec<&[u8]> = pam_lines(text).collect();
     let mut offset = 0;
     for (i, line) in lines.iter().enumerate() {
-        if line.trim_end_matches('\n') == PAM_MARKER {
+        if line.strip_suffix(b"\n").unwrap_or(line) == PAM_MARKER.as_bytes() {
             if let Some(next) = lines.get(i + 1) {
-                if session_module(next).is_some_and(|m| m.rsplit('/').next() == Some("pam_sshidle.so")) {
+                if is_our_module(&String::from_utf8_lossy(next)) {
                     let end = offset + line.len() + next.len();
-                    let mut out = String::with_capacity(text.len());
-                    if !next.ends_with('\n') && offset > 0 {
+                    let mut out = Vec::with_capacity(text.len());
+                    if !next.ends_with(b"\n") && offset > 0 {
                         // Added at the end of a file without a final newline.
-                        out.push_str(&text[..offset - 1]);
+                        out.extend_from_slice(&text[..offset - 1]);
                     } else {
-                        out.push_str(&text[..offset]);
+                        out.extend_from_slice(&text[..offset]);
                     }
-                    out.push_str(&text[end..]);
+                    out.extend_from_slice(&text[end..]);
                     return Some(out);
                 }
             }
@@ -657,12 +697,33 @@ fn sshd_uses_pam() -> Option<bool> {
 pub fn uninstall(cli: &Cli, args: &UninstallArgs) -> u8 {
     let args = args.as_install_args();
     match Layout::system(cli, &args) {
-        Ok(layout) => uninstall_with(&layout, &args),
+        Ok(layout) => {
+            let code = uninstall_with(&layout, &args);
+            code.max(remove_keepalive(cli, args.dry_run))
+        }
         Err(e) => {
             eprintln!("sshidlectl: {e}");
             EXIT_PROBLEM
         }
     }
+}
+
+/// `keepalive --off`: what `sshidlectl keepalive` wrote into sshd's
+/// configuration goes with the rest (checked with `sshd -t`, sshd reloaded),
+/// or stays, and uninstall says why.
+fn remove_keepalive(cli: &Cli, dry_run: bool) -> u8 {
+    if !Path::new(crate::keepalive::DEFAULT_SSHD_CONFIG).exists() {
+        return EXIT_OK;
+    }
+    println!("keepalive: removing what sshidlectl keepalive wrote into sshd's configuration");
+    let code = crate::keepalive::remove(cli, dry_run);
+    if code != EXIT_OK {
+        eprintln!(
+            "sshidlectl: kept sshd's keepalive settings from sshidle (see above); \
+             `sshidlectl keepalive --off` takes them away once that is fixed"
+        );
+    }
+    code
 }
 
 /// Keeps two installs or uninstalls (or an install and a package script)
@@ -689,7 +750,7 @@ fn lock_installation(layout: &Layout, dry_run: bool) -> Result<Option<fs::File>,
 }
 
 pub fn install_with(layout: &Layout, args: &InstallArgs) -> u8 {
-    if !args.dry_run && !args.pam_only && unsafe { libc::geteuid() } != 0 && layout.service != ServiceKind::None {
+    if !args.dry_run && !args.package && unsafe { libc::geteuid() } != 0 && layout.service != ServiceKind::None {
         eprintln!("sshidlectl: install must run as root (try --dry-run to see what it would do)");
         return EXIT_PROBLEM;
     }
@@ -700,7 +761,7 @@ pub fn install_with(layout: &Layout, args: &InstallArgs) -> u8 {
             return EXIT_PROBLEM;
         }
     };
-    let result = if args.pam_only { install_pam_line(&mut run) } else { install_steps(&mut run, args) };
+    let result = if args.package { install_package_share(&mut run) } else { install_steps(&mut run, args) };
     if let Err(e) = result {
         run.fail(&e);
     }
@@ -710,7 +771,7 @@ pub fn install_with(layout: &Layout, args: &InstallArgs) -> u8 {
         }
         return EXIT_PROBLEM;
     }
-    if !args.dry_run && !args.pam_only {
+    if !args.dry_run && !args.package {
         println!(
             "sshidle is installed. The policy is {} (see sshidle.conf(5); `sshidlectl check` validates it, \
              `sshidlectl explain USER` shows who gets what); `sshidlectl status` lists the sessions; \
@@ -765,19 +826,7 @@ fn install_steps(run: &mut Run, args: &InstallArgs) -> Result<(), String> {
     }
 
     // 4. A default policy, only when there is none.
-    if layout.policy.exists() {
-        println!("unchanged: policy {} (an existing policy is never overwritten)", layout.policy.display());
-    } else {
-        if let Some(parent) = layout.policy.parent() {
-            run.ensure_dir(parent).map_err(io(parent))?;
-        }
-        run.say(&format!("install default policy {}", layout.policy.display()));
-        if !run.dry_run {
-            write_atomic(&layout.policy, DEFAULT_POLICY.as_bytes(), 0o644, None).map_err(io(&layout.policy))?;
-        }
-        run.record(Entry::Policy(layout.policy.clone(), fnv1a(DEFAULT_POLICY.as_bytes())))
-            .map_err(io(&layout.manifest_path()))?;
-    }
+    install_default_policy(run)?;
 
     // 5. The state directory is made by the first login; if there is none
     // yet, uninstall clears it away again.
@@ -792,12 +841,46 @@ fn install_steps(run: &mut Run, args: &InstallArgs) -> Result<(), String> {
     install_service(run)
 }
 
+/// What the Debian package's postinst adds (the package's files are dpkg's):
+/// a default policy when there is none (not a conffile, so that an admin's
+/// policy left by `uninstall` never stops dpkg at a conffile prompt), then
+/// the PAM line.
+fn install_package_share(run: &mut Run) -> Result<(), String> {
+    install_default_policy(run)?;
+    if !run.layout.pam_file.is_file() {
+        println!(
+            "note: no {} (is openssh-server installed?); once it is, `sshidlectl install --package` adds the PAM line",
+            run.layout.pam_file.display()
+        );
+        return Ok(());
+    }
+    install_pam_line(run)
+}
+
+fn install_default_policy(run: &mut Run) -> Result<(), String> {
+    let layout = run.layout;
+    let io = io_err;
+    if layout.policy.exists() {
+        println!("unchanged: policy {} (an existing policy is never overwritten)", layout.policy.display());
+    } else {
+        if let Some(parent) = layout.policy.parent() {
+            run.ensure_dir(parent).map_err(io(parent))?;
+        }
+        run.say(&format!("install default policy {}", layout.policy.display()));
+        if !run.dry_run {
+            write_atomic(&layout.policy, DEFAULT_POLICY.as_bytes(), 0o644, None).map_err(io(&layout.policy))?;
+        }
+        run.record(Entry::Policy(layout.policy.clone(), fnv1a(DEFAULT_POLICY.as_bytes())))
+            .map_err(io(&layout.manifest_path()))?;
+    }
+    Ok(())
+}
+
 fn install_pam_line(run: &mut Run) -> Result<(), String> {
     let layout = run.layout;
     let pam_file = &layout.pam_file;
     let real = fs::canonicalize(pam_file).map_err(|e| format!("{}: {e}", pam_file.display()))?;
-    let bytes = fs::read(&real).map_err(|e| format!("{}: {e}", real.display()))?;
-    let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text; not edited", real.display()))?;
+    let text = fs::read(&real).map_err(|e| format!("{}: {e}", real.display()))?;
     let line = layout.pam_line();
     let Some(new_text) = pam_add(&text, &line) else {
         println!("unchanged: {} already loads pam_sshidle.so", pam_file.display());
@@ -813,8 +896,8 @@ fn install_pam_line(run: &mut Run) -> Result<(), String> {
         let meta = fs::metadata(&real).map_err(|e| format!("{}: {e}", real.display()))?;
         let io = |e: std::io::Error| format!("{}: {e}", backup.display());
         fs::create_dir_all(backup.parent().unwrap_or(Path::new("/"))).map_err(io)?;
-        write_atomic(&backup, text.as_bytes(), meta.mode() & 0o7777, None).map_err(io)?;
-        write_atomic(&real, new_text.as_bytes(), meta.mode() & 0o7777, Some((meta.uid(), meta.gid())))
+        write_atomic(&backup, &text, meta.mode() & 0o7777, None).map_err(io)?;
+        write_atomic(&real, &new_text, meta.mode() & 0o7777, Some((meta.uid(), meta.gid())))
             .map_err(|e| format!("{}: {e}", real.display()))?;
     }
     run.record(Entry::PamLine(pam_file.clone(), backup)).map_err(|e| format!("manifest: {e}"))
@@ -893,12 +976,27 @@ pub fn uninstall_with(layout: &Layout, args: &InstallArgs) -> u8 {
         }
     };
     let had_pam_entry = run.manifest.entries.iter().any(|e| matches!(e, Entry::PamLine(..)));
-    if run.manifest.entries.is_empty() && !args.pam_only {
+    // What the package's scripts added is the package's to take away.
+    let package_manifest = match layout.owner {
+        Owner::Admin => fs::read_to_string(layout.manifest_of(Owner::Package)).ok().map(|t| Manifest::parse(&t)),
+        Owner::Package => None,
+    };
+    let package_has_pam = package_manifest.iter().flat_map(|m| &m.entries).any(|e| matches!(e, Entry::PamLine(..)));
+    if run.manifest.entries.is_empty() && layout.owner == Owner::Admin {
         println!("nothing recorded in {}: sshidlectl install has not run here", layout.manifest_path().display());
+    }
+    if package_manifest.is_some() {
+        println!(
+            "note: the sshidle package added {}the default policy its scripts wrote; \
+             `dpkg -r sshidle` takes the PAM line away, `dpkg -P sshidle` the rest",
+            if package_has_pam { "the PAM line in /etc/pam.d/sshd and " } else { "" }
+        );
     }
     let entries: Vec<Entry> = run.manifest.entries.iter().rev().cloned().collect();
     for entry in entries {
-        if args.pam_only && !matches!(entry, Entry::PamLine(..)) {
+        // The package's policy stays until the package is purged (its postrm
+        // removes it), as a conffile would.
+        if layout.owner == Owner::Package && matches!(entry, Entry::Policy(..)) {
             continue;
         }
         match undo(&mut run, &entry) {
@@ -914,15 +1012,16 @@ pub fn uninstall_with(layout: &Layout, args: &InstallArgs) -> u8 {
         }
     }
     // No record, but our marked block is there (an earlier version, or the
-    // record was lost): it is unambiguously ours, take it out too.
-    if !had_pam_entry {
+    // record was lost): it is unambiguously ours, take it out too, unless the
+    // package's record says it is the package's.
+    if !had_pam_entry && !package_has_pam {
         let entry = Entry::PamLine(layout.pam_file.clone(), layout.backup_path(&layout.pam_file));
         if let Err(e) = undo(&mut run, &entry) {
             run.fail(&e);
         }
     }
     if !run.dry_run && run.manifest.entries.is_empty() {
-        let _ = fs::remove_dir_all(layout.var_dir.join("backup"));
+        let _ = fs::remove_dir_all(layout.backup_dir());
         let _ = fs::remove_dir(&layout.var_dir);
     }
     if run.problems > 0 {
@@ -996,14 +1095,13 @@ fn undo(run: &mut Run, entry: &Entry) -> Result<(), String> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(format!("{}: {e}", pam_file.display())),
             };
-            let bytes = fs::read(&real).map_err(err(&real))?;
-            let text = String::from_utf8_lossy(&bytes);
+            let text = fs::read(&real).map_err(err(&real))?;
             match pam_remove(&text) {
                 Some(new_text) => {
                     run.say(&format!("remove the pam_sshidle.so line from {}", pam_file.display()));
                     if !dry {
                         let meta = fs::metadata(&real).map_err(err(&real))?;
-                        write_atomic(&real, new_text.as_bytes(), meta.mode() & 0o7777, Some((meta.uid(), meta.gid())))
+                        write_atomic(&real, &new_text, meta.mode() & 0o7777, Some((meta.uid(), meta.gid())))
                             .map_err(err(&real))?;
                     }
                 }
@@ -1080,18 +1178,26 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
 
     const LINE: &str = "session    optional     pam_sshidle.so";
 
+    /// Test helpers over text: the functions work on bytes.
+    fn add(text: &str) -> Option<String> {
+        pam_add(text.as_bytes(), LINE).map(|b| String::from_utf8(b).unwrap())
+    }
+    fn remove(text: &str) -> Option<String> {
+        pam_remove(text.as_bytes()).map(|b| String::from_utf8(b).unwrap())
+    }
+
     #[test]
     fn pam_line_goes_after_the_last_session_line_and_comes_out_exactly() {
-        let added = pam_add(DEBIAN_SSHD, LINE).expect("added");
+        let added = add(DEBIAN_SSHD).expect("added");
         let expected_tail = format!(
             "pam_selinux.so open\n{PAM_MARKER}\n{LINE}\n\n# Standard Un*x password updating.\n@include common-password\n"
         );
         assert!(added.ends_with(&expected_tail), "{added}");
         assert!(added.starts_with(&DEBIAN_SSHD[..DEBIAN_SSHD.find("pam_selinux.so open").unwrap()]));
-        assert!(pam_has_module(&added));
-        assert_eq!(pam_add(&added, LINE), None, "idempotent");
-        assert_eq!(pam_remove(&added).as_deref(), Some(DEBIAN_SSHD));
-        assert_eq!(pam_remove(DEBIAN_SSHD), None);
+        assert!(pam_has_module(added.as_bytes()));
+        assert_eq!(add(&added), None, "idempotent");
+        assert_eq!(remove(&added).as_deref(), Some(DEBIAN_SSHD));
+        assert_eq!(remove(DEBIAN_SSHD), None);
     }
 
     #[test]
@@ -1105,15 +1211,33 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
             "@include common-session\n",
             "#session optional pam_sshidle.so\nsession required pam_env.so\n",
         ] {
-            let added = pam_add(original, LINE).unwrap_or_else(|| panic!("not added to {original:?}"));
-            assert!(pam_has_module(&added), "{added:?}");
-            assert_eq!(pam_remove(&added).as_deref(), Some(original), "from {added:?}");
+            let added = add(original).unwrap_or_else(|| panic!("not added to {original:?}"));
+            assert!(pam_has_module(added.as_bytes()), "{added:?}");
+            assert_eq!(remove(&added).as_deref(), Some(original), "from {added:?}");
         }
         // The line after the last session line, even with no newline at the end.
         assert_eq!(
-            pam_add("session required pam_unix.so", LINE).unwrap(),
+            add("session required pam_unix.so").unwrap(),
             format!("session required pam_unix.so\n{PAM_MARKER}\n{LINE}")
         );
+    }
+
+    #[test]
+    fn non_utf8_bytes_and_the_admins_later_edits_survive_add_and_remove() {
+        // A Latin-1 comment (0xe9) and a stray 0xff: not UTF-8.
+        let original: &[u8] = b"# caf\xe9 \xff\nauth required pam_unix.so\nsession required pam_env.so\n# end\n";
+        let added = pam_add(original, LINE).expect("added");
+        assert!(added.starts_with(b"# caf\xe9 \xff\n"), "{:?}", String::from_utf8_lossy(&added));
+        // The admin edits the file afterwards: a line above ours and one below,
+        // with more non-UTF-8 bytes.
+        let mut edited = b"# edited by the admin \xfe\n".to_vec();
+        edited.extend_from_slice(&added);
+        edited.extend_from_slice(b"session optional pam_motd.so \xe8\n");
+        let removed = pam_remove(&edited).expect("our block found");
+        let mut expected = b"# edited by the admin \xfe\n".to_vec();
+        expected.extend_from_slice(original);
+        expected.extend_from_slice(b"session optional pam_motd.so \xe8\n");
+        assert_eq!(removed, expected);
     }
 
     #[test]
@@ -1124,11 +1248,11 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
             "-session [default=ignore] pam_sshidle.so\n",
             "session [success=ok default=ignore] pam_sshidle.so\n",
         ] {
-            assert!(pam_has_module(text), "{text}");
-            assert_eq!(pam_add(text, LINE), None);
-            assert_eq!(pam_remove(text), None, "not ours to remove");
+            assert!(pam_has_module(text.as_bytes()), "{text}");
+            assert_eq!(add(text), None);
+            assert_eq!(remove(text), None, "not ours to remove");
         }
-        assert!(!pam_has_module("# session optional pam_sshidle.so\nauth optional pam_sshidle.so\n"));
+        assert!(!pam_has_module(b"# session optional pam_sshidle.so\nauth optional pam_sshidle.so\n"));
     }
 
     #[test]
@@ -1183,6 +1307,7 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
             man_dir: root.join("usr/local/share/man"),
             share_dir: root.join("usr/local/share"),
             var_dir: root.join("var/lib/sshidle"),
+            owner: Owner::Admin,
             init_dir: root.join("etc/init.d"),
             systemd_dir: root.join("etc/systemd/system"),
             service: ServiceKind::None,
@@ -1194,7 +1319,7 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
     }
 
     fn args(dry_run: bool) -> InstallArgs {
-        InstallArgs { dry_run, module: None, pam_only: false, pam_file: "/unused".into() }
+        InstallArgs { dry_run, module: None, package: false, pam_file: "/unused".into() }
     }
 
     /// Every path under root with its mode and content.
@@ -1308,24 +1433,60 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
     }
 
     #[test]
-    fn existing_policy_is_never_overwritten_and_pam_only_touches_only_pam() {
-        let root = temp_root("pamonly");
+    fn existing_policy_is_never_overwritten_and_the_package_touches_only_pam() {
+        let root = temp_root("pkgpolicy");
         let policy = root.0.join("etc/security/sshidle.conf");
         fs::write(&policy, "* idle=1h\n").unwrap();
         let before = snapshot(&root.0);
-        let layout = layout(&root.0);
-        let pam_only = InstallArgs { pam_only: true, ..args(false) };
-        assert_eq!(install_with(&layout, &pam_only), EXIT_OK);
+        let package = Layout { owner: Owner::Package, ..layout(&root.0) };
+        let package_args = InstallArgs { package: true, ..args(false) };
+        assert_eq!(install_with(&package, &package_args), EXIT_OK);
         let after = snapshot(&root.0);
         let changed: Vec<&PathBuf> =
             after.keys().filter(|k| before.get(*k) != after.get(*k) && !k.starts_with("var")).collect();
         assert_eq!(changed, vec![&PathBuf::from("etc/pam.d/sshd")]);
-        assert_eq!(uninstall_with(&layout, &pam_only), EXIT_OK);
+        assert!(root.0.join("var/lib/sshidle/package").is_file(), "recorded as the package's");
+        assert_eq!(uninstall_with(&package, &package_args), EXIT_OK);
         assert_eq!(snapshot(&root.0), before);
 
-        assert_eq!(install_with(&layout, &args(false)), EXIT_OK);
+        let admin = layout(&root.0);
+        assert_eq!(install_with(&admin, &args(false)), EXIT_OK);
         assert_eq!(fs::read_to_string(&policy).unwrap(), "* idle=1h\n");
-        assert_eq!(uninstall_with(&layout, &args(false)), EXIT_OK);
+        assert_eq!(uninstall_with(&admin, &args(false)), EXIT_OK);
+        assert_eq!(snapshot(&root.0), before);
+    }
+
+    #[test]
+    fn package_and_admin_each_take_away_only_their_own() {
+        let root = temp_root("owners");
+        let before = snapshot(&root.0);
+        let package = Layout { owner: Owner::Package, ..layout(&root.0) };
+        let package_args = InstallArgs { package: true, ..args(false) };
+        let admin = layout(&root.0);
+        let policy = root.0.join("etc/security/sshidle.conf");
+
+        // postinst: the PAM line and a default policy, the package's.
+        assert_eq!(install_with(&package, &package_args), EXIT_OK);
+        assert_eq!(fs::read_to_string(&policy).unwrap(), DEFAULT_POLICY);
+        let pam_with_line = fs::read(root.0.join("etc/pam.d/sshd")).unwrap();
+        assert!(pam_has_module(&pam_with_line));
+        // The admin's uninstall leaves the package's PAM line and policy alone.
+        assert_eq!(uninstall_with(&admin, &args(false)), EXIT_OK);
+        assert_eq!(fs::read(root.0.join("etc/pam.d/sshd")).unwrap(), pam_with_line, "the package's PAM line kept");
+        assert_eq!(fs::read_to_string(&policy).unwrap(), DEFAULT_POLICY, "the package's policy kept");
+        // prerm remove: the PAM line goes, the policy stays (for purge), and
+        // a reinstall (postinst again) is quiet and complete.
+        assert_eq!(uninstall_with(&package, &package_args), EXIT_OK);
+        assert_eq!(fs::read_to_string(root.0.join("etc/pam.d/sshd")).unwrap(), DEBIAN_SSHD);
+        assert_eq!(fs::read_to_string(&policy).unwrap(), DEFAULT_POLICY);
+        let manifest = fs::read_to_string(root.0.join("var/lib/sshidle/package")).unwrap();
+        assert!(manifest.contains(&format!("policy\t{}\t", policy.display())), "{manifest}");
+        assert_eq!(install_with(&package, &package_args), EXIT_OK);
+        assert_eq!(fs::read(root.0.join("etc/pam.d/sshd")).unwrap(), pam_with_line);
+        assert_eq!(uninstall_with(&package, &package_args), EXIT_OK);
+        // postrm purge removes the policy and the package's record.
+        fs::remove_file(&policy).unwrap();
+        fs::remove_dir_all(root.0.join("var/lib/sshidle")).unwrap();
         assert_eq!(snapshot(&root.0), before);
     }
 

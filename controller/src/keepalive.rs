@@ -146,6 +146,20 @@ pub fn run(cli: &Cli, args: &KeepaliveArgs) -> u8 {
     }
 }
 
+/// `keepalive --off` on the system's sshd configuration (for `uninstall`).
+pub fn remove(cli: &Cli, dry_run: bool) -> u8 {
+    let args = KeepaliveArgs {
+        interval: None,
+        count_max: None,
+        sshd_config: DEFAULT_SSHD_CONFIG.into(),
+        dry_run,
+        no_reload: false,
+        show: false,
+        off: true,
+    };
+    run(cli, &args)
+}
+
 fn error(message: &str) {
     for line in message.lines() {
         eprintln!("sshidlectl: {line}");

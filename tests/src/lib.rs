@@ -5,8 +5,10 @@
 //! parallel threads.
 
 pub mod accounts;
+pub mod deb;
 pub mod journal;
 pub mod pam;
+pub mod private_system;
 pub mod sshd;
 pub mod syslog;
 pub mod tmux;

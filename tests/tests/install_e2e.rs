@@ -6,16 +6,20 @@
 //! byte for byte and removes every file it added; the `.deb` install / remove /
 //! purge round trip; the man pages render without warnings.
 //!
-//! These are the only tests that touch `/etc/pam.d/sshd` and the system's
-//! directories, so they all run in ONE test function, in sequence, and a guard
-//! puts everything back on drop, also when an assertion fails.
+//! These are the only tests that change `/etc/pam.d/sshd` and the system's
+//! directories, so they run in ONE test function, in sequence, and in a
+//! system of its own (`private_system`: private mount and PID namespaces,
+//! overlays over the directories they change): a real installation of sshidle
+//! on this machine keeps running and enforcing, and is exactly as it was
+//! afterwards, which the test checks from outside.
 
+use sshidle_tests::private_system;
 use sshidle_tests::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PAM_FILE: &str = "/etc/pam.d/sshd";
 const POLICY: &str = "/etc/security/sshidle.conf";
@@ -92,6 +96,28 @@ fn snapshot() -> BTreeMap<String, String> {
     out
 }
 
+/// Every file under `dir`, with type, mode, owner and a content hash.
+fn snapshot_of(dir: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::from(dir)];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            let content = if meta.is_file() { fnv(&std::fs::read(&path).unwrap_or_default()) } else { 0 };
+            out.insert(
+                path.display().to_string(),
+                format!("{content:016x} mode={:o} owner={}:{}", meta.mode(), meta.uid(), meta.gid()),
+            );
+        }
+    }
+    out
+}
+
 fn differences(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
     keys.sort();
@@ -107,6 +133,14 @@ fn package_installed() -> bool {
         .args(["-W", "-f", "${db:Status-Status}", "sshidle"])
         .output()
         .map(|o| o.status.success() && !o.stdout.is_empty() && o.stdout != b"not-installed")
+        .unwrap_or(false)
+}
+
+fn package_configured() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", "sshidle"])
+        .output()
+        .map(|o| o.stdout == b"install ok installed")
         .unwrap_or(false)
 }
 
@@ -257,6 +291,37 @@ fn sessions_of(user: &str) -> Vec<serde_json::Value> {
     rows.into_iter().filter(|r| r["user"] == user).collect()
 }
 
+/// A session as the module recorded it in the state journal.
+#[derive(Debug, Clone, PartialEq)]
+struct Recorded {
+    pid: String,
+    start: String,
+    login: i64,
+}
+
+/// The journal's lines of one kind (`open`, `warned`), as field maps.
+fn journal_lines(kind: &str) -> Vec<BTreeMap<String, String>> {
+    let bytes = std::fs::read(format!("{STATE_DIR}/sessions")).unwrap_or_default();
+    text(&bytes)
+        .lines()
+        .filter_map(|l| l.strip_prefix(kind).and_then(|rest| rest.strip_prefix('\t')))
+        .map(|fields| fields.split('\t').filter_map(|f| f.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
+        .collect()
+}
+
+/// The `open` line the module wrote for `user`'s login, if any.
+fn recorded_open(user: &str) -> Option<Recorded> {
+    journal_lines("open").into_iter().find(|f| f.get("user").map(String::as_str) == Some(user)).map(|f| Recorded {
+        pid: f["pid"].clone(),
+        start: f["start"].clone(),
+        login: f["login"].parse().expect("login time"),
+    })
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64()
+}
+
 /// Checks the PAM file is the original plus our two lines, after every other
 /// session line.
 fn assert_pam_line_added(original: &[u8]) {
@@ -284,11 +349,17 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     if !e2e_enabled() {
         return;
     }
-    assert!(
-        !Path::new(MANIFEST).exists() && !package_installed(),
-        "sshidle is installed on this machine and this test would remove it: take it away first \
-         (`sshidlectl uninstall`, or `dpkg -P sshidle`)"
-    );
+    if !private_system::inside() {
+        // On the real system: run in a private one, and check that the real
+        // system (and an installation of sshidle on it) is untouched.
+        let before = snapshot();
+        let enforcer = enforcer_pid();
+        private_system::run("install_login_enforce_uninstall_and_deb_round_trip");
+        assert_eq!(differences(&before, &snapshot()), Vec::<String>::new(), "the test changed the real system");
+        assert_eq!(enforcer_pid(), enforcer, "the real enforcer was disturbed");
+        return;
+    }
+    private_system::set_up();
     ensure_runtime_dirs();
     let guard = SystemGuard::take();
     let before = snapshot();
@@ -343,54 +414,106 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     let user = TestUser::create("sii", &[]);
     std::fs::write(POLICY, format!("user {} idle=5s warn=2s\n", user.name)).unwrap();
     let sshd = SystemSshd::start(&user);
-    let started = Instant::now();
+    // The module's close_session logs to syslog: the witness that the session
+    // ended through sshd's PAM path.
+    let syslog = SyslogCapture::start();
+    let journal = sshidle_tests::journal::JournalWatch::start(Path::new(STATE_DIR));
     let mut client = sshd.ssh(&user.name, "sleep 120");
-    let recorded = wait_until(Duration::from_secs(10), || !sessions_of(&user.name).is_empty());
+    let mut session = None;
+    let recorded = wait_until(Duration::from_secs(10), || {
+        session = recorded_open(&user.name);
+        session.is_some()
+    });
     assert!(recorded, "login not recorded in {STATE_DIR}; sshd log:\n{}", sshd.log());
+    let session = session.expect("recorded");
     let row = sessions_of(&user.name).remove(0);
     assert_eq!(row["service"], "sshd", "{row}");
     assert_eq!(row["idle_limit_secs"], 5, "{row}");
+    assert_eq!(row["login_time"], session.login, "{row}");
     let ended = wait_until(Duration::from_secs(60), || matches!(client.try_wait(), Ok(Some(_))));
-    let took = started.elapsed();
+    let ended_at = unix_now();
     if !ended {
         let _ = client.kill();
     }
     let _ = client.wait();
     assert!(ended, "the idle session was not disconnected within 60 s; sshd log:\n{}", sshd.log());
-    assert!(took >= Duration::from_secs(5), "disconnected after {took:?}, before its 5 s idle limit");
-    eprintln!("idle=5s session disconnected {took:?} after login");
+    // The login was recorded in whole seconds (the real instant is within the
+    // second after). Not before the 5 s limit; at most a few seconds after it:
+    // the enforcer's sweep, I/O sampling, a loaded machine.
+    let past_login = ended_at - session.login as f64;
+    eprintln!("idle=5s session disconnected {past_login:.1} s after its recorded login");
+    assert!(past_login >= 5.0, "disconnected {past_login:.1} s after login, before its 5 s idle limit");
+    assert!(past_login <= 5.0 + 1.0 + 8.0, "disconnected {past_login:.1} s after login: 5 s limit overshot");
+    journal.assert_closed(session.pid.parse().expect("pid"), Duration::from_secs(10));
+    let closed = format!("session {} of {} closed: ended by sshidle: idle", session.pid, user.name);
+    assert!(
+        syslog.wait_for(&closed, Duration::from_secs(10)).is_some(),
+        "close_session did not log {closed:?}: {:#?}\nsshd log:\n{}",
+        syslog.messages(),
+        sshd.log()
+    );
+    drop(syslog);
     let prom = ctl(Path::new(INSTALLED_CTL), &["status", "--format", "prometheus"]);
     assert!(
         text(&prom.stdout).contains("sshidle_disconnects_total{cause=\"idle\"} 1\n"),
         "the disconnect is counted: {}",
         describe(&prom)
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || sessions_of(&user.name).is_empty()),
-        "record left after the disconnect"
-    );
     drop(sshd);
 
-    // Uninstall: back byte for byte; the edited policy is kept.
+    // The admin edits /etc/pam.d/sshd after install, with bytes that are not
+    // UTF-8 (a Latin-1 comment): uninstall takes out our two lines only.
+    let installed_pam = std::fs::read(PAM_FILE).unwrap();
+    let mut edited = b"# edited by the admin after install: caf\xe9\n".to_vec();
+    edited.extend_from_slice(&installed_pam);
+    edited.extend_from_slice(b"# \xff end of the admin's edit\n");
+    std::fs::write(PAM_FILE, &edited).unwrap();
+
+    // Uninstall: back byte for byte (with the admin's edit); the edited policy is kept.
     let out = ctl(Path::new(INSTALLED_CTL), &["uninstall"]);
     assert!(out.status.success(), "uninstall: {}", describe(&out));
     assert!(text(&out.stdout).contains("kept: policy"), "{}", describe(&out));
-    assert_eq!(std::fs::read(PAM_FILE).unwrap(), guard.pam, "/etc/pam.d/sshd not restored byte for byte");
+    let mut expected = b"# edited by the admin after install: caf\xe9\n".to_vec();
+    expected.extend_from_slice(&guard.pam);
+    expected.extend_from_slice(b"# \xff end of the admin's edit\n");
+    assert_eq!(
+        std::fs::read(PAM_FILE).unwrap(),
+        expected,
+        "/etc/pam.d/sshd: not the admin's file byte for byte after uninstall"
+    );
+    std::fs::write(PAM_FILE, &guard.pam).unwrap();
     assert!(std::fs::read_to_string(POLICY).unwrap().starts_with("user "), "edited policy kept");
-    std::fs::remove_file(POLICY).unwrap();
     assert!(wait_until(Duration::from_secs(5), || !process_alive(pid)), "enforcer {pid} still running");
-    assert_eq!(differences(&before, &snapshot()), Vec::<String>::new(), "uninstall left something behind");
+    let left = differences(&before, &snapshot());
+    assert!(
+        left.len() == 1 && left[0].starts_with("/etc/security/sshidle.conf:"),
+        "uninstall left more than the edited policy: {left:#?}"
+    );
 
-    // The Debian package: install, remove, purge.
-    let debs = TempDir::new("deb");
-    let out = run(Command::new(workspace_root().join("packaging/build-deb.sh")).arg(target_dir()).arg(&debs.path));
-    let deb = text(&out.stdout).lines().last().expect("deb path").to_string();
-    let out = run(Command::new("dpkg").args(["-i", &deb]));
-    assert!(package_installed(), "{}", describe(&out));
+    // The Debian package. The admin's edited policy, kept by uninstall, is
+    // still there: a non-interactive dpkg -i must not stop at a prompt (the
+    // policy is not a conffile) and must leave it alone.
+    let admins_policy = std::fs::read(POLICY).unwrap();
+    let ssh_before = snapshot_of("/etc/ssh");
+    let deb = sshidle_tests::deb::built_deb();
+    let dpkg = |args: &[&str]| {
+        let out = Command::new("dpkg")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()
+            .expect("dpkg");
+        assert!(out.status.success(), "dpkg {args:?}: {}", describe(&out));
+        out
+    };
+    let deb_arg = deb.display().to_string();
+    dpkg(&["-i", &deb_arg]);
+    assert!(package_configured(), "dpkg -i left the package unconfigured");
     assert_pam_line_added(&guard.pam);
+    assert_eq!(std::fs::read(POLICY).unwrap(), admins_policy, "the package changed the admin's policy");
     // Reinstalling (prerm upgrade, postinst configure again) changes nothing.
     let installed = snapshot();
-    run(Command::new("dpkg").args(["-i", &deb]));
+    dpkg(&["-i", &deb_arg]);
     assert_pam_line_added(&guard.pam);
     let mut again = snapshot();
     let mut installed_cmp = installed.clone();
@@ -402,7 +525,6 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     for path in [
         "/lib/x86_64-linux-gnu/security/pam_sshidle.so",
         "/usr/sbin/sshidlectl",
-        "/etc/security/sshidle.conf",
         "/lib/systemd/system/sshidle.service",
         "/etc/init.d/sshidle",
         "/usr/share/man/man8/pam_sshidle.8.gz",
@@ -413,16 +535,57 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
         assert!(Path::new(path).exists(), "the package did not install {path}");
     }
     let conffiles = run(Command::new("dpkg-query").args(["-W", "-f", "${Conffiles}", "sshidle"]));
-    assert!(text(&conffiles.stdout).contains("/etc/security/sshidle.conf"), "policy is a conffile");
-    let out = run(Command::new("dpkg").args(["-r", "sshidle"]));
+    let conffiles: Vec<String> =
+        text(&conffiles.stdout).lines().filter_map(|l| l.split_whitespace().next().map(String::from)).collect();
+    assert_eq!(conffiles, vec!["/etc/init.d/sshidle".to_string()], "the policy is not a conffile");
+    // The keepalive drop-in sshidlectl writes goes with the package.
+    let out = ctl(Path::new("/usr/sbin/sshidlectl"), &["keepalive", "--interval", "45", "--count-max", "2"]);
+    assert!(out.status.success(), "keepalive: {}", describe(&out));
+    assert_ne!(snapshot_of("/etc/ssh"), ssh_before, "keepalive wrote nothing");
+
+    let out = dpkg(&["-r", "sshidle"]);
     assert_eq!(std::fs::read(PAM_FILE).unwrap(), guard.pam, "dpkg -r left /etc/pam.d/sshd changed: {}", describe(&out));
-    let left: Vec<String> = differences(&before, &snapshot());
-    assert!(
-        left.iter().all(|d| d.starts_with("/etc/security/sshidle.conf:") || d.starts_with("/etc/init.d/sshidle:")),
-        "dpkg -r left more than its conffiles: {left:#?}"
+    assert_eq!(
+        differences(&ssh_before, &snapshot_of("/etc/ssh")),
+        Vec::<String>::new(),
+        "dpkg -r left /etc/ssh changed"
     );
-    run(Command::new("dpkg").args(["-P", "sshidle"]));
+    // What Debian keeps until purge: the conffile (made not executable, so
+    // that systemd makes no phantom LSB unit of it), its boot links and the
+    // unit's enablement link (both dangling), the policy and its record.
+    let left: Vec<String> = differences(&before, &snapshot());
+    let kept_until_purge = |d: &String| {
+        d.starts_with("/etc/init.d/sshidle:")
+            || (d.starts_with("/etc/rc") && d.contains("sshidle: None -> Some(\"link ../init.d/sshidle "))
+            || d.starts_with("/etc/systemd/system/multi-user.target.wants/sshidle.service:")
+            || d.starts_with("/etc/security/sshidle.conf:")
+            || d.starts_with("/var/lib/sshidle")
+    };
+    assert!(left.iter().all(kept_until_purge), "dpkg -r left more than Debian keeps until purge: {left:#?}");
+    let mode = std::fs::metadata("/etc/init.d/sshidle").unwrap().mode();
+    assert_eq!(mode & 0o111, 0, "after dpkg -r the init script is not executable (no phantom service)");
+    dpkg(&["-P", "sshidle"]);
     assert!(!package_installed());
+    assert_eq!(std::fs::read(POLICY).unwrap(), admins_policy, "purge removed the admin's own policy");
+    std::fs::remove_file(POLICY).unwrap();
+    assert_eq!(differences(&before, &snapshot()), Vec::<String>::new(), "dpkg -P left something behind");
+
+    // Without a policy the package writes its default, and purge removes it;
+    // reinstalling after a remove works and brings the service back.
+    dpkg(&["-i", &deb_arg]);
+    let default_policy = std::fs::read_to_string(workspace_root().join("packaging/sshidle.conf")).unwrap();
+    assert_eq!(std::fs::read_to_string(POLICY).unwrap(), default_policy);
+    dpkg(&["-r", "sshidle"]);
+    assert_eq!(std::fs::read_to_string(POLICY).unwrap(), default_policy, "dpkg -r keeps the policy");
+    dpkg(&["-i", &deb_arg]);
+    assert!(package_configured(), "reinstall after dpkg -r left the package unconfigured");
+    assert_pam_line_added(&guard.pam);
+    let mode = std::fs::metadata("/etc/init.d/sshidle").unwrap().mode();
+    assert_eq!(mode & 0o111, 0o111, "the init script is executable again after the reinstall");
+    dpkg(&["-P", "sshidle"]);
+    assert!(!package_installed());
+    assert_eq!(std::fs::read(PAM_FILE).unwrap(), guard.pam);
+    assert_eq!(differences(&ssh_before, &snapshot_of("/etc/ssh")), Vec::<String>::new(), "/etc/ssh changed");
     assert_eq!(differences(&before, &snapshot()), Vec::<String>::new(), "dpkg -P left something behind");
     drop(guard);
 }

@@ -1,0 +1,130 @@
+//! A system of its own for the tests that install sshidle (`sshidlectl
+//! install`, the Debian package): they never touch this machine's real
+//! installation, which may be enforcing while they run.
+//!
+//! The test runs again, alone, as PID 1 of a private PID and mount namespace
+//! (`unshare --mount --pid --fork --mount-proc`). There every directory
+//! install, dpkg and useradd write to (`/etc`, `/usr`, `/var`, `/home`,
+//! `/root`, `/opt`) is an overlay whose upper layer is a tmpfs, and `/run` is
+//! a fresh tmpfs: no pidfile, no state, no `/run/systemd` of the real system.
+//! The real enforcer's process is not even visible, so no init script or
+//! signal can reach it. Whatever the test left behind (files, users, the
+//! enforcer it started, sshd) vanishes with the namespace when the test ends,
+//! also when it fails or is killed. `/tmp`, `/dev` and the network stay shared.
+//!
+//! Inside, an installation of sshidle the real system has (by `make install`
+//! or the package) is first taken away, so the test starts from a machine
+//! without sshidle.
+
+use crate::util::{describe, ensure_runtime_dirs, TempDir};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Set in the inner run: the directory holding the overlays' upper layers.
+const PRIVATE_SYSTEM_VAR: &str = "SSHIDLE_PRIVATE_SYSTEM";
+/// What becomes an overlay (when it is a real directory, not a symlink).
+const OVERLAID: [&str; 10] = ["/etc", "/usr", "/var", "/home", "/root", "/opt", "/srv", "/lib", "/lib64", "/sbin"];
+
+/// Whether this is the private system's run of the test.
+///
+/// ```ignore
+/// if !private_system::inside() {
+///     private_system::run("my_test"); // the test again, in its own system
+///     return;
+/// }
+/// private_system::set_up();
+/// ```
+pub fn inside() -> bool {
+    std::env::var_os(PRIVATE_SYSTEM_VAR).is_some()
+}
+
+/// Sets up the private system and takes sshidle away in it. Only as PID 1
+/// of the namespace `run` made: it never mounts over the real system.
+pub fn set_up() {
+    let upper = std::env::var(PRIVATE_SYSTEM_VAR).expect("only inside a private system");
+    assert_eq!(std::process::id(), 1, "{PRIVATE_SYSTEM_VAR} set outside a private system");
+    mount_overlays(Path::new(&upper));
+    take_away_installation(Path::new(&upper));
+}
+
+/// Runs the test function `test` (its name, as `cargo test --exact` takes
+/// it) again, alone, in a private system, and fails unless it ran and passed.
+pub fn run(test: &str) {
+    let upper = TempDir::new("private-system");
+    let exe = std::env::current_exe().expect("test executable");
+    let out = Command::new("unshare")
+        .args(["--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private", "--"])
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(PRIVATE_SYSTEM_VAR, &upper.path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("unshare (util-linux)");
+    eprintln!("--- the test in its private system:\n{}", describe(&out));
+    assert!(out.status.success(), "{test} failed in its private system (output above)");
+    let ran = String::from_utf8_lossy(&out.stdout);
+    assert!(ran.contains("test result: ok. 1 passed"), "{test} did not run in its private system:\n{ran}");
+}
+
+fn mount(args: &[&str]) {
+    let out = Command::new("mount").args(args).output().expect("mount");
+    assert!(out.status.success(), "mount {args:?}: {}", describe(&out));
+}
+
+fn mount_overlays(upper: &Path) {
+    // The upper layers live in a tmpfs of this namespace only.
+    mount(&["-t", "tmpfs", "-o", "mode=0700", "sshidle-private", &upper.display().to_string()]);
+    for dir in OVERLAID {
+        let real = Path::new(dir);
+        if real.is_symlink() || !real.is_dir() {
+            continue;
+        }
+        let name = dir.trim_start_matches('/');
+        let (up, work) = (upper.join("upper").join(name), upper.join("work").join(name));
+        std::fs::create_dir_all(&up).expect("overlay upper dir");
+        std::fs::create_dir_all(&work).expect("overlay work dir");
+        let options = format!("lowerdir={dir},upperdir={},workdir={}", up.display(), work.display());
+        mount(&["-t", "overlay", "overlay", "-o", &options, dir]);
+    }
+    // A fresh /run, as after a boot without systemd.
+    mount(&["-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "sshidle-private-run", "/run"]);
+    std::fs::create_dir_all("/run/lock").expect("/run/lock");
+    let _ = std::fs::set_permissions("/run/lock", std::os::unix::fs::PermissionsExt::from_mode(0o1777));
+    ensure_runtime_dirs();
+}
+
+fn package_installed() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${db:Status-Status}", "sshidle"])
+        .output()
+        .map(|o| o.status.success() && !o.stdout.is_empty() && o.stdout != b"not-installed")
+        .unwrap_or(false)
+}
+
+/// Takes away, inside, what the real system has of sshidle. There is no
+/// service manager here: a systemctl that does nothing stands in for the
+/// real one, so that no unit of the real system is stopped.
+fn take_away_installation(upper: &Path) {
+    let shims = upper.join("shims");
+    std::fs::create_dir_all(&shims).expect("shim dir");
+    let systemctl = shims.join("systemctl");
+    std::fs::write(&systemctl, "#!/bin/sh\necho \"systemctl $*: no service manager in this private system\" >&2\n")
+        .expect("systemctl shim");
+    std::fs::set_permissions(&systemctl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap_or_default());
+    if Path::new("/var/lib/sshidle/installed").exists() {
+        let ctl = ["/usr/local/sbin/sshidlectl", "/usr/sbin/sshidlectl"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(crate::util::sshidlectl_path);
+        let out = Command::new(ctl).arg("uninstall").env("PATH", &path).output().expect("sshidlectl uninstall");
+        eprintln!("private system: the real installation taken away inside: {}", describe(&out));
+    }
+    if package_installed() {
+        let out = Command::new("dpkg").args(["--purge", "sshidle"]).env("PATH", &path).output().expect("dpkg");
+        eprintln!("private system: the real package purged inside: {}", describe(&out));
+    }
+    let _ = std::fs::remove_dir_all("/var/lib/sshidle");
+    assert!(!package_installed(), "the sshidle package is still installed in the private system");
+}
