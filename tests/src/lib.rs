@@ -9,6 +9,7 @@ pub mod deb;
 pub mod journal;
 pub mod pam;
 pub mod private_system;
+pub mod session;
 pub mod sshd;
 pub mod syslog;
 pub mod tmux;
