@@ -593,6 +593,13 @@ fn write_tty(tty_nr: u32, text: &str) -> std::io::Result<()> {
     if !meta.file_type().is_char_device() || meta.rdev() as u32 != tty_nr {
         return Err(std::io::Error::other(format!("/dev/{name} is not the session's tty")));
     }
+    // A tty stopped with ^S (XOFF) holds every byte written to it: restart
+    // its output, or the user who froze it and walked away never sees the
+    // warning. TCOON alone restarts only what TCOOFF stopped, so both.
+    for action in [libc::TCOOFF, libc::TCOON] {
+        // SAFETY: ioctl on a descriptor we own; TCXONC takes an int argument.
+        unsafe { libc::ioctl(file.as_raw_fd(), libc::TCXONC, action) };
+    }
     file.write_all(text.as_bytes())
 }
 

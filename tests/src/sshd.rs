@@ -28,6 +28,10 @@ pub struct SshdOptions {
     /// A command that execs its arguments (sshd) in another context, e.g.
     /// `nsenter -t PID -m --` for a mount namespace of the test's own.
     pub launcher: Vec<String>,
+    /// `session required pam_loginuid.so` instead of `optional`: a login
+    /// whose audit session cannot be set is refused, so a test that relies
+    /// on `/proc/PID/sessionid` cannot pass without one.
+    pub loginuid_required: bool,
 }
 
 pub struct Sshd {
@@ -67,10 +71,11 @@ impl Sshd {
                  auth     required pam_deny.so\n\
                  account  required pam_permit.so\n\
                  password required pam_deny.so\n\
-                 session  optional pam_loginuid.so\n\
+                 session  {} pam_loginuid.so\n\
                  {}\n\
                  session  optional {} conf={} state={} debug {}\n\
                  {}\n",
+                if opts.loginuid_required { "required" } else { "optional" },
                 opts.pam_before,
                 module_path().display(),
                 policy_path.display(),
