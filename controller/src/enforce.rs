@@ -600,7 +600,22 @@ fn write_tty(tty_nr: u32, text: &str) -> std::io::Result<()> {
         // SAFETY: ioctl on a descriptor we own; TCXONC takes an int argument.
         unsafe { libc::ioctl(file.as_raw_fd(), libc::TCXONC, action) };
     }
-    file.write_all(text.as_bytes())
+    // A writer that was blocked by the stop holds the tty's write lock until
+    // its output has gone: retry briefly rather than lose the warning.
+    let deadline = Instant::now() + Duration::from_millis(200);
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        match file.write(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Notes why the session ends, collects its processes and signals them.
