@@ -89,7 +89,7 @@ pub fn status(cli: &Cli, args: &StatusArgs) -> u8 {
                 return EXIT_PROBLEM;
             }
         },
-        Format::Table => print_table(&rows),
+        Format::Table => print!("{}", table_text(&rows)),
         Format::Prometheus => {
             let counts = StateDir::open(&cli.state_dir, false).map(|s| s.disconnect_counts()).unwrap_or_default();
             print!("{}", prometheus_text(&rows, &counts));
@@ -98,7 +98,8 @@ pub fn status(cli: &Cli, args: &StatusArgs) -> u8 {
     EXIT_OK
 }
 
-fn print_table(rows: &[SessionRow]) {
+/// The `status` table; user-controlled text is escaped.
+fn table_text(rows: &[SessionRow]) -> String {
     let off = |v: Option<u64>| v.map_or_else(|| "off".to_string(), format_duration);
     let mut table =
         vec![["ID", "USER", "TTY", "FROM", "LOGIN", "IDLE", "LIMIT", "LEFT", "RULE"].map(String::from).to_vec()];
@@ -109,22 +110,46 @@ fn print_table(rows: &[SessionRow]) {
         };
         table.push(vec![
             r.id.clone(),
-            r.user.clone(),
+            escape_control(&r.user),
             if r.ttys.is_empty() { "-".into() } else { r.ttys.join(",") },
-            if r.from.is_empty() { "-".into() } else { r.from.clone() },
+            if r.from.is_empty() { "-".into() } else { escape_control(&r.from) },
             format_utc(r.login_time),
             format_duration(r.idle_secs),
             limit,
             r.time_left_secs.map_or_else(|| "-".into(), |t| format_duration(t as u64)),
-            r.rule.clone(),
+            escape_control(&r.rule),
         ]);
     }
     let widths: Vec<usize> =
         (0..table[0].len()).map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
     for row in &table {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        println!("{}", cells.join("  ").trim_end());
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
     }
+    out
+}
+
+/// `s` with control characters (C0, DEL, C1) and backslashes escaped
+/// (`\x1b`, `\u{9b}`, `\\`): a remote host name or user name must not drive
+/// the admin's terminal or forge table rows.
+pub fn escape_control(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The node_exporter textfile collector format: one gauge family per value,
@@ -262,7 +287,7 @@ pub fn explain(cli: &Cli, user: &str) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use super::{format_utc, prometheus_text, SessionRow};
+    use super::{escape_control, format_utc, prometheus_text, table_text, SessionRow};
 
     #[test]
     fn prometheus_text_format() {
@@ -310,6 +335,34 @@ mod tests {
                 "sshidle_sessions 0"
             ]
         );
+    }
+
+    #[test]
+    fn status_escapes_control_characters() {
+        assert_eq!(escape_control("plain host-1.example"), "plain host-1.example");
+        assert_eq!(escape_control("a\x1b[2Jb\n\t\x7f"), "a\\x1b[2Jb\\x0a\\x09\\x7f");
+        assert_eq!(escape_control("\u{9b}31m back\\slash é"), "\\u{9b}31m back\\\\slash é");
+        let row = SessionRow {
+            id: "7".into(),
+            pid: 7,
+            user: "eve\x1b]0;owned\x07".into(),
+            uid: 1000,
+            ttys: vec![],
+            from: "evil\nFAKE ROW\r".into(),
+            service: "sshd".into(),
+            login_time: 0,
+            idle_secs: 0,
+            idle_limit_secs: None,
+            warn_secs: None,
+            hard_limit_secs: None,
+            time_left_secs: None,
+            rule: "none".into(),
+            warned: false,
+        };
+        let text = table_text(&[row]);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(text.contains("eve\\x1b]0;owned\\x07") && text.contains("evil\\x0aFAKE ROW\\x0d"), "{text}");
     }
 
     #[test]

@@ -622,7 +622,15 @@ fn strip_blocks(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Option<usize>), C
         }
     }
     let first = kept.iter().position(|l| parse_line(&line_text(l)).is_some());
-    Ok((kept.concat(), first))
+    let mut out = kept.concat();
+    // A block that ends the file without a final newline carries that of
+    // the admin's last line (see `render_main`): give it back.
+    let last_in_block = blocks.iter().any(|(_, e)| *e + 1 == lines.len());
+    if last_in_block && !bytes.ends_with(b"\n") {
+        let eol_len = if out.ends_with(b"\r\n") { 2 } else { usize::from(out.ends_with(b"\n")) };
+        out.truncate(out.len() - eol_len);
+    }
+    Ok((out, first))
 }
 
 /// Main file contents with sshidle's settings: the global lines in a block
@@ -649,6 +657,12 @@ fn render_main(path: &Path, bytes: &[u8], desired: &Desired, inherit: &str) -> R
             out.extend_from_slice(eol);
         }
         out.extend(block(desired.match_lines(inherit), eol));
+    }
+    // The admin's last line lacked a newline and a block now follows it:
+    // the block ends without one instead, so `--off` restores the bytes.
+    let lacked_final_eol = !stripped.is_empty() && !stripped.ends_with(b"\n");
+    if lacked_final_eol && out.ends_with(eol) {
+        out.truncate(out.len() - eol.len());
     }
     Ok(out)
 }
@@ -1243,6 +1257,24 @@ mod tests {
         fs::write(&main, &new).unwrap();
         let off = plan_remove(&Tree::load(&main).unwrap()).unwrap();
         assert_eq!(off.changes[0].new.as_deref(), Some(original.as_bytes()));
+        // Blocks at the end of a file without a final newline: `--off`
+        // leaves it without one.
+        for original in ["# only a comment", "Port 22\nPermitRootLogin no", "# c\r\nPort 22"] {
+            let main = dir.write("nofinal", original);
+            let mut wanted = desired(60, 3);
+            wanted.matches = vec![MatchBlock { criteria: "User backup".into(), unused: Some(3600) }];
+            let plan = plan_apply(&Tree::load(&main).unwrap(), &wanted).unwrap();
+            let new = plan.changes[0].new.clone().unwrap();
+            assert!(String::from_utf8_lossy(&new).trim_end().ends_with(END_MARK), "{original:?}");
+            fs::write(&main, &new).unwrap();
+            let off = plan_remove(&Tree::load(&main).unwrap()).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(off.changes[0].new.as_deref().unwrap()),
+                original,
+                "{}",
+                String::from_utf8_lossy(&new)
+            );
+        }
         // An empty file.
         let main = dir.write("empty", "");
         let plan = plan_apply(&Tree::load(&main).unwrap(), &desired(60, 3)).unwrap();

@@ -54,7 +54,8 @@ pub struct Activity {
 /// same block does not move the timestamp, so only from here on is the tty
 /// certainly quiet.
 pub fn quiet_since_tty(atime: i64) -> i64 {
-    atime.div_euclid(TTY_TIME_GRANULARITY) * TTY_TIME_GRANULARITY + TTY_TIME_GRANULARITY
+    // Saturating: an atime set near i64::MAX (`touch -d`) must not overflow.
+    (atime.div_euclid(TTY_TIME_GRANULARITY) * TTY_TIME_GRANULARITY).saturating_add(TTY_TIME_GRANULARITY)
 }
 
 /// The processes of one session.
@@ -176,7 +177,10 @@ fn combine(record: &SessionRecord, members: &Members, io_active: Option<i64>, no
         None
     } else {
         // The login time is recorded in whole seconds, rounded down.
-        [newest_input.map(quiet_since_tty), io_active, Some(record.login_time + 1)].into_iter().flatten().max()
+        [newest_input.map(quiet_since_tty), io_active, Some(record.login_time.saturating_add(1))]
+            .into_iter()
+            .flatten()
+            .max()
     };
     Activity { ttys, idle_secs: (now - last).max(0) as u64, quiet_since }
 }
@@ -295,6 +299,10 @@ mod tests {
                 assert!(quiet_since_tty(atime) - atime <= TTY_TIME_GRANULARITY);
             }
         }
+        // An atime pushed to the end of time (`touch -a -d @...`) saturates.
+        assert_eq!(quiet_since_tty(i64::MAX), i64::MAX);
+        assert_eq!(quiet_since_tty(i64::MAX - 3), i64::MAX);
+        assert_eq!(quiet_since_tty(i64::MIN), i64::MIN + TTY_TIME_GRANULARITY);
     }
 
     #[test]

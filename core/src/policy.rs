@@ -490,12 +490,13 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut backtrack: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // The pattern's `*` first: a `*` in the name is only a character.
+        if pi < p.len() && p[pi] == '*' {
             backtrack = Some((pi, ti));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
         } else if let Some((star, matched)) = backtrack {
             pi = star + 1;
             ti = matched + 1;
@@ -613,6 +614,40 @@ group  contractors    idle=10m  warn=1m  hard=8h
         assert!(!wildcard_match("a?c", "ac"));
         assert!(wildcard_match("*x*y", "axxbxy"));
         assert!(!wildcard_match("alice", "alice2"));
+        // A literal `*` in the name is matched by the pattern's `*` too.
+        assert!(wildcard_match("*", "*x"));
+        assert!(wildcard_match("a*", "a*b"));
+        assert!(wildcard_match("*b", "**b"));
+        assert!(!wildcard_match("a*c", "a*b"));
+    }
+
+    /// The obvious recursive matcher, to compare the iterative one with.
+    fn reference_match(p: &[char], t: &[char]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some(('*', rest)) => (0..=t.len()).any(|i| reference_match(rest, &t[i..])),
+            Some((c, rest)) => {
+                t.split_first().is_some_and(|(tc, tr)| (*c == '?' || c == tc) && reference_match(rest, tr))
+            }
+        }
+    }
+
+    #[test]
+    fn wildcard_match_agrees_with_the_reference_on_random_inputs() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let alphabet = ['a', 'b', '*', '?'];
+        for _ in 0..20_000 {
+            let p: Vec<char> = (0..next(6)).map(|_| alphabet[next(4)]).collect();
+            let t: Vec<char> = (0..next(7)).map(|_| alphabet[next(4)]).collect();
+            let (ps, ts): (String, String) = (p.iter().collect(), t.iter().collect());
+            assert_eq!(wildcard_match(&ps, &ts), reference_match(&p, &t), "pattern {ps:?} name {ts:?}");
+        }
         let policy = parse("user svc-* idle=off\ngroup team-? idle=1h\n* idle=5m\n");
         assert!(resolve_for(&policy, "svc-backup", &[]).limits.is_unlimited());
         assert_eq!(resolve_for(&policy, "eve", &["team-a"]).limits.idle, Some(3600));
