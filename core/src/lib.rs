@@ -3,6 +3,7 @@
 //! what a login does with them.
 
 pub mod activity;
+pub mod audit;
 pub mod duration;
 pub mod lifecycle;
 pub mod login;
