@@ -721,7 +721,38 @@ fn connect_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Connects and reads sshd's identification line (`SSH-2.0-...`).
+/// What the check says to sshd after its banner: our identification, then a
+/// clean SSH_MSG_DISCONNECT, so that sshd logs "Received disconnect ...:
+/// sshidlectl keepalive: listener check" at INFO level, not the
+/// `error: kex_exchange_identification: Connection closed` of a client that
+/// hung up without a word.
+fn check_goodbye() -> Vec<u8> {
+    const IDENTIFICATION: &[u8] = b"SSH-2.0-sshidlectl_check\r\n";
+    const SSH_MSG_DISCONNECT: u8 = 1;
+    const SSH_DISCONNECT_BY_APPLICATION: u32 = 11;
+    let reason = b"sshidlectl keepalive: listener check";
+    let mut payload = vec![SSH_MSG_DISCONNECT];
+    payload.extend_from_slice(&SSH_DISCONNECT_BY_APPLICATION.to_be_bytes());
+    payload.extend_from_slice(&(reason.len() as u32).to_be_bytes());
+    payload.extend_from_slice(reason);
+    // The language tag: none.
+    payload.extend_from_slice(&0u32.to_be_bytes());
+    // RFC 4253 6: length, padding length, payload, at least 4 bytes of
+    // padding, the whole a multiple of 8 (no cipher, no MAC yet).
+    let mut padding = 8 - (4 + 1 + payload.len()) % 8;
+    if padding < 4 {
+        padding += 8;
+    }
+    let mut out = IDENTIFICATION.to_vec();
+    out.extend_from_slice(&((1 + payload.len() + padding) as u32).to_be_bytes());
+    out.push(padding as u8);
+    out.extend_from_slice(&payload);
+    out.extend(std::iter::repeat_n(0u8, padding));
+    out
+}
+
+/// Connects, reads sshd's identification line (`SSH-2.0-...`) and says
+/// goodbye properly.
 fn ssh_banner(addr: SocketAddr) -> Result<String, String> {
     let target = connect_addr(addr);
     let mut stream =
@@ -743,6 +774,14 @@ fn ssh_banner(addr: SocketAddr) -> Result<String, String> {
     }
     let line = String::from_utf8_lossy(&buf).trim_end().to_string();
     if line.starts_with("SSH-") {
+        // The listener answered; a failed goodbye changes nothing of that.
+        let _ = std::io::Write::write_all(&mut stream, &check_goodbye());
+        // Read until sshd hangs up (or a second passes): closing with its
+        // KEXINIT unread would reset the connection instead.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut sink = [0u8; 2048];
+        while Instant::now() < deadline && matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
         Ok(line)
     } else {
         Err(format!("{target}: no SSH banner (got {line:?})"))
@@ -1050,6 +1089,25 @@ mod tests {
         // The sentence shows the same number.
         let secs = dead_client_drop_secs(60, 3).unwrap();
         assert!(drop_sentence(60, 3).contains(&format!("about {} ({secs} s)", format_duration(secs))));
+    }
+
+    #[test]
+    fn check_goodbye_is_an_identification_and_one_well_formed_packet() {
+        let bytes = check_goodbye();
+        let ident_end = bytes.windows(2).position(|w| w == b"\r\n").expect("CRLF") + 2;
+        assert!(bytes[..ident_end].starts_with(b"SSH-2.0-"));
+        let packet = &bytes[ident_end..];
+        let length = u32::from_be_bytes(packet[..4].try_into().unwrap()) as usize;
+        assert_eq!(packet.len(), 4 + length);
+        assert_eq!(packet.len() % 8, 0, "a multiple of the block size");
+        let padding = packet[4] as usize;
+        assert!(padding >= 4);
+        let payload = &packet[5..packet.len() - padding];
+        assert_eq!(payload[0], 1, "SSH_MSG_DISCONNECT");
+        assert_eq!(u32::from_be_bytes(payload[1..5].try_into().unwrap()), 11);
+        let reason_len = u32::from_be_bytes(payload[5..9].try_into().unwrap()) as usize;
+        assert_eq!(&payload[9..9 + reason_len], b"sshidlectl keepalive: listener check");
+        assert_eq!(&payload[9 + reason_len..], &[0, 0, 0, 0], "empty language tag");
     }
 
     #[test]
