@@ -144,6 +144,7 @@ pub fn open_session(args: &ModuleArgs, items: &LoginItems, log: &dyn LogSink) ->
         Ok(state) => state,
         Err(err) => {
             log.log(Level::Error, &format!("{err}; session of {} not recorded", items.user));
+            log_unrecorded(&record, &err, log);
             return None;
         }
     };
@@ -155,6 +156,7 @@ pub fn open_session(args: &ModuleArgs, items: &LoginItems, log: &dyn LogSink) ->
         }
         Err(err) => {
             log.log(Level::Error, &format!("{err}; session of {} not recorded", items.user));
+            log_unrecorded(&record, &err, log);
             return None;
         }
     }
@@ -168,6 +170,27 @@ pub fn open_session(args: &ModuleArgs, items: &LoginItems, log: &dyn LogSink) ->
         );
     }
     Some(key)
+}
+
+/// The audit line of a session the module could not record (the enforcer
+/// adopts it later): `event=refusal`, cause `unsafe-state` when the state
+/// directory was refused (symlink, foreign owner), else `state-error`.
+fn log_unrecorded(record: &SessionRecord, err: &crate::state::StateError, log: &dyn LogSink) {
+    let cause = match err {
+        crate::state::StateError::Unsafe(_) => "unsafe-state",
+        _ => "state-error",
+    };
+    let line = crate::audit::AuditLine {
+        user: Some(&record.user),
+        session: Some(record.key.to_string()),
+        rhost: Some(&record.rhost),
+        limit: record.limits.idle.or(record.limits.hard),
+        rule: Some(&record.rule),
+        cause: Some(cause),
+        extra: vec![("reason", err.to_string())],
+        ..Default::default()
+    };
+    log.log(Level::Warning, &line.format(crate::audit::Event::Refusal));
 }
 
 /// Removes the session's record and logs its end.
@@ -328,6 +351,28 @@ mod tests {
         let logged = log.0.borrow();
         let warning = logged.iter().find(|(l, _)| *l == Level::Warning).expect("a warning");
         assert!(warning.1.starts_with("groups of root not read (NSS did not answer within 0.0s)"), "{warning:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_refused_state_directory_gives_an_audit_refusal() {
+        let dir = temp("refused");
+        std::fs::create_dir(dir.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("state")).unwrap();
+        let args = ModuleArgs { state_dir: dir.join("state"), conf: dir.join("none"), ..ModuleArgs::default() };
+        let items = LoginItems { user: "root".into(), rhost: "192.0.2.9".into(), service: "sshd".into() };
+        let log = Collect::default();
+        assert_eq!(open_session(&args, &items, &log), None);
+        let logged = log.0.borrow();
+        let audit = logged.iter().find(|(_, m)| m.starts_with("event=refusal ")).expect("an audit line");
+        assert_eq!(audit.0, Level::Warning);
+        let me = std::process::id();
+        assert!(
+            audit.1.starts_with(&format!(
+                "event=refusal user=root session={me} rhost=192.0.2.9 tty=- idle=- limit=- rule=none cause=unsafe-state reason=\"refusing"
+            )),
+            "{audit:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
