@@ -3,88 +3,168 @@
 //! Run as root, by hand (not part of `make test`):
 //! ```text
 //! cargo build --release --workspace
-//! target/release/bench_enforce [--sizes 1000,4000] [--idle-window SECS] [--compare N] [--no-compare]
+//! target/release/bench_enforce [--sizes 1000] [--users 10] [--notty-every 5]
+//!     [--idle-window SECS] [--typing-window SECS] [--keys-per-sec 5] [--compare N | --no-compare]
 //! ```
 //!
-//! Sessions are faked, with real ptys: per session a "monitor" process (what
-//! sshd's `[priv]` process is to a real login, and what the record names)
-//! with a child that holds a pty slave (from openpty) as its controlling
-//! terminal, the way a login shell does. Nothing on the ptys is typed, so
-//! every session is idle since its pty was made.
+//! Sessions are faked, shaped like real ones, on real ptys: per session a
+//! "monitor" (sshd's `[priv]` process, root, what the record names), its
+//! child (`sshd: USER@pts/N`, running as the user and holding the pty master,
+//! as sshd's own child does), a shell on the pty slave as its controlling
+//! terminal (it reads what arrives and echoes it, as readline does), and a
+//! job below the shell on the same tty: four processes. Every `--notty-every`
+//! th session has no pty: its command (no tty, in a session of its own) and
+//! a child of it. Sessions belong to `--users` real users (round robin) who
+//! match different policy rules (a user rule, a group rule, `*`), so policy
+//! resolution does its account lookups; every pty session has a utmp entry
+//! in a private utmp file that the enforcer reads (`--utmp FILE`).
 //!
-//! 1. Sweep cost at each size: a full sweep in process (one /proc scan, then
-//!    every session's processes, ttys and decision), the cheap look the
-//!    enforcer does at a deadline (tty atimes of known ttys), and the
+//! 1. Sweep cost at each size: a full sweep in process, every part the
+//!    enforcer does (journal parsing, policy resolution with account lookups,
+//!    utmp, one /proc scan, each session's processes, ttys and decision, a
+//!    memory of I/O per session), the cheap look at a deadline, and the
 //!    wall/CPU time of `sshidlectl enforce --once` and `status --json`.
-//! 2. At the first size: the daemon `sshidlectl enforce` with sessions that
-//!    sit idle under `idle=2h`: CPU at start, CPU over `--idle-window`
-//!    seconds (default 120), extrapolated to an hour, wake-ups, and RSS.
+//! 2. At the first size, the daemon `sshidlectl enforce` (`idle=2h`, so
+//!    nobody is ended): CPU over `--idle-window` seconds of idleness
+//!    (default 330, longer than the enforcer's 5-minute housekeeping), in
+//!    10-second slices so that housekeeping shows; then over
+//!    `--typing-window` seconds (default 60) while every pty gets
+//!    `--keys-per-sec` keystrokes a second (written into the masters, read
+//!    on the slaves), as a share of one core.
 //! 3. Side by side with autolog (Debian package `autolog`), N sessions each
-//!    (default 5, one test user per pair), idle limit 1 minute (autolog's
+//!    (default 20, one test user per pair), idle limit 1 minute (autolog's
 //!    unit), warning 10 s before: the seconds past the limit at which each
-//!    tool ends each session, and the CPU each used. autolog reads the
-//!    system utmp, so its sessions get utmp entries (removed afterwards); the
-//!    sshidle sessions are recorded in a private state directory.
+//!    tool ends each session (median and max), and the CPU each used.
+//!    autolog reads the system utmp, so its sessions get utmp entries there
+//!    (removed afterwards); the sshidle sessions are recorded in a private
+//!    state directory.
 
 use sshidle::activity;
-use sshidle::policy::Limits;
+use sshidle::policy::{Limits, Policy};
 use sshidle::procfs::{self, ProcTable};
 use sshidle::state::{SessionKey, SessionRecord, StateDir};
-use sshidle_tests::{sshidlectl, TempDir, TestUser};
-use std::os::fd::{FromRawFd, OwnedFd};
+use sshidle_tests::{sshidlectl, TempDir, TestGroup, TestUser};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Fake {
-    _master: OwnedFd,
+    /// Our copy of the pty master (the session's child holds another).
+    master: Option<OwnedFd>,
     monitor: i32,
+    /// The process whose end means the session was ended: the shell, or
+    /// the command of a session without a pty.
     shell: i32,
-    tty: String,
+    tty: Option<String>,
     made: i64,
+    uid: u32,
+    user: String,
 }
 
-/// A fake session: monitor + shell on a fresh pty. The shell runs as `uid`.
-fn spawn_fake(uid: Option<u32>) -> Fake {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: out-pointers to two ints; NULL name/termios/winsize are allowed.
-    let rc =
-        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: just opened.
-    let master = unsafe { OwnedFd::from_raw_fd(master) };
-    let tty = tty_of(slave);
-    if let Some(uid) = uid {
-        // SAFETY: valid fd.
-        unsafe { libc::fchown(slave, uid, uid) };
+/// Whose session a fake is.
+#[derive(Clone)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+    name: String,
+}
+
+impl Owner {
+    fn of(user: &TestUser) -> Owner {
+        let gid = sshidle::users::lookup_user(&user.name).expect("test user").gid;
+        Owner { uid: user.uid, gid, name: user.name.clone() }
     }
+}
+
+/// A fake session (see the top of this file): monitor → child (holds the
+/// master) → shell on the slave → job; or, without a pty, monitor → child →
+/// command → its child.
+fn spawn_fake(owner: &Owner, pty: bool) -> Fake {
+    let (mut master, mut slave) = (-1, -1);
+    if pty {
+        // SAFETY: out-pointers to two ints; NULL name/termios/winsize are allowed.
+        let rc =
+            unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: valid fd; the termios is filled by tcgetattr. Readline's
+        // mode: every key is read at once, the shell echoes it itself.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            libc::tcgetattr(slave, &mut t);
+            t.c_lflag &= !(libc::ICANON | libc::ECHO);
+            t.c_cc[libc::VMIN] = 1;
+            t.c_cc[libc::VTIME] = 0;
+            libc::tcsetattr(slave, libc::TCSANOW, &t);
+            libc::fchown(slave, owner.uid, libc::gid_t::MAX);
+        }
+    }
+    let tty = pty.then(|| tty_of(slave));
     let mut pipe = [0; 2];
     // SAFETY: two-int array.
     assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
-    // SAFETY: this program is single-threaded when it forks; the children
-    // only make async-signal-safe system calls and never return.
+    let (uid, gid) = (owner.uid, owner.gid);
+    // SAFETY: this program is single-threaded while it forks (the keystroke
+    // thread starts later); the children only make async-signal-safe system
+    // calls and never return.
     let monitor = unsafe { libc::fork() };
     if monitor == 0 {
         unsafe {
-            libc::prctl(libc::PR_SET_NAME, c"sshd-bench".as_ptr());
-            let shell = libc::fork();
-            if shell == 0 {
-                libc::setsid();
-                libc::ioctl(slave, libc::TIOCSCTTY, 0);
-                libc::dup2(slave, 0);
-                libc::dup2(slave, 1);
-                libc::dup2(slave, 2);
-                if let Some(uid) = uid {
-                    libc::setgroups(0, std::ptr::null());
-                    libc::setgid(uid);
-                    libc::setuid(uid);
+            libc::prctl(libc::PR_SET_NAME, c"sshd".as_ptr());
+            let child = libc::fork();
+            if child == 0 {
+                become_user(uid, gid);
+                let shell = libc::fork();
+                if shell == 0 {
+                    libc::setsid();
+                    libc::prctl(libc::PR_SET_NAME, if pty { c"bash".as_ptr() } else { c"rsync".as_ptr() });
+                    if pty {
+                        libc::ioctl(slave, libc::TIOCSCTTY, 0);
+                        libc::dup2(slave, 0);
+                        libc::dup2(slave, 1);
+                        libc::dup2(slave, 2);
+                    } else {
+                        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                        libc::dup2(null, 0);
+                        libc::dup2(null, 1);
+                        libc::dup2(null, 2);
+                    }
+                    let job = libc::fork();
+                    if job == 0 {
+                        libc::prctl(libc::PR_SET_NAME, if pty { c"vim".as_ptr() } else { c"ssh".as_ptr() });
+                        libc::close_range(3, u32::MAX, 0);
+                        loop {
+                            libc::pause();
+                        }
+                    }
+                    let shell_pid = libc::getpid();
+                    libc::write(pipe[1], (&shell_pid as *const i32).cast(), 4);
+                    libc::close_range(3, u32::MAX, 0);
+                    // Read what arrives and echo it, as an interactive shell does.
+                    let mut buf = [0u8; 64];
+                    loop {
+                        let n = libc::read(0, buf.as_mut_ptr().cast(), buf.len());
+                        if n > 0 {
+                            libc::write(1, buf.as_ptr().cast(), n as usize);
+                        } else if n == 0 || !pty {
+                            libc::pause();
+                        }
+                    }
                 }
-                libc::prctl(libc::PR_SET_NAME, c"bash".as_ptr());
-                libc::close_range(3, u32::MAX, 0);
+                // sshd's child keeps the master (as fd 3), nothing else.
+                if pty {
+                    libc::dup2(master, 3);
+                }
+                libc::close_range(if pty { 4 } else { 3 }, u32::MAX, 0);
+                libc::close(0);
+                libc::close(1);
+                libc::close(2);
                 loop {
                     libc::pause();
                 }
             }
-            libc::write(pipe[1], (&shell as *const i32).cast(), 4);
             libc::close_range(0, u32::MAX, 0);
             loop {
                 libc::pause();
@@ -97,10 +177,39 @@ fn spawn_fake(uid: Option<u32>) -> Fake {
         libc::close(pipe[1]);
         libc::read(pipe[0], (&mut shell as *mut i32).cast(), 4);
         libc::close(pipe[0]);
-        libc::close(slave);
+        if pty {
+            libc::close(slave);
+        }
     }
-    let made = std::fs::metadata(format!("/dev/{tty}")).map(|m| std::os::unix::fs::MetadataExt::atime(&m)).unwrap();
-    Fake { _master: master, monitor, shell, tty, made }
+    let master = pty.then(|| {
+        // SAFETY: just opened, ours; non-blocking, for the keystroke thread.
+        unsafe {
+            libc::fcntl(master, libc::F_SETFL, libc::O_NONBLOCK);
+            OwnedFd::from_raw_fd(master)
+        }
+    });
+    let made = match &tty {
+        Some(tty) => {
+            std::fs::metadata(format!("/dev/{tty}")).map(|m| std::os::unix::fs::MetadataExt::atime(&m)).unwrap()
+        }
+        None => sshidle::now_unix(),
+    };
+    Fake { master, monitor, shell, tty, made, uid: owner.uid, user: owner.name.clone() }
+}
+
+/// In a forked child: drop root for `uid`/`gid`.
+///
+/// # Safety
+/// Only in a child after fork (async-signal-safe calls only).
+unsafe fn become_user(uid: u32, gid: u32) {
+    if uid != 0 {
+        // SAFETY: plain system calls.
+        unsafe {
+            libc::setgroups(0, std::ptr::null());
+            libc::setgid(gid);
+            libc::setuid(uid);
+        }
+    }
 }
 
 fn tty_of(fd: i32) -> String {
@@ -109,11 +218,13 @@ fn tty_of(fd: i32) -> String {
 }
 
 fn kill_fakes(fakes: Vec<Fake>) {
+    let table = ProcTable::scan();
     for f in &fakes {
-        // SAFETY: our own children.
-        unsafe {
-            libc::kill(f.shell, libc::SIGKILL);
-            libc::kill(f.monitor, libc::SIGKILL);
+        let mut pids: Vec<i32> = table.descendants(f.monitor).iter().map(|p| p.pid).collect();
+        pids.push(f.monitor);
+        for pid in pids {
+            // SAFETY: processes of our own fake sessions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
     reap();
@@ -125,11 +236,11 @@ fn reap() {
     while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
 }
 
-fn record(f: &Fake, uid: u32, user: &str, limits: Limits, rule: &str) -> SessionRecord {
+fn record(f: &Fake, limits: Limits, rule: &str) -> SessionRecord {
     SessionRecord {
         key: SessionKey { pid: f.monitor, start: procfs::start_time(f.monitor).expect("monitor start") },
-        uid,
-        user: user.into(),
+        uid: f.uid,
+        user: f.user.clone(),
         rhost: "192.0.2.1".into(),
         service: "bench".into(),
         login_time: f.made,
@@ -185,80 +296,148 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn sweep_cost(size: usize, idle_window: u64) {
-    println!("\n== {size} idle sessions on real ptys ==");
+/// The users of the sweep and the policy that gives them their limits: the
+/// first by a `user` rule, every second by a `group` rule, the rest by `*`.
+struct Population {
+    owners: Vec<Owner>,
+    _users: Vec<TestUser>,
+    _group: TestGroup,
+    policy: String,
+}
+
+fn population(count: usize) -> Population {
+    let group = TestGroup::create("sbg");
+    let prefix = sshidle_tests::unique_name("sbu");
+    let users: Vec<TestUser> =
+        (0..count).map(|i| TestUser::create(&prefix, &[group.name.as_str()][..(i % 2)])).collect();
+    let policy =
+        format!("user {} idle=2h warn=1m\ngroup {} idle=2h warn=2m\n* idle=2h warn=1m\n", users[0].name, group.name);
+    Population { owners: users.iter().map(Owner::of).collect(), _users: users, _group: group, policy }
+}
+
+struct Phases {
+    idle_window: u64,
+    typing_window: u64,
+    keys_per_sec: u32,
+}
+
+fn sweep_cost(size: usize, owners: &[Owner], policy_text: &str, notty_every: usize, phases: Option<&Phases>) {
     let dir = TempDir::new("bench-enforce");
     let state_path = dir.join("state");
-    let policy = dir.join("policy");
-    std::fs::write(&policy, "user root idle=2h warn=1m\n").unwrap();
+    let policy_path = dir.join("policy");
+    let utmp_path = dir.join("utmp");
+    std::fs::write(&policy_path, policy_text).unwrap();
     let t = Instant::now();
-    let fakes: Vec<Fake> = (0..size).map(|_| spawn_fake(None)).collect();
-    println!("made {size} sessions ({} processes) in {:.1} s", 2 * size, t.elapsed().as_secs_f64());
+    let fakes: Vec<Fake> = (0..size)
+        .map(|i| spawn_fake(&owners[i % owners.len()], notty_every == 0 || i % notty_every != notty_every - 1))
+        .collect();
+    let ptys = fakes.iter().filter(|f| f.tty.is_some()).count();
+    println!(
+        "\n== {size} sessions of {} users ({ptys} on ptys, 4 processes each; {} without a pty, 4 processes each) ==",
+        owners.len(),
+        size - ptys
+    );
+    println!("made them in {:.1} s", t.elapsed().as_secs_f64());
+    write_private_utmp(&utmp_path, &fakes);
     let state = StateDir::open(&state_path, true).unwrap();
-    let limits = Limits { idle: Some(7200), warn: Some(60), hard: None };
-    let rule = format!("{}:1: user root", policy.display());
-    let records: Vec<SessionRecord> = fakes.iter().map(|f| record(f, 0, "root", limits, &rule)).collect();
+    let policy = Policy::load(&policy_path).expect("policy");
+    let records: Vec<SessionRecord> = fakes
+        .iter()
+        .map(|f| {
+            let account = sshidle::users::lookup_user(&f.user).expect("account");
+            let resolution = policy.resolve(&f.user, &mut || sshidle::users::group_names(&account));
+            record(f, resolution.limits, &resolution.describe())
+        })
+        .collect();
     for r in &records {
         state.record_open(r).unwrap();
     }
     let processes = procfs::all_pids().len();
 
     // A full sweep, in process: what the enforcer does at start and on SIGHUP.
-    let mut full = Vec::new();
-    let mut scans = Vec::new();
+    let mut parts: Vec<[f64; 5]> = Vec::new();
     let mut cheap = Vec::new();
     let now = sshidle::now_unix();
+    let mut memos: std::collections::HashMap<SessionKey, Option<activity::IoMemo>> = Default::default();
     for _ in 0..5 {
-        let t = Instant::now();
+        let t0 = Instant::now();
+        let sessions = state.load().expect("journal").sessions;
+        let t1 = Instant::now();
+        let policy = Policy::load(&policy_path).expect("policy");
+        let mut resolved: std::collections::HashMap<String, Limits> = Default::default();
+        for r in &sessions {
+            resolved.entry(r.user.clone()).or_insert_with(|| {
+                let account = sshidle::users::lookup_user(&r.user).expect("account");
+                policy.resolve(&account.name, &mut || sshidle::users::group_names(&account)).limits
+            });
+        }
+        let t2 = Instant::now();
+        let utmp = sshidle::utmp::read(&utmp_path).expect("utmp");
+        assert_eq!(utmp.len(), ptys);
+        let t3 = Instant::now();
         let table = ProcTable::scan();
-        scans.push(t.elapsed().as_secs_f64());
-        let mut members = Vec::with_capacity(records.len());
-        let mut memo = None;
-        for r in &records {
+        let t4 = Instant::now();
+        let mut members = Vec::with_capacity(sessions.len());
+        for r in &sessions {
             let m = activity::members(&table, r.key).expect("members");
-            let a = activity::assess(r, &m, &mut memo, now);
-            let _ = sshidle::lifecycle::decide(&r.limits, r.login_time, a.quiet_since, r.warned_at, now);
+            let a = activity::assess(r, &m, memos.entry(r.key).or_default(), now);
+            let _ = sshidle::lifecycle::decide(&resolved[&r.user], r.login_time, a.quiet_since, r.warned_at, now);
             members.push(m);
         }
-        full.push(t.elapsed().as_secs_f64());
-        assert!(members.iter().all(|m| m.ttys.len() == 1), "every session has its tty");
-        // The cheap look at a deadline: known ttys only, no scan.
+        let t5 = Instant::now();
+        parts.push([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4].map(|d| d.as_secs_f64()));
+        assert_eq!(members.iter().filter(|m| m.ttys.len() == 1).count(), ptys, "every pty session has its tty");
+        // The cheap look at a deadline: known members only, no scan.
         let t = Instant::now();
-        for (r, m) in records.iter().zip(&members) {
-            let a = activity::assess(r, m, &mut memo, now);
-            let _ = sshidle::lifecycle::decide(&r.limits, r.login_time, a.quiet_since, r.warned_at, now);
+        for (r, m) in sessions.iter().zip(&members) {
+            let a = activity::assess(r, m, memos.entry(r.key).or_default(), now);
+            let _ = sshidle::lifecycle::decide(&resolved[&r.user], r.login_time, a.quiet_since, r.warned_at, now);
         }
         cheap.push(t.elapsed().as_secs_f64());
     }
+    let part = |i: usize| median(parts.iter().map(|p| p[i]).collect());
+    let full = median(parts.iter().map(|p| p.iter().sum()).collect());
     println!("processes on the machine: {processes}");
     println!(
-        "full sweep in process:  {:.1} ms (of which /proc scan {:.1} ms) = {:.1} µs/session",
-        median(full.clone()) * 1e3,
-        median(scans) * 1e3,
-        median(full) * 1e6 / size as f64
+        "full sweep in process:  {:.1} ms = {:.1} µs/session: journal {:.1} ms, policy + account lookups {:.1} ms, \
+         utmp {:.1} ms, /proc scan {:.1} ms, sessions' processes/ttys/decisions {:.1} ms",
+        full * 1e3,
+        full * 1e6 / size as f64,
+        part(0) * 1e3,
+        part(1) * 1e3,
+        part(2) * 1e3,
+        part(3) * 1e3,
+        part(4) * 1e3
     );
     println!(
         "cheap look (deadline):  {:.2} ms for all = {:.2} µs/session",
         median(cheap.clone()) * 1e3,
         median(cheap) * 1e6 / size as f64
     );
+    let utmp_arg = utmp_path.to_str().unwrap();
     let runs: Vec<(f64, f64)> =
-        (0..3).map(|_| timed_ctl(&policy, &state_path, &["enforce", "--once", "--utmp", "none"])).collect();
+        (0..3).map(|_| timed_ctl(&policy_path, &state_path, &["enforce", "--once", "--utmp", utmp_arg])).collect();
     println!(
         "sshidlectl enforce --once:   wall {:.0} ms, CPU {:.0} ms",
         median(runs.iter().map(|r| r.0).collect()) * 1e3,
         median(runs.iter().map(|r| r.1).collect()) * 1e3
     );
-    let runs: Vec<(f64, f64)> = (0..3).map(|_| timed_ctl(&policy, &state_path, &["status", "--json"])).collect();
+    let runs: Vec<(f64, f64)> = (0..3).map(|_| timed_ctl(&policy_path, &state_path, &["status", "--json"])).collect();
     println!(
         "sshidlectl status --json:    wall {:.0} ms, CPU {:.0} ms",
         median(runs.iter().map(|r| r.0).collect()) * 1e3,
         median(runs.iter().map(|r| r.1).collect()) * 1e3
     );
+    if let Some(phases) = phases {
+        daemon_cost(&fakes, &policy_path, &state_path, utmp_arg, phases);
+    }
+    kill_fakes(fakes);
+}
 
-    // The daemon with these sessions sitting idle.
-    let mut daemon = sshidlectl(&policy, &state_path)
-        .args(["enforce", "--utmp", "none"])
+/// The daemon with these sessions: idle, then typed into.
+fn daemon_cost(fakes: &[Fake], policy: &Path, state: &Path, utmp: &str, phases: &Phases) {
+    let mut daemon = sshidlectl(policy, state)
+        .args(["enforce", "--utmp", utmp])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -267,54 +446,134 @@ fn sweep_cost(size: usize, idle_window: u64) {
     let pid = daemon.id() as i32;
     std::thread::sleep(Duration::from_secs(3));
     let start_cpu = cpu_of(pid);
-    let wakes0: u64 = status_field(pid, "voluntary_ctxt_switches:").parse().unwrap_or(0);
     let rss_start = status_field(pid, "VmRSS:");
-    if idle_window > 0 {
-        std::thread::sleep(Duration::from_secs(idle_window));
-        let cpu = cpu_of(pid) - start_cpu;
-        let wakes: u64 = status_field(pid, "voluntary_ctxt_switches:").parse().unwrap_or(0);
+    let wakes = || status_field(pid, "voluntary_ctxt_switches:").parse::<u64>().unwrap_or(0);
+    println!("enforcer daemon: start-up CPU {start_cpu:.3} s, RSS {rss_start}");
+    if phases.idle_window > 0 {
+        // 10-second slices: the housekeeping (every 5 minutes) shows as a
+        // slice above the others.
+        let (w0, c0) = (wakes(), cpu_of(pid));
+        let mut slices = Vec::new();
+        let mut last = c0;
+        let begun = Instant::now();
+        while begun.elapsed() < Duration::from_secs(phases.idle_window) {
+            std::thread::sleep(Duration::from_secs(10).min(Duration::from_secs(phases.idle_window) - begun.elapsed()));
+            let c = cpu_of(pid);
+            slices.push(((begun.elapsed().as_secs()), c - last));
+            last = c;
+        }
+        let cpu = last - c0;
+        let window = begun.elapsed().as_secs_f64();
+        let (at, top) = slices.iter().fold((0, -1.0), |best, s| if s.1 > best.1 { *s } else { best });
+        let typical = median(slices.iter().map(|s| s.1).collect());
         println!(
-            "enforcer daemon: start-up CPU {:.3} s; then {:.3} s CPU and {} wake-ups in {idle_window} s \
-             => {:.2} CPU s/hour (start-up included)",
-            start_cpu,
-            cpu,
-            wakes.saturating_sub(wakes0),
-            start_cpu + cpu * 3600.0 / idle_window as f64
+            "idle for {window:.0} s: {cpu:.3} s CPU, {} wake-ups => {:.3} CPU s/hour (start-up excluded); \
+             10-s slices: median {:.1} ms, largest {:.1} ms (ending at {at} s)",
+            wakes().saturating_sub(w0),
+            cpu * 3600.0 / window,
+            typical * 1e3,
+            top * 1e3
         );
-    } else {
-        println!("enforcer daemon: start-up CPU {start_cpu:.3} s");
     }
-    println!("enforcer daemon RSS: {rss_start} at start, {} now", status_field(pid, "VmRSS:"));
+    if phases.typing_window > 0 {
+        let masters: Vec<i32> = fakes.iter().filter_map(|f| f.master.as_ref().map(|m| m.as_raw_fd())).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let typist = {
+            let (stop, per_sec) = (stop.clone(), phases.keys_per_sec);
+            std::thread::spawn(move || type_into(&masters, per_sec, &stop))
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        let (w0, c0, begun) = (wakes(), cpu_of(pid), Instant::now());
+        std::thread::sleep(Duration::from_secs(phases.typing_window));
+        let (cpu, window, woke) = (cpu_of(pid) - c0, begun.elapsed().as_secs_f64(), wakes().saturating_sub(w0));
+        stop.store(true, Ordering::SeqCst);
+        let (keys, secs) = typist.join().expect("typist");
+        println!(
+            "typing ({:.0} keys/s in all, each read and echoed on its pty) for {window:.0} s: {cpu:.3} s CPU = \
+             {:.2} % of one core, {woke} wake-ups",
+            keys as f64 / secs,
+            cpu / window * 100.0
+        );
+    }
+    println!("enforcer daemon RSS now: {}", status_field(pid, "VmRSS:"));
     // SAFETY: our own child.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let _ = daemon.wait();
-    kill_fakes(fakes);
 }
 
-/// Writes (or, with `dead`, ends) the utmp entry of a fake session.
-fn utmp_entry(f: &Fake, user: &str, dead: bool) {
-    // SAFETY: all-zero utmpx is valid; fields filled below; the utmp API is
-    // used from this thread only.
+/// Writes one key into every master `per_sec` times a second, spread over
+/// the second, and drains the echo; returns the keys written and the time.
+fn type_into(masters: &[i32], per_sec: u32, stop: &AtomicBool) -> (u64, f64) {
+    const SLICES: usize = 20;
+    let period = Duration::from_secs(1) / per_sec.max(1);
+    let chunk = masters.len().div_ceil(SLICES).max(1);
+    let begun = Instant::now();
+    let mut next = begun;
+    let mut keys = 0u64;
+    let mut buf = [0u8; 256];
+    while !stop.load(Ordering::SeqCst) {
+        for group in masters.chunks(chunk) {
+            for fd in group {
+                // SAFETY: writes to and reads from pty masters we hold.
+                unsafe {
+                    if libc::write(*fd, b"x".as_ptr().cast(), 1) == 1 {
+                        keys += 1;
+                    }
+                    while libc::read(*fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+                }
+            }
+            next += period / SLICES as u32;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    (keys, begun.elapsed().as_secs_f64())
+}
+
+/// A utmp file of our own with a USER_PROCESS entry per pty session.
+fn write_private_utmp(path: &Path, fakes: &[Fake]) {
+    let mut bytes = Vec::new();
+    for f in fakes {
+        let Some(tty) = &f.tty else { continue };
+        let u = utmpx_of(f.monitor, tty, &f.user, false);
+        // SAFETY: utmpx is plain old data.
+        bytes.extend_from_slice(unsafe {
+            std::slice::from_raw_parts((&u as *const libc::utmpx).cast::<u8>(), std::mem::size_of::<libc::utmpx>())
+        });
+    }
+    std::fs::write(path, bytes).expect("utmp");
+}
+
+fn utmpx_of(pid: i32, tty: &str, user: &str, dead: bool) -> libc::utmpx {
+    // SAFETY: an all-zero utmpx is valid.
+    let mut u: libc::utmpx = unsafe { std::mem::zeroed() };
+    u.ut_type = if dead { libc::DEAD_PROCESS } else { libc::USER_PROCESS };
+    u.ut_pid = pid;
+    for (d, s) in u.ut_line.iter_mut().zip(tty.bytes()) {
+        *d = s as libc::c_char;
+    }
+    let id = tty.trim_start_matches("pts/");
+    for (d, s) in u.ut_id.iter_mut().zip(id.bytes()) {
+        *d = s as libc::c_char;
+    }
+    if !dead {
+        for (d, s) in u.ut_user.iter_mut().zip(user.bytes()) {
+            *d = s as libc::c_char;
+        }
+        for (d, s) in u.ut_host.iter_mut().zip(b"192.0.2.1".iter()) {
+            *d = *s as libc::c_char;
+        }
+    }
+    u.ut_tv.tv_sec = sshidle::now_unix() as _;
+    u
+}
+
+/// Writes (or, with `dead`, ends) the system utmp entry of a fake session.
+fn utmp_entry(f: &Fake, dead: bool) {
+    let u = utmpx_of(f.monitor, f.tty.as_deref().expect("pty"), &f.user, dead);
+    // SAFETY: the utmp API is used from this thread only.
     unsafe {
-        let mut u: libc::utmpx = std::mem::zeroed();
-        u.ut_type = if dead { libc::DEAD_PROCESS } else { libc::USER_PROCESS };
-        u.ut_pid = f.monitor;
-        for (d, s) in u.ut_line.iter_mut().zip(f.tty.bytes()) {
-            *d = s as libc::c_char;
-        }
-        let id = f.tty.trim_start_matches("pts/");
-        for (d, s) in u.ut_id.iter_mut().zip(id.bytes()) {
-            *d = s as libc::c_char;
-        }
-        if !dead {
-            for (d, s) in u.ut_user.iter_mut().zip(user.bytes()) {
-                *d = s as libc::c_char;
-            }
-            for (d, s) in u.ut_host.iter_mut().zip(b"192.0.2.1".iter()) {
-                *d = *s as libc::c_char;
-            }
-        }
-        u.ut_tv.tv_sec = sshidle::now_unix() as _;
         libc::setutxent();
         libc::pututxline(&u);
         libc::endutxent();
@@ -343,15 +602,15 @@ fn compare_with_autolog(n: usize) {
     // Become the subreaper, so autolog's own children are ours to reap.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    let ours: Vec<Fake> = users.iter().map(|u| spawn_fake(Some(u.uid))).collect();
-    let theirs: Vec<Fake> = users.iter().map(|u| spawn_fake(Some(u.uid))).collect();
+    let ours: Vec<Fake> = users.iter().map(|u| spawn_fake(&Owner::of(u), true)).collect();
+    let theirs: Vec<Fake> = users.iter().map(|u| spawn_fake(&Owner::of(u), true)).collect();
     let state = StateDir::open(&state_path, true).unwrap();
     let limits = Limits { idle: Some(LIMIT as u64), warn: Some(10), hard: None };
-    for (f, u) in ours.iter().zip(&users) {
-        state.record_open(&record(f, u.uid, &u.name, limits, &format!("{}:1", policy.display()))).unwrap();
+    for f in &ours {
+        state.record_open(&record(f, limits, &format!("{}:1", policy.display()))).unwrap();
     }
-    for (f, u) in theirs.iter().zip(&users) {
-        utmp_entry(f, &u.name, false);
+    for f in &theirs {
+        utmp_entry(f, false);
     }
     let mut enforcer = sshidlectl(&policy, &state_path)
         .args(["enforce", "--utmp", "none"])
@@ -385,19 +644,28 @@ fn compare_with_autolog(n: usize) {
         reap_others(epid, apid);
     }
     let show = |name: &str, ended: &[Option<i64>], fakes: &[Fake]| {
-        let late: Vec<String> = ended
-            .iter()
-            .zip(fakes)
-            .map(|(e, f)| e.map_or_else(|| "never".into(), |e| format!("{:+}", e - (f.made + LIMIT))))
-            .collect();
-        println!("{name:<8} seconds past the limit: {}", late.join(" "));
+        let late: Vec<Option<i64>> = ended.iter().zip(fakes).map(|(e, f)| e.map(|e| e - (f.made + LIMIT))).collect();
+        let seen: Vec<f64> = late.iter().flatten().map(|l| *l as f64).collect();
+        let never = late.iter().filter(|l| l.is_none()).count();
+        let summary = if seen.is_empty() {
+            "none ended".to_string()
+        } else {
+            format!(
+                "median {:+.0}, max {:+.0}, min {:+.0}",
+                median(seen.clone()),
+                seen.iter().copied().fold(f64::MIN, f64::max),
+                seen.iter().copied().fold(f64::MAX, f64::min)
+            )
+        };
+        let each: Vec<String> = late.iter().map(|l| l.map_or_else(|| "never".into(), |l| format!("{l:+}"))).collect();
+        println!("{name:<8} seconds past the limit: {summary}; {never} never ended; each: {}", each.join(" "));
     };
     show("sshidle", &ended_ours, &ours);
     show("autolog", &ended_theirs, &theirs);
     println!("CPU used: sshidle {:.3} s; autolog {:.3} s (+ {:.3} s in its ps children)", cpu.0, cpu.1, cpu.2);
     println!("RSS: sshidle {}; autolog {}", status_field(epid, "VmRSS:"), status_field(apid, "VmRSS:"));
-    for (f, u) in theirs.iter().zip(&users) {
-        utmp_entry(f, &u.name, true);
+    for f in &theirs {
+        utmp_entry(f, true);
     }
     // SAFETY: our own children.
     unsafe {
@@ -425,16 +693,29 @@ fn reap_others(keep_a: i32, keep_b: i32) {
 fn main() {
     // SAFETY: geteuid cannot fail.
     assert_eq!(unsafe { libc::geteuid() }, 0, "run as root");
-    let mut sizes = vec![1000usize, 4000];
-    let mut idle_window = 120u64;
-    let mut compare = 5usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--sizes" => sizes = args.next().unwrap().split(',').map(|s| s.parse().unwrap()).collect(),
-            "--idle-window" => idle_window = args.next().unwrap().parse().unwrap(),
-            "--compare" => compare = args.next().unwrap().parse().unwrap(),
-            "--no-compare" => compare = 0,
+    let mut sizes = vec![1000usize];
+    let mut users = 10usize;
+    let mut notty_every = 5usize;
+    let mut phases = Phases { idle_window: 330, typing_window: 60, keys_per_sec: 5 };
+    let mut compare = 20usize;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let at = i;
+        let value = || args.get(at + 1).unwrap_or_else(|| panic!("{} needs a value", args[at])).clone();
+        i += 2;
+        match args[at].as_str() {
+            "--sizes" => sizes = value().split(',').map(|s| s.parse().unwrap()).collect(),
+            "--users" => users = value().parse().unwrap(),
+            "--notty-every" => notty_every = value().parse().unwrap(),
+            "--idle-window" => phases.idle_window = value().parse().unwrap(),
+            "--typing-window" => phases.typing_window = value().parse().unwrap(),
+            "--keys-per-sec" => phases.keys_per_sec = value().parse().unwrap(),
+            "--compare" => compare = value().parse().unwrap(),
+            "--no-compare" => {
+                compare = 0;
+                i -= 1;
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -451,8 +732,9 @@ fn main() {
         lim.rlim_cur = lim.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
+    let people = population(users.max(1));
     for (i, size) in sizes.iter().enumerate() {
-        sweep_cost(*size, if i == 0 { idle_window } else { 0 });
+        sweep_cost(*size, &people.owners, &people.policy, notty_every, (i == 0).then_some(&phases));
     }
     if compare > 0 {
         compare_with_autolog(compare);
