@@ -17,6 +17,12 @@ pub fn built_deb() -> PathBuf {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
         let out_dir = target_dir().parent().expect("target dir").join("debian");
+        std::fs::create_dir_all(&out_dir).expect("target/debian");
+        // One build at a time, also across test processes (the private
+        // system's run of a test is another process).
+        let lock = std::fs::File::create(out_dir.join("build.lock")).expect("build lock");
+        // SAFETY: flock on a descriptor we own; released when `lock` drops.
+        assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
         let out = Command::new("sh")
             .arg(workspace_root().join("packaging/build-deb.sh"))
             .arg(&out_dir)

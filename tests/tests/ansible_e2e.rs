@@ -37,7 +37,15 @@ impl Namespace {
                 o = ovl.display()
             ));
         }
-        script.push_str("mount -t tmpfs -o mode=0755 sshidle-test /run\necho ready\nexec sleep 100000\n");
+        script.push_str("mount -t tmpfs -o mode=0755 sshidle-test /run\n");
+        // An installation on the real system (make install) is taken away
+        // inside only (fresh /run, own PID namespace: the real enforcer is
+        // out of reach), so that the role starts from a machine without it.
+        script.push_str(
+            "if [ -f /var/lib/sshidle/installed ] && [ -x /usr/local/sbin/sshidlectl ]; then\n\
+             /usr/local/sbin/sshidlectl uninstall >/dev/null 2>&1 || true\nfi\n",
+        );
+        script.push_str("echo ready\nexec sleep 100000\n");
         let mut unshare = Command::new("unshare")
             .args(["--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private", "sh", "-c", &script])
             .stdin(Stdio::null())
@@ -154,6 +162,8 @@ fn role_installs_deploys_validates_is_idempotent_and_removes() {
                    "sshidle_keepalive_settings": "interval=60 count-max=3",
                    "sshidle_dropins": [{"name": "50-dba", "rules": [{"selector": "group dba", "settings": "idle=1h warn=5m"}]}]}"#;
     let ns = Namespace::start(&dir);
+    // As the namespace began (the real one less an installation of sshidle).
+    let ns_pam = ns.read("/etc/pam.d/sshd").expect("/etc/pam.d/sshd in the namespace");
     let play = Playbook { ns: &ns, dir: dir.clone(), roles: repo.join("contrib/ansible/roles") };
 
     // First run: installed, policy and drop-in in place, enforcer running.
@@ -204,7 +214,7 @@ fn role_installs_deploys_validates_is_idempotent_and_removes() {
     // Removed: the PAM file byte for byte as it was, nothing of sshidle left.
     let (out, recap) = play.run(&good.replacen('{', r#"{"sshidle_state": "absent", "#, 1));
     assert!(out.status.success() && field(&recap, "changed") > 0, "removal: {}", describe(&out));
-    assert_eq!(ns.read("/etc/pam.d/sshd").unwrap(), real_pam, "/etc/pam.d/sshd differs after removal");
+    assert_eq!(ns.read("/etc/pam.d/sshd").unwrap(), ns_pam, "/etc/pam.d/sshd differs after removal");
     for gone in [
         "/etc/security/sshidle.conf",
         "/etc/security/sshidle.conf.d",

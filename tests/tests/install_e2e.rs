@@ -469,10 +469,33 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     edited.extend_from_slice(b"# \xff end of the admin's edit\n");
     std::fs::write(PAM_FILE, &edited).unwrap();
 
+    // The keepalive settings sshidlectl writes go with uninstall; while
+    // sshd's configuration fails `sshd -t`, uninstall keeps them and says why.
+    let ssh_before = snapshot_of("/etc/ssh");
+    let out = ctl(Path::new(INSTALLED_CTL), &["keepalive", "--interval", "45", "--count-max", "2"]);
+    assert!(out.status.success(), "keepalive: {}", describe(&out));
+    let with_keepalive = snapshot_of("/etc/ssh");
+    assert_ne!(with_keepalive, ssh_before, "keepalive wrote nothing");
+    let main_config = std::fs::read("/etc/ssh/sshd_config").unwrap();
+    let mut broken = main_config.clone();
+    broken.extend_from_slice(b"NoSuchSshdKeyword yes\n");
+    std::fs::write("/etc/ssh/sshd_config", &broken).unwrap();
+    let out = ctl(Path::new(INSTALLED_CTL), &["uninstall", "--dry-run"]);
+    assert!(text(&out.stdout).contains("would remove"), "dry run: {}", describe(&out));
+    let kept = ctl(Path::new(INSTALLED_CTL), &["uninstall"]);
+    assert_eq!(kept.status.code(), Some(1), "uninstall with a broken sshd config: {}", describe(&kept));
+    assert!(text(&kept.stderr).contains("kept sshd's keepalive settings"), "says why: {}", describe(&kept));
+    std::fs::write("/etc/ssh/sshd_config", &main_config).unwrap();
+    assert_eq!(snapshot_of("/etc/ssh"), with_keepalive, "the drop-in kept, and nothing else changed");
+    // The rest of uninstall was done; once sshd's config is right again:
+    let out = ctl(&built_ctl, &["keepalive", "--off"]);
+    assert!(out.status.success(), "keepalive --off: {}", describe(&out));
+    assert_eq!(differences(&ssh_before, &snapshot_of("/etc/ssh")), Vec::<String>::new(), "/etc/ssh as before");
+
     // Uninstall: back byte for byte (with the admin's edit); the edited policy is kept.
-    let out = ctl(Path::new(INSTALLED_CTL), &["uninstall"]);
-    assert!(out.status.success(), "uninstall: {}", describe(&out));
-    assert!(text(&out.stdout).contains("kept: policy"), "{}", describe(&out));
+    assert!(text(&kept.stdout).contains("kept: policy"), "{}", describe(&kept));
+    let out = ctl(&built_ctl, &["uninstall"]);
+    assert!(out.status.success(), "a second uninstall: {}", describe(&out));
     let mut expected = b"# edited by the admin after install: caf\xe9\n".to_vec();
     expected.extend_from_slice(&guard.pam);
     expected.extend_from_slice(b"# \xff end of the admin's edit\n");

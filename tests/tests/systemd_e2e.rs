@@ -238,7 +238,7 @@ fn the_package_on_a_real_systemd() {
         return;
     }
     for tool in ["debootstrap", "systemd-nspawn", "nsenter", "unshare"] {
-        if !Command::new("sh").args(["-c", &format!("command -v {tool}")]).status().is_ok_and(|s| s.success()) {
+        if !Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()) {
             skip_or_fail(&format!("{tool} is missing (it is in .ci/packages: make test installs it)"));
             return;
         }
@@ -259,6 +259,12 @@ fn the_package_on_a_real_systemd() {
     assert_eq!(c.ok("systemctl is-active sshidle").trim(), "active");
     assert_eq!(c.ok("systemctl is-enabled sshidle").trim(), "enabled");
     let pid = c.main_pid();
+    // What the package added is the package's: the admin's `sshidlectl
+    // uninstall` leaves it and says so.
+    let out = c.ok("sshidlectl uninstall");
+    assert!(out.contains("the sshidle package added"), "{out}");
+    assert!(c.ok("cat /etc/pam.d/sshd").contains("pam_sshidle.so"), "the package's PAM line kept");
+    assert_eq!(c.main_pid(), pid, "the package's service kept");
 
     // Two users: one idles on a pty, one runs a command with no limit.
     c.ok("useradd -m idler && useradd -m busy && ssh-keygen -q -t ed25519 -N '' -f /root/key && \
@@ -348,4 +354,22 @@ fn the_package_on_a_real_systemd() {
     assert_eq!(differences(&ssh_before, &c.tree("/etc/ssh")), Vec::<String>::new(), "/etc/ssh ends as it began");
     let _ = std::io::stderr().flush();
     eprintln!("systemd e2e: {:?} in all", started.elapsed());
+}
+
+#[test]
+fn the_package_is_lintian_clean() {
+    let deb = sshidle_tests::deb::built_deb();
+    let changes = deb.with_extension("changes");
+    let out = Command::new("lintian")
+        .args(["--pedantic", "--fail-on", "none"])
+        .arg(&changes)
+        .output()
+        .expect("lintian (in .ci/packages)");
+    assert!(out.status.success(), "lintian: {}", describe(&out));
+    let problems: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("E:") || l.starts_with("W:") || l.starts_with("P:"))
+        .map(String::from)
+        .collect();
+    assert!(problems.is_empty(), "lintian on {}:\n{}", changes.display(), problems.join("\n"));
 }
