@@ -656,8 +656,7 @@ fn systemd_unit_verifies_and_is_hardened() {
     // These machines run no systemd, but ship systemd-analyze, which checks
     // a unit file offline.
     if Command::new("systemd-analyze").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "systemd-analyze is missing");
-        eprintln!("skipping: no systemd-analyze");
+        skip_or_fail("systemd-analyze is missing (package systemd, in the package list)");
         return;
     }
     let dir = TempDir::new("unit");
