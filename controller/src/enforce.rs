@@ -23,7 +23,7 @@ use sshidle::activity::{self, Activity, IoMemo, Members, Memory};
 use sshidle::lifecycle::{Cause, Lifecycle, Observation, Step};
 use sshidle::policy::Policy;
 use sshidle::procfs::{self, ProcTable};
-use sshidle::state::{SessionKey, SessionRecord, StateDir, StateError};
+use sshidle::state::{EndCause, SessionKey, SessionRecord, StateDir, StateError};
 use sshidle::terminate::{self, Termination, GRACE};
 use sshidle::{format_duration, now_unix, users, utmp, Level, Limits, LogSink};
 use std::collections::HashSet;
@@ -97,13 +97,13 @@ impl Effects {
     }
 
     /// Begins ending a session.
-    fn end(&self, table: &ProcTable, r: &SessionRecord, reason: &str, what: &str) -> Option<Termination> {
+    fn end(&self, table: &ProcTable, r: &SessionRecord, cause: Cause, reason: &str, what: &str) -> Option<Termination> {
         if self.dry_run {
             self.say(Level::Notice, &format!("would disconnect {what}"));
             return None;
         }
         self.say(Level::Notice, &format!("disconnecting {what}"));
-        begin_termination(self.state.as_ref(), table, r, reason, &self.log)
+        begin_termination(self.state.as_ref(), table, r, cause.into(), reason, &self.log)
     }
 
     /// Drops the records of sessions whose process is gone (`dead`), and
@@ -133,11 +133,9 @@ impl Effects {
         }
     }
 
-    fn save_memory(&self, memory: &Memory, state_path: &Path) {
-        if self.dry_run || self.state.is_none() {
-            return;
-        }
-        if let Err(err) = memory.save(state_path) {
+    fn save_memory(&self, memory: &Memory) {
+        let Some(state) = self.state.as_ref().filter(|_| !self.dry_run) else { return };
+        if let Err(err) = memory.save(state) {
             self.log.log(Level::Warning, &format!("saving {}: {err}", activity::MEMORY_FILE));
         }
     }
@@ -284,7 +282,7 @@ impl Enforcer {
                 return;
             }
         };
-        let memory = Memory::load(&self.state_path);
+        let memory = Memory::load(state);
         let new = self.life.sync(
             snapshot.sessions,
             now,
@@ -471,7 +469,7 @@ impl Enforcer {
             display_or_dash(&r.rhost),
             display_ttys(&act.ttys)
         );
-        if let Some(term) = self.fx.end(table, r, &reason, &what) {
+        if let Some(term) = self.fx.end(table, r, cause, &reason, &what) {
             self.terminations.push(term);
         }
     }
@@ -506,7 +504,7 @@ impl Enforcer {
             return;
         }
         let memory = Memory { entries: self.life.iter().filter_map(|(k, t)| t.seen.memo.map(|m| (*k, m))).collect() };
-        self.fx.save_memory(&memory, &self.state_path);
+        self.fx.save_memory(&memory);
         self.memory_dirty = false;
         self.memory_saved = Instant::now();
     }
@@ -623,6 +621,7 @@ fn begin_termination(
     state: Option<&StateDir>,
     table: &ProcTable,
     r: &SessionRecord,
+    cause: EndCause,
     reason: &str,
     log: &dyn LogSink,
 ) -> Option<Termination> {
@@ -631,7 +630,7 @@ fn begin_termination(
         return None;
     };
     if let Some(state) = state {
-        if let Err(err) = state.mark_ending(r.key, reason) {
+        if let Err(err) = state.mark_ending(r.key, cause, reason) {
             log.log(Level::Warning, &format!("noting why session {} ends: {err}", r.key));
         }
     }
@@ -861,11 +860,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
 /// A session `disconnect` can name: recorded, or only in utmp.
 fn known_sessions(cli: &Cli, utmp_path: Option<&Path>) -> Result<(Option<StateDir>, Vec<SessionRecord>), StateError> {
     let entries = utmp_path.and_then(|p| utmp::read(p).ok()).unwrap_or_default();
-    let state = match StateDir::open(&cli.state_dir, false) {
-        Ok(state) => Some(state),
-        Err(StateError::Io(_, err)) if err.kind() == std::io::ErrorKind::NotFound => None,
-        Err(err) => return Err(err),
-    };
+    let state = StateDir::open_existing(&cli.state_dir)?;
     let mut sessions: Vec<SessionRecord> = match &state {
         Some(state) => state.load()?.sessions.into_iter().filter(|r| r.key.is_alive()).collect(),
         None => Vec::new(),
@@ -921,7 +916,7 @@ pub fn disconnect(cli: &Cli, args: &DisconnectArgs) -> u8 {
         }
         return EXIT_PROBLEM;
     }
-    let observer = activity::Observer::new(&cli.state_dir);
+    let observer = activity::Observer::new(state.as_ref());
     let table = ProcTable::scan();
     let now = now_unix();
     let mut terms = Vec::new();
@@ -957,7 +952,7 @@ pub fn disconnect(cli: &Cli, args: &DisconnectArgs) -> u8 {
             ),
         );
         let state = if r.service == ADOPTED { None } else { state.as_ref() };
-        match begin_termination(state, &table, r, &reason, &log) {
+        match begin_termination(state, &table, r, EndCause::Admin, &reason, &log) {
             Some(term) => terms.push(term),
             None => code = EXIT_PROBLEM,
         }

@@ -364,9 +364,7 @@ impl Manifest {
     }
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
-}
+use sshidle::files::fnv1a;
 
 // ---------------------------------------------------------------------------
 // The PAM file edit: pure functions on the text.
@@ -472,7 +470,7 @@ pub fn pam_remove(text: &[u8]) -> Option<Vec<u8>> {
 // ---------------------------------------------------------------------------
 // File helpers.
 
-pub use crate::fsutil::write_atomic;
+pub use sshidle::files::{write_atomic, Replace};
 
 /// The run of one install or uninstall: prints each action, and records it
 /// in the manifest unless it is a dry run.
@@ -486,7 +484,7 @@ struct Run<'a> {
     /// Directories a dry run would have created.
     planned_dirs: Vec<PathBuf>,
     /// Held for the whole run (see `lock_installation`).
-    _lock: Option<fs::File>,
+    _lock: Option<sshidle::files::Flock<fs::File>>,
 }
 
 impl<'a> Run<'a> {
@@ -541,7 +539,7 @@ impl<'a> Run<'a> {
             };
         }
         fs::create_dir_all(&self.layout.var_dir)?;
-        write_atomic(&path, self.manifest.render().as_bytes(), 0o600, None)
+        write_atomic(&path, self.manifest.render().as_bytes(), &Replace::synced(0o600, None))
     }
 
     /// Creates `dir` and its missing parents, recording each one created.
@@ -585,7 +583,7 @@ impl<'a> Run<'a> {
             (None, _) => {
                 self.say(&format!("install {what} {}", path.display()));
                 if !self.dry_run {
-                    write_atomic(path, bytes, mode, None)?;
+                    write_atomic(path, bytes, &Replace::synced(mode, None))?;
                 }
                 if !ours {
                     self.record(Entry::File(path.to_path_buf()))?;
@@ -594,7 +592,7 @@ impl<'a> Run<'a> {
             (Some(_), true) => {
                 self.say(&format!("update {what} {}", path.display()));
                 if !self.dry_run {
-                    write_atomic(path, bytes, mode, None)?;
+                    write_atomic(path, bytes, &Replace::synced(mode, None))?;
                 }
             }
             (Some(old), false) => {
@@ -603,8 +601,8 @@ impl<'a> Run<'a> {
                 if !self.dry_run {
                     let old_mode = fs::metadata(path)?.mode() & 0o7777;
                     fs::create_dir_all(backup.parent().unwrap_or(Path::new("/")))?;
-                    write_atomic(&backup, old, old_mode, None)?;
-                    write_atomic(path, bytes, mode, None)?;
+                    write_atomic(&backup, old, &Replace::synced(old_mode, None))?;
+                    write_atomic(path, bytes, &Replace::synced(mode, None))?;
                 }
                 self.record(Entry::Replaced(path.to_path_buf(), backup))?;
             }
@@ -729,7 +727,7 @@ fn remove_keepalive(cli: &Cli, dry_run: bool) -> u8 {
 /// Keeps two installs or uninstalls (or an install and a package script)
 /// from interleaving: an flock on the directory of the PAM file, which both
 /// edit. Locking the directory leaves no file behind. Dry runs do not lock.
-fn lock_installation(layout: &Layout, dry_run: bool) -> Result<Option<fs::File>, String> {
+fn lock_installation(layout: &Layout, dry_run: bool) -> Result<Option<sshidle::files::Flock<fs::File>>, String> {
     if dry_run {
         return Ok(None);
     }
@@ -738,15 +736,13 @@ fn lock_installation(layout: &Layout, dry_run: bool) -> Result<Option<fs::File>,
         // No directory to lock: the steps report the missing PAM file.
         return Ok(None);
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    // SAFETY: flock on a descriptor we own.
-    while unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&handle), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        if std::time::Instant::now() >= deadline {
-            return Err(format!("{}: another install or uninstall is running; try again later", dir.display()));
+    match sshidle::files::lock_exclusive(handle, std::time::Duration::from_secs(60), &mut |_| {}) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(sshidle::files::LockError::TimedOut(_)) => {
+            Err(format!("{}: another install or uninstall is running; try again later", dir.display()))
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        Err(sshidle::files::LockError::Io(e)) => Err(format!("cannot lock {}: {e}", dir.display())),
     }
-    Ok(Some(handle))
 }
 
 pub fn install_with(layout: &Layout, args: &InstallArgs) -> u8 {
@@ -868,7 +864,8 @@ fn install_default_policy(run: &mut Run) -> Result<(), String> {
         }
         run.say(&format!("install default policy {}", layout.policy.display()));
         if !run.dry_run {
-            write_atomic(&layout.policy, DEFAULT_POLICY.as_bytes(), 0o644, None).map_err(io(&layout.policy))?;
+            write_atomic(&layout.policy, DEFAULT_POLICY.as_bytes(), &Replace::synced(0o644, None))
+                .map_err(io(&layout.policy))?;
         }
         run.record(Entry::Policy(layout.policy.clone(), fnv1a(DEFAULT_POLICY.as_bytes())))
             .map_err(io(&layout.manifest_path()))?;
@@ -896,8 +893,8 @@ fn install_pam_line(run: &mut Run) -> Result<(), String> {
         let meta = fs::metadata(&real).map_err(|e| format!("{}: {e}", real.display()))?;
         let io = |e: std::io::Error| format!("{}: {e}", backup.display());
         fs::create_dir_all(backup.parent().unwrap_or(Path::new("/"))).map_err(io)?;
-        write_atomic(&backup, &text, meta.mode() & 0o7777, None).map_err(io)?;
-        write_atomic(&real, &new_text, meta.mode() & 0o7777, Some((meta.uid(), meta.gid())))
+        write_atomic(&backup, &text, &Replace::synced(meta.mode() & 0o7777, None)).map_err(io)?;
+        write_atomic(&real, &new_text, &Replace::synced(meta.mode() & 0o7777, Some((meta.uid(), meta.gid()))))
             .map_err(|e| format!("{}: {e}", real.display()))?;
     }
     run.record(Entry::PamLine(pam_file.clone(), backup)).map_err(|e| format!("manifest: {e}"))
@@ -1074,7 +1071,7 @@ fn undo(run: &mut Run, entry: &Entry) -> Result<(), String> {
             if !dry {
                 let bytes = fs::read(backup).map_err(err(backup))?;
                 let mode = fs::metadata(backup).map_err(err(backup))?.mode() & 0o7777;
-                write_atomic(path, &bytes, mode, None).map_err(err(path))?;
+                write_atomic(path, &bytes, &Replace::synced(mode, None)).map_err(err(path))?;
                 fs::remove_file(backup).map_err(err(backup))?;
             }
         }
@@ -1101,8 +1098,12 @@ fn undo(run: &mut Run, entry: &Entry) -> Result<(), String> {
                     run.say(&format!("remove the pam_sshidle.so line from {}", pam_file.display()));
                     if !dry {
                         let meta = fs::metadata(&real).map_err(err(&real))?;
-                        write_atomic(&real, &new_text, meta.mode() & 0o7777, Some((meta.uid(), meta.gid())))
-                            .map_err(err(&real))?;
+                        write_atomic(
+                            &real,
+                            &new_text,
+                            &Replace::synced(meta.mode() & 0o7777, Some((meta.uid(), meta.gid()))),
+                        )
+                        .map_err(err(&real))?;
                     }
                 }
                 None if pam_has_module(&text) => {

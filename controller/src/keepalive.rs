@@ -26,7 +26,6 @@ use std::fs;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -243,36 +242,27 @@ fn match_name<'a>(name: &'a str, rule: &sshidle::policy::Rule) -> Result<&'a str
 /// Exclusive lock for one run, held until dropped: flock on the directory of
 /// the main config. Not on the file itself: a run replaces that file (rename),
 /// and a later run would then lock the new inode while this one still works.
-struct ConfigLock {
-    _dir: fs::File,
-}
+type ConfigLock = sshidle::files::Flock<fs::File>;
 
 fn lock_config(main: &Path) -> Result<ConfigLock, String> {
     const WAIT: Duration = Duration::from_secs(120);
     let dir_path = main.parent().unwrap_or(Path::new("/"));
     let dir = fs::File::open(dir_path).map_err(|e| format!("cannot open {}: {e}", dir_path.display()))?;
-    let started = Instant::now();
     let mut told = false;
-    // SAFETY: flock on an fd we own.
-    while unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(format!("cannot lock {}: {err}", dir_path.display()));
-        }
-        if started.elapsed() >= WAIT {
-            return Err(format!(
-                "another `sshidlectl keepalive` still holds the lock on {} after {} s; nothing was changed",
-                dir_path.display(),
-                WAIT.as_secs()
-            ));
-        }
-        if !told && started.elapsed() >= Duration::from_secs(2) {
+    let mut tell = |waited: Duration| {
+        if !told && waited >= Duration::from_secs(2) {
             eprintln!("sshidlectl: waiting for another `sshidlectl keepalive` (lock on {})", dir_path.display());
             told = true;
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(ConfigLock { _dir: dir })
+    };
+    sshidle::files::lock_exclusive(dir, WAIT, &mut tell).map_err(|err| match err {
+        sshidle::files::LockError::TimedOut(_) => format!(
+            "another `sshidlectl keepalive` still holds the lock on {} after {} s; nothing was changed",
+            dir_path.display(),
+            WAIT.as_secs()
+        ),
+        sshidle::files::LockError::Io(err) => format!("cannot lock {}: {err}", dir_path.display()),
+    })
 }
 
 fn sshd_binary() -> &'static str {
@@ -461,7 +451,7 @@ fn write_plan(plan: &Plan, modes: &[FileMode]) -> Result<(), String> {
                 if let Some(dir) = c.path.parent() {
                     let _ = fs::create_dir_all(dir);
                 }
-                sshd_config::write_atomic(&c.path, bytes, modes[i])
+                sshd_config::write_through_symlink(&c.path, bytes, modes[i])
             }
             None => sshd_config::remove_file(&c.path),
         };
@@ -482,7 +472,7 @@ fn restore(plan: &Plan, modes: &[FileMode]) -> Result<(), String> {
     let mut errors = Vec::new();
     for (c, mode) in plan.changes.iter().zip(modes).rev() {
         let result = match &c.old {
-            Some(bytes) => sshd_config::write_atomic(&c.path, bytes, *mode),
+            Some(bytes) => sshd_config::write_through_symlink(&c.path, bytes, *mode),
             None => sshd_config::remove_file(&c.path),
         };
         if let Err(e) = result {

@@ -1,7 +1,6 @@
 //! `sshidlectl`: the controller of sshidle.
 
 mod enforce;
-mod fsutil;
 mod install;
 mod keepalive;
 mod report;

@@ -56,12 +56,8 @@ impl SessionRow {
 }
 
 /// Loads the live sessions (records whose process is gone are left out).
-pub fn live_sessions(cli: &Cli) -> Result<Vec<SessionRecord>, StateError> {
-    let state = match StateDir::open(&cli.state_dir, false) {
-        Ok(state) => state,
-        Err(StateError::Io(_, err)) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(err),
-    };
+pub fn live_sessions(state: Option<&StateDir>) -> Result<Vec<SessionRecord>, StateError> {
+    let Some(state) = state else { return Ok(Vec::new()) };
     let snapshot = state.load()?;
     if snapshot.corrupt {
         eprintln!("sshidlectl: {}: not a state file; it is moved aside at the next login", state.file_path().display());
@@ -70,15 +66,16 @@ pub fn live_sessions(cli: &Cli) -> Result<Vec<SessionRecord>, StateError> {
 }
 
 pub fn status(cli: &Cli, args: &StatusArgs) -> u8 {
-    let sessions = match live_sessions(cli) {
-        Ok(s) => s,
+    let opened = StateDir::open_existing(&cli.state_dir);
+    let (state, sessions) = match opened.and_then(|state| Ok((live_sessions(state.as_ref())?, state))) {
+        Ok((sessions, state)) => (state, sessions),
         Err(err) => {
             eprintln!("sshidlectl: {err}");
             return EXIT_PROBLEM;
         }
     };
     let now = sshidle::now_unix();
-    let observer = activity::Observer::new(&cli.state_dir);
+    let observer = activity::Observer::new(state.as_ref());
     let rows: Vec<SessionRow> = sessions.iter().map(|r| SessionRow::new(r, now, &observer)).collect();
     let format = if args.json { Format::Json } else { args.format };
     match format {
@@ -91,7 +88,7 @@ pub fn status(cli: &Cli, args: &StatusArgs) -> u8 {
         },
         Format::Table => print!("{}", table_text(&rows)),
         Format::Prometheus => {
-            let counts = StateDir::open(&cli.state_dir, false).map(|s| s.disconnect_counts()).unwrap_or_default();
+            let counts = state.as_ref().map(|s| s.disconnect_counts()).unwrap_or_default();
             print!("{}", prometheus_text(&rows, &counts));
         }
     }

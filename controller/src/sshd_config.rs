@@ -849,13 +849,13 @@ pub fn mode_of(path: &Path) -> FileMode {
     }
 }
 
-/// Replaces `path` with `bytes` atomically: a temporary file in the same
-/// directory (a dot name, so no `Include` glob picks it up), mode and owner
-/// set, synced, renamed over the path, directory synced. A symlink is
-/// followed: its target is replaced.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: FileMode) -> std::io::Result<()> {
+/// Replaces the file `path` names with `bytes` atomically
+/// ([`sshidle::files::write_atomic`], synced, with `mode`). Unlike it, a
+/// symlink is followed: the admin's link stays and its target is replaced.
+pub fn write_through_symlink(path: &Path, bytes: &[u8], mode: FileMode) -> std::io::Result<()> {
     let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    crate::fsutil::write_atomic(&path, bytes, mode.mode, Some((mode.uid, mode.gid)))
+    let how = sshidle::files::Replace::synced(mode.mode, Some((mode.uid, mode.gid)));
+    sshidle::files::write_atomic(&path, bytes, &how)
 }
 
 /// Deletes `path` (a missing file is fine) and syncs its directory.
@@ -1406,13 +1406,13 @@ mod tests {
         let p = dir.write("f", "old\n");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
         let mode = mode_of(&p);
-        write_atomic(&p, b"new\n", mode).unwrap();
+        write_through_symlink(&p, b"new\n", mode).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"new\n");
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o640);
         // Through a symlink: the target is replaced, the link stays.
         let link = dir.path("link");
         std::os::unix::fs::symlink(&p, &link).unwrap();
-        write_atomic(&link, b"via link\n", mode).unwrap();
+        write_through_symlink(&link, b"via link\n", mode).unwrap();
         assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
         assert_eq!(fs::read(&p).unwrap(), b"via link\n");
         assert_eq!(fs::read_dir(&dir.0).unwrap().count(), 3, "no temporary file left");

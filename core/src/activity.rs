@@ -23,12 +23,11 @@
 //! - **Neither** (`ssh -N`, a ControlMaster with no channel left): not judged
 //!   here; sshd's `UnusedConnectionTimeout` covers it. `hard=` still applies.
 
+use crate::files::Fnv;
 use crate::procfs::{self, ProcTable};
-use crate::state::{SessionKey, SessionRecord};
+use crate::state::{SessionKey, SessionRecord, StateDir, StateError};
 use std::collections::HashMap;
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
 
 /// The kernel updates tty timestamps only when they cross a multiple of this.
 pub const TTY_TIME_GRANULARITY: i64 = 8;
@@ -109,28 +108,12 @@ pub fn tty_atime(tty_nr: u32) -> Option<i64> {
 /// A digest of the session's commands and their I/O byte counts: any change
 /// is activity. A process that cannot be read counts as changed.
 pub fn io_fingerprint(commands: &[(i32, u64)]) -> u64 {
-    let mut hash = Fnv::new();
+    let mut hash = Fnv::default();
     for (pid, start) in commands {
         let bytes = if procfs::is_same_process(*pid, *start) { procfs::io_bytes(*pid) } else { None };
-        hash.add(*pid as u64);
-        hash.add(*start);
-        hash.add(bytes.unwrap_or(u64::MAX));
+        hash = hash.u64(*pid as u64).u64(*start).u64(bytes.unwrap_or(u64::MAX));
     }
     hash.0
-}
-
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-    fn add(&mut self, value: u64) {
-        for byte in value.to_le_bytes() {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }
 
 /// What the enforcer last saw of a session's commands.
@@ -194,9 +177,13 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// Reads the memory kept in `state_dir`; empty when there is none.
-    pub fn load(state_dir: &Path) -> Memory {
-        std::fs::read_to_string(state_dir.join(MEMORY_FILE)).map(|t| Memory::parse(&t)).unwrap_or_default()
+    /// Reads the memory kept in the state directory; empty when there is
+    /// none (or it cannot be read).
+    pub fn load(state: &StateDir) -> Memory {
+        match state.read_file(MEMORY_FILE, 64 << 20) {
+            Ok(Some(text)) => Memory::parse(&text),
+            _ => Memory::default(),
+        }
     }
 
     pub fn parse(text: &str) -> Memory {
@@ -235,23 +222,8 @@ impl Memory {
 
     /// Writes the memory atomically (temp file + rename, mode 0600, no
     /// symlinks followed).
-    pub fn save(&self, state_dir: &Path) -> io::Result<()> {
-        let temp = state_dir.join(format!("{MEMORY_FILE}.tmp"));
-        let _ = std::fs::remove_file(&temp);
-        let result = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&temp)?;
-            file.write_all(self.render().as_bytes())?;
-            std::fs::rename(&temp, state_dir.join(MEMORY_FILE))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
-        result
+    pub fn save(&self, state: &StateDir) -> Result<(), StateError> {
+        state.write_file(MEMORY_FILE, self.render().as_bytes())
     }
 }
 
@@ -263,8 +235,9 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub fn new(state_dir: &Path) -> Observer {
-        Observer { table: ProcTable::scan(), memory: Memory::load(state_dir) }
+    /// `state`: where the enforcer's memory is (none: nothing remembered).
+    pub fn new(state: Option<&StateDir>) -> Observer {
+        Observer { table: ProcTable::scan(), memory: state.map(Memory::load).unwrap_or_default() }
     }
 
     pub fn observe(&self, record: &SessionRecord, now: i64) -> Activity {
@@ -285,6 +258,7 @@ pub fn observe(record: &SessionRecord, now: i64) -> Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn tty_granularity() {
@@ -318,9 +292,9 @@ mod tests {
         assert_eq!(Memory::parse(&memory.render()), memory);
         assert_eq!(Memory::parse("garbage\n1 2 3 4 5\n"), Memory::default());
         let dir = std::env::temp_dir().join(format!("sshidle-activity-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        memory.save(&dir).unwrap();
-        assert_eq!(Memory::load(&dir), memory);
+        let state = StateDir::open(&dir, true).unwrap();
+        memory.save(&state).unwrap();
+        assert_eq!(Memory::load(&state), memory);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

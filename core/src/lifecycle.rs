@@ -30,6 +30,15 @@ pub enum Cause {
     Hard,
 }
 
+impl From<Cause> for crate::state::EndCause {
+    fn from(cause: Cause) -> Self {
+        match cause {
+            Cause::Idle => crate::state::EndCause::Idle,
+            Cause::Hard => crate::state::EndCause::Hard,
+        }
+    }
+}
+
 /// What is known of a session's activity now.
 ///
 /// Any source of "last real input" plugs in here: it only has to say from

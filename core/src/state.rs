@@ -19,6 +19,7 @@
 //! A session is keyed by the PID of the process that opened it (sshd's
 //! privileged monitor) and that process's start time, which detects PID reuse.
 
+use crate::files::{self, Flock, LockError, Replace};
 use crate::policy::Limits;
 use crate::procfs;
 use std::collections::{BTreeMap, HashMap};
@@ -26,17 +27,16 @@ use std::ffi::CString;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const DEFAULT_STATE_DIR: &str = "/run/sshidle";
 pub const STATE_FILE: &str = "sessions";
 /// Sessions sshidle has ended since boot, by cause: `CAUSE COUNT` lines,
 /// for `sshidlectl status --format prometheus`.
 pub const DISCONNECTS_FILE: &str = "disconnects";
-const TEMP_FILE: &str = "sessions.tmp";
 const HEADER_PREFIX: &str = "sshidle-state 1 base=";
 const BASE_DIGITS: usize = 12;
 const HEADER_LEN: usize = HEADER_PREFIX.len() + BASE_DIGITS + 1;
@@ -176,6 +176,16 @@ impl StateDir {
         Ok(StateDir { path: path.to_path_buf(), dir })
     }
 
+    /// Opens an existing state directory for reading; `None` when there is
+    /// none (no login since boot).
+    pub fn open_existing(path: &Path) -> Result<Option<StateDir>> {
+        match StateDir::open(path, false) {
+            Ok(state) => Ok(Some(state)),
+            Err(StateError::Io(_, err)) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -217,16 +227,17 @@ impl StateDir {
         self.compact_locked(keep)
     }
 
-    /// Notes why sshidle is ending a session, for `close_session` to log,
-    /// and counts the disconnect (once per session) in `DISCONNECTS_FILE`.
-    pub fn mark_ending(&self, key: SessionKey, reason: &str) -> Result<()> {
+    /// Notes why sshidle is ending a session (`reason`, for `close_session`
+    /// to log), and counts the disconnect (once per session) by `cause` in
+    /// `DISCONNECTS_FILE`.
+    pub fn mark_ending(&self, key: SessionKey, cause: EndCause, reason: &str) -> Result<()> {
         let name = ending_name(key);
         let first = self.openat(&name, libc::O_RDONLY, 0).is_err();
         let file = self.create_file(&name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?;
         (&file).write_all(reason.as_bytes()).map_err(io_err(format!("writing {name}")))?;
         if first {
             // A counter that cannot be written must not stop the disconnect.
-            let _ = self.count_disconnect(disconnect_cause(reason));
+            let _ = self.count_disconnect(cause.as_str());
         }
         Ok(())
     }
@@ -236,18 +247,12 @@ impl StateDir {
         let mut counts = self.disconnect_counts();
         *counts.entry(cause.to_string()).or_insert(0) += 1;
         let text: String = counts.iter().map(|(c, n)| format!("{c} {n}\n")).collect();
-        let temp = "disconnects.tmp";
-        let file = self.create_file(temp, libc::O_WRONLY | libc::O_TRUNC)?;
-        (&file).write_all(text.as_bytes()).map_err(io_err(format!("writing {temp}")))?;
-        drop(file);
-        self.rename(temp, DISCONNECTS_FILE)
+        self.replace(DISCONNECTS_FILE, text.as_bytes())
     }
 
     /// Disconnects counted by `mark_ending` since the directory was made.
     pub fn disconnect_counts(&self) -> BTreeMap<String, u64> {
-        let Ok(file) = self.open_file_named(DISCONNECTS_FILE, libc::O_RDONLY) else { return BTreeMap::new() };
-        let mut text = String::new();
-        let _ = (&file).take(64 * 1024).read_to_string(&mut text);
+        let Ok(Some(text)) = self.read_file(DISCONNECTS_FILE, 64 * 1024) else { return BTreeMap::new() };
         text.lines()
             .filter_map(|line| {
                 let (cause, n) = line.split_once(' ')?;
@@ -319,13 +324,7 @@ impl StateDir {
         }
         let mut contents = header(HEADER_LEN as u64 + body.len() as u64);
         contents.push_str(&body);
-        let temp = self.create_file(TEMP_FILE, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?;
-        let written = (&temp).write_all(contents.as_bytes()).map_err(io_err("writing state"));
-        drop(temp);
-        if let Err(err) = written.and_then(|_| self.rename(TEMP_FILE, STATE_FILE)) {
-            self.unlink(TEMP_FILE);
-            return Err(err);
-        }
+        self.replace(STATE_FILE, contents.as_bytes())?;
         Ok(dropped)
     }
 
@@ -337,24 +336,40 @@ impl StateDir {
     }
 
     /// An exclusive flock on the directory, waited for at most LOCK_TIMEOUT.
-    fn lock(&self) -> Result<DirLock<'_>> {
-        let deadline = Instant::now() + LOCK_TIMEOUT;
-        let mut pause = Duration::from_micros(50);
-        loop {
-            // SAFETY: valid fd.
-            if unsafe { libc::flock(self.dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(DirLock(&self.dir));
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) && err.kind() != io::ErrorKind::Interrupted {
-                return Err(StateError::Io("flock".into(), err));
-            }
-            if Instant::now() >= deadline {
-                return Err(StateError::Busy(self.path.clone()));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(10));
+    fn lock(&self) -> Result<Flock<&OwnedFd>> {
+        files::lock_exclusive(&self.dir, LOCK_TIMEOUT, &mut |_| {}).map_err(|err| match err {
+            LockError::TimedOut(_) => StateError::Busy(self.path.clone()),
+            LockError::Io(err) => StateError::Io("flock".into(), err),
+        })
+    }
+
+    /// Replaces `name` in the directory atomically (0600, no symlink
+    /// followed).
+    fn replace(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        files::write_atomic_at(self.dir.as_fd(), name, bytes, &Replace::PRIVATE)
+            .map_err(io_err(format!("writing {}", self.path.join(name).display())))
+    }
+
+    /// Reads a file of the state directory (at most `limit` bytes), refusing
+    /// a symlink or another's file. `None` when it does not exist.
+    pub fn read_file(&self, name: &str, limit: u64) -> Result<Option<String>> {
+        let file = match self.open_file_named(name, libc::O_RDONLY) {
+            Ok(file) => file,
+            Err(StateError::Io(_, err)) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let mut text = String::new();
+        (&file).take(limit).read_to_string(&mut text).map_err(io_err(format!("reading {name}")))?;
+        Ok(Some(text))
+    }
+
+    /// Replaces a file of the state directory other than the journal (the
+    /// enforcer's activity memory) atomically.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        if name == STATE_FILE {
+            return Err(StateError::Unsafe(format!("{name} is written through its journal only")));
         }
+        self.replace(name, bytes)
     }
 
     fn open_file(&self, flags: libc::c_int) -> Result<File> {
@@ -438,15 +453,6 @@ impl StateDir {
     }
 }
 
-struct DirLock<'a>(&'a OwnedFd);
-
-impl Drop for DirLock<'_> {
-    fn drop(&mut self) {
-        // SAFETY: valid fd.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
 fn check_owner(path: &Path, uid: u32) -> Result<()> {
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -461,16 +467,25 @@ fn c_path(path: &Path) -> Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| StateError::Unsafe(format!("bad path {}", path.display())))
 }
 
-/// `idle`, `hard`, `admin` or `other`, from the reason given to `mark_ending`.
-pub fn disconnect_cause(reason: &str) -> &'static str {
-    if reason.starts_with("idle") {
-        "idle"
-    } else if reason.starts_with("logged in") {
-        "hard"
-    } else if reason.contains("administrator") {
-        "admin"
-    } else {
-        "other"
+/// Why sshidle ended a session, as counted in `DISCONNECTS_FILE` (`other`
+/// there: a cause this version does not know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndCause {
+    /// Past `idle=`.
+    Idle,
+    /// Past `hard=`.
+    Hard,
+    /// `sshidlectl disconnect`.
+    Admin,
+}
+
+impl EndCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndCause::Idle => "idle",
+            EndCause::Hard => "hard",
+            EndCause::Admin => "admin",
+        }
     }
 }
 
@@ -793,7 +808,7 @@ mod tests {
         let state = StateDir::open(&path, true).unwrap();
         let key = SessionKey { pid: 7, start: 8 };
         assert_eq!(state.take_ending(key), None);
-        state.mark_ending(key, "idle 15m (rule x)").unwrap();
+        state.mark_ending(key, EndCause::Idle, "idle 15m (rule x)").unwrap();
         assert_eq!(state.take_ending(key).as_deref(), Some("idle 15m (rule x)"));
         assert_eq!(state.take_ending(key), None);
         std::fs::remove_dir_all(&path).unwrap();
@@ -806,17 +821,17 @@ mod tests {
         assert!(state.disconnect_counts().is_empty());
         let (a, b, c) =
             (SessionKey { pid: 1, start: 2 }, SessionKey { pid: 3, start: 4 }, SessionKey { pid: 5, start: 6 });
-        state.mark_ending(a, "idle 15m (limit idle=15m, rule x)").unwrap();
-        state.mark_ending(a, "idle 16m (limit idle=15m, rule x)").unwrap();
-        state.mark_ending(b, "logged in for 8h (limit hard=8h, rule y)").unwrap();
-        state.mark_ending(c, "disconnected by the administrator (idle 3s)").unwrap();
+        state.mark_ending(a, EndCause::Idle, "idle 15m (limit idle=15m, rule x)").unwrap();
+        state.mark_ending(a, EndCause::Idle, "idle 16m (limit idle=15m, rule x)").unwrap();
+        state.mark_ending(b, EndCause::Hard, "logged in for 8h (limit hard=8h, rule y)").unwrap();
+        state.mark_ending(c, EndCause::Admin, "disconnected by the administrator (idle 3s)").unwrap();
         let counts = state.disconnect_counts();
         assert_eq!(counts.get("idle"), Some(&1), "{counts:?}");
         assert_eq!(counts.get("hard"), Some(&1));
         assert_eq!(counts.get("admin"), Some(&1));
         // Taken endings do not uncount; a new ending of the same key counts.
         state.take_ending(a);
-        state.mark_ending(a, "idle 1m").unwrap();
+        state.mark_ending(a, EndCause::Idle, "idle 1m").unwrap();
         assert_eq!(state.disconnect_counts().get("idle"), Some(&2));
         let mode = std::fs::metadata(path.join(DISCONNECTS_FILE)).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600);
