@@ -155,6 +155,8 @@ struct Enforcer {
     problems: usize,
     /// `resolve` answers of the current batch.
     resolved: std::collections::HashMap<String, Option<(Limits, String)>>,
+    /// Bad fields of the state file already logged (each is logged once).
+    bad_fields_told: HashSet<String>,
 }
 
 impl Enforcer {
@@ -176,6 +178,7 @@ impl Enforcer {
             terminations: Vec::new(),
             problems: 0,
             resolved: Default::default(),
+            bad_fields_told: HashSet::new(),
         }
     }
 
@@ -282,6 +285,10 @@ impl Enforcer {
                 return;
             }
         };
+        for field in snapshot.bad_fields.iter().filter(|f| !self.bad_fields_told.contains(*f)) {
+            self.fx.log.log(Level::Warning, &format!("{}: {field} (default used)", state.file_path().display()));
+        }
+        self.bad_fields_told.extend(snapshot.bad_fields.iter().cloned());
         let memory = Memory::load(state);
         let new = self.life.sync(
             snapshot.sessions,

@@ -122,6 +122,9 @@ pub struct Snapshot {
     pub sessions: Vec<SessionRecord>,
     /// Lines that could not be parsed (torn or corrupt); they are skipped.
     pub bad_lines: usize,
+    /// Fields of kept lines that could not be parsed (their default was
+    /// used), for the reader to log.
+    pub bad_fields: Vec<String>,
     /// The file exists but is not a state file of this version.
     pub corrupt: bool,
 }
@@ -540,7 +543,7 @@ pub fn parse_journal(bytes: &[u8]) -> Snapshot {
             snapshot.bad_lines += 1;
             break;
         }
-        match std::str::from_utf8(line).ok().and_then(parse_entry) {
+        match std::str::from_utf8(line).ok().and_then(|l| parse_entry(l, &mut snapshot.bad_fields)) {
             Some(Entry::Open(record)) => {
                 if let Some(old) = index.insert(record.key, slots.len()) {
                     slots[old] = None;
@@ -572,34 +575,64 @@ enum Entry {
     Unknown,
 }
 
-fn parse_entry(line: &str) -> Option<Entry> {
+/// Parses one journal line. Fields are read independently, like logind's
+/// `session_load`: an `open` line is kept when what identifies and judges
+/// the session (pid, start, uid, user, login) is sound; another bad field
+/// falls back to its default (the enforcer re-applies the policy to the
+/// limits anyway) and is named in `bad_fields`.
+fn parse_entry(line: &str, bad_fields: &mut Vec<String>) -> Option<Entry> {
     let mut fields = line.split('\t');
     let kind = fields.next()?;
-    let mut map: HashMap<&str, String> = HashMap::new();
+    let mut map: HashMap<&str, Option<String>> = HashMap::new();
     for field in fields {
-        let (k, v) = field.split_once('=')?;
-        map.insert(k, unescape(v)?);
+        match field.split_once('=') {
+            Some((k, v)) => {
+                map.insert(k, unescape(v));
+            }
+            None => bad_fields.push(format!("{kind}: field without '=': {field:?}")),
+        }
     }
-    let num = |k: &str| map.get(k).and_then(|v| v.parse::<i64>().ok());
-    let limit = |k: &str| -> Option<Option<u64>> {
-        match map.get(k).map(String::as_str) {
-            None | Some("-") => Some(None),
-            Some(v) => v.parse().ok().map(Some),
+    let text = |k: &str| map.get(k).and_then(|v| v.as_deref());
+    let num = |k: &str| text(k).and_then(|v| v.parse::<i64>().ok());
+    let key = SessionKey { pid: i32::try_from(num("pid")?).ok()?, start: text("start")?.parse().ok()? };
+    // An optional field: absent is `None`; present but bad is `None` and named.
+    let mut optional = |k: &str, parse: &dyn Fn(&str) -> Option<Option<String>>| match map.get(k) {
+        None => None,
+        Some(value) => {
+            let parsed = value.as_deref().and_then(parse);
+            if parsed.is_none() {
+                bad_fields.push(format!("{kind} pid={}: bad {k}", key.pid));
+            }
+            parsed.flatten()
         }
     };
-    let key = SessionKey { pid: i32::try_from(num("pid")?).ok()?, start: map.get("start")?.parse().ok()? };
     Some(match kind {
-        "open" => Entry::Open(SessionRecord {
-            key,
-            uid: map.get("uid")?.parse().ok()?,
-            user: map.get("user")?.clone(),
-            rhost: map.get("rhost").cloned().unwrap_or_default(),
-            service: map.get("service").cloned().unwrap_or_default(),
-            login_time: num("login")?,
-            limits: Limits { idle: limit("idle")?, warn: limit("warn")?, hard: limit("hard")? },
-            rule: map.get("rule").cloned().unwrap_or_else(|| "none".into()),
-            warned_at: num("warned"),
-        }),
+        "open" => {
+            let (uid, user, login_time) = (text("uid")?.parse().ok()?, text("user")?.to_string(), num("login")?);
+            let any = |v: &str| Some(Some(v.to_string()));
+            let limit =
+                |v: &str| if v == "-" { Some(None) } else { v.parse::<u64>().ok().map(|_| Some(v.to_string())) };
+            let number = |v: &str| v.parse::<i64>().ok().map(|_| Some(v.to_string()));
+            let secs = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok());
+            let (rhost, service, rule) = (optional("rhost", &any), optional("service", &any), optional("rule", &any));
+            let limits = Limits {
+                idle: secs(optional("idle", &limit)),
+                warn: secs(optional("warn", &limit)),
+                hard: secs(optional("hard", &limit)),
+            };
+            let warned_at = optional("warned", &number).and_then(|v| v.parse().ok());
+            Entry::Open(SessionRecord {
+                key,
+                uid,
+                user,
+                rhost: rhost.unwrap_or_default(),
+                service: service.unwrap_or_default(),
+                login_time,
+                limits,
+                rule: rule.unwrap_or_else(|| "none".into()),
+                warned_at,
+            })
+        }
         "close" => Entry::Close(key),
         "warned" => Entry::Warned(key, num("at")?),
         _ => Entry::Unknown,
@@ -755,6 +788,25 @@ mod tests {
         assert_eq!(users, vec!["alice", "bob"]);
         assert_eq!(snap.bad_lines, 2);
         std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn fields_are_parsed_independently() {
+        let mut journal = header(0);
+        // A bad limit, a bad escape and a bad warning time: the session is
+        // kept (the enforcer resolves its limits again), the fields named.
+        journal.push_str("open\tpid=1\tstart=2\tuid=1000\tuser=alice\trhost=%zz\tlogin=100\tidle=12x\twarn=60\thard=-\twarned=soon\trule=x:1: *\n");
+        // Without a sound uid, user or login the record cannot be judged.
+        journal.push_str("open\tpid=3\tstart=4\tuid=bob\tuser=bob\tlogin=100\n");
+        journal.push_str("open\tpid=5\tstart=6\tuid=1\tuser=carol\tlogin=later\n");
+        let snap = parse_journal(journal.as_bytes());
+        assert_eq!(snap.sessions.len(), 1, "{snap:?}");
+        let r = &snap.sessions[0];
+        assert_eq!((r.user.as_str(), r.rhost.as_str(), r.login_time), ("alice", "", 100));
+        assert_eq!(r.limits, Limits { idle: None, warn: Some(60), hard: None });
+        assert_eq!((r.warned_at, r.rule.as_str()), (None, "x:1: *"));
+        assert_eq!(snap.bad_fields, vec!["open pid=1: bad rhost", "open pid=1: bad idle", "open pid=1: bad warned"]);
+        assert_eq!(snap.bad_lines, 2);
     }
 
     #[test]
