@@ -18,7 +18,8 @@
 //! session due), so that a tty or command opened since is not missed.
 
 use crate::syslog::Logger;
-use crate::{Cli, DisconnectArgs, EnforceArgs, EXIT_OK, EXIT_PROBLEM};
+use crate::{Failure, Outcome, Paths};
+use clap::Args;
 use sshidle::activity::{self, Activity, IoMemo, Members, Memory};
 use sshidle::lifecycle::{Cause, Lifecycle, Observation, Step};
 use sshidle::policy::Policy;
@@ -42,6 +43,33 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 const RELOAD_DELAY: Duration = Duration::from_millis(100);
 /// The command memory is written at most this often.
 const MEMORY_SAVE_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Args, Debug)]
+pub struct EnforceArgs {
+    /// Run one sweep and exit
+    #[arg(long)]
+    pub once: bool,
+    /// Say what would be done; warn and disconnect nobody
+    #[arg(long)]
+    pub dry_run: bool,
+    /// utmp file listing logins that have no sshidle record (made before the
+    /// module was installed); `none` to look only at recorded sessions
+    #[arg(long, value_name = "FILE", default_value = sshidle::utmp::DEFAULT_UTMP)]
+    pub utmp: PathBuf,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["id", "user"])))]
+pub struct DisconnectArgs {
+    /// Session id, as shown by `sshidlectl status`
+    pub id: Option<String>,
+    /// Disconnect every session of this user
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Say what would be done; disconnect nobody
+    #[arg(long)]
+    pub dry_run: bool,
+}
 
 /// What the enforcer keeps of a session's processes between looks (the
 /// observation side; the lifecycle state is in [`sshidle::lifecycle`]).
@@ -160,14 +188,14 @@ struct Enforcer {
 }
 
 impl Enforcer {
-    fn new(cli: &Cli, args: &EnforceArgs) -> Enforcer {
+    fn new(paths: &Paths, args: &EnforceArgs) -> Enforcer {
         let utmp_path = match args.utmp.to_str() {
             Some("none") | Some("") => None,
             _ => Some(args.utmp.clone()),
         };
         Enforcer {
-            config: cli.config.clone(),
-            state_path: cli.state_dir.clone(),
+            config: paths.config.clone(),
+            state_path: paths.state_dir.clone(),
             utmp_path,
             fx: Effects { dry_run: args.dry_run, state: None, log: Logger::new(true, !args.dry_run) },
             policy: None,
@@ -658,8 +686,8 @@ fn report_killed(key: SessionKey, killed: &[terminate::Victim], log: &dyn LogSin
     }
 }
 
-pub fn run(cli: &Cli, args: &EnforceArgs) -> u8 {
-    let mut e = Enforcer::new(cli, args);
+pub fn run(paths: &Paths, args: &EnforceArgs) -> Outcome {
+    let mut e = Enforcer::new(paths, args);
     let now = now_unix();
     e.open_state();
     e.load_policy(true);
@@ -674,15 +702,12 @@ pub fn run(cli: &Cli, args: &EnforceArgs) -> u8 {
         }
         e.terminations.clear();
         e.save_memory(true);
-        return if e.problems == 0 { EXIT_OK } else { EXIT_PROBLEM };
+        return if e.problems == 0 { Ok(()) } else { Err(Failure::Reported) };
     }
-    match daemon(&mut e) {
-        Ok(()) => EXIT_OK,
-        Err(err) => {
-            e.fx.log.log(Level::Error, &format!("enforcer stopped: {err}"));
-            EXIT_PROBLEM
-        }
-    }
+    daemon(&mut e).map_err(|err| {
+        e.fx.log.log(Level::Error, &format!("enforcer stopped: {err}"));
+        Failure::Reported
+    })
 }
 
 fn cvt(rc: libc::c_int, what: &str) -> std::io::Result<libc::c_int> {
@@ -865,9 +890,12 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
 }
 
 /// A session `disconnect` can name: recorded, or only in utmp.
-fn known_sessions(cli: &Cli, utmp_path: Option<&Path>) -> Result<(Option<StateDir>, Vec<SessionRecord>), StateError> {
+fn known_sessions(
+    state_dir: &Path,
+    utmp_path: Option<&Path>,
+) -> Result<(Option<StateDir>, Vec<SessionRecord>), StateError> {
     let entries = utmp_path.and_then(|p| utmp::read(p).ok()).unwrap_or_default();
-    let state = StateDir::open_existing(&cli.state_dir)?;
+    let state = StateDir::open_existing(state_dir)?;
     let mut sessions: Vec<SessionRecord> = match &state {
         Some(state) => state.load()?.sessions.into_iter().filter(|r| r.key.is_alive()).collect(),
         None => Vec::new(),
@@ -894,40 +922,33 @@ fn known_sessions(cli: &Cli, utmp_path: Option<&Path>) -> Result<(Option<StateDi
     Ok((state, sessions))
 }
 
-pub fn disconnect(cli: &Cli, args: &DisconnectArgs) -> u8 {
+pub fn disconnect(state_dir: &Path, args: &DisconnectArgs) -> Outcome {
     let log = Logger::new(true, !args.dry_run);
-    let utmp_path = PathBuf::from(utmp::DEFAULT_UTMP);
-    let (state, sessions) = match known_sessions(cli, Some(&utmp_path)) {
-        Ok(found) => found,
-        Err(err) => {
-            eprintln!("sshidlectl: {err}");
-            return EXIT_PROBLEM;
-        }
+    let pid = match &args.id {
+        Some(id) => Some(id.parse::<i32>().map_err(|_| {
+            Failure::Usage(format!("'{id}' is not a session id (the ID column of `sshidlectl status`)"))
+        })?),
+        None => None,
     };
-    let targets: Vec<&SessionRecord> = match (&args.id, &args.user) {
-        (Some(id), _) => {
-            let Ok(pid) = id.parse::<i32>() else {
-                eprintln!("sshidlectl: '{id}' is not a session id (the ID column of `sshidlectl status`)");
-                return crate::EXIT_USAGE;
-            };
-            sessions.iter().filter(|r| r.key.pid == pid).collect()
-        }
+    let utmp_path = PathBuf::from(utmp::DEFAULT_UTMP);
+    let (state, sessions) = known_sessions(state_dir, Some(&utmp_path))?;
+    let targets: Vec<&SessionRecord> = match (pid, &args.user) {
+        (Some(pid), _) => sessions.iter().filter(|r| r.key.pid == pid).collect(),
         (None, Some(user)) => sessions.iter().filter(|r| &r.user == user).collect(),
         (None, None) => Vec::new(),
     };
     if targets.is_empty() {
-        match (&args.id, &args.user) {
-            (Some(id), _) => eprintln!("sshidlectl: no session {id}"),
-            (_, Some(user)) => eprintln!("sshidlectl: no session of {user}"),
-            _ => {}
-        }
-        return EXIT_PROBLEM;
+        return Err(Failure::Problem(match (&args.id, &args.user) {
+            (Some(id), _) => format!("no session {id}"),
+            (_, Some(user)) => format!("no session of {user}"),
+            _ => "no session named".into(),
+        }));
     }
     let observer = activity::Observer::new(state.as_ref());
     let table = ProcTable::scan();
     let now = now_unix();
     let mut terms = Vec::new();
-    let mut code = EXIT_OK;
+    let mut ok = true;
     for r in targets {
         let act = observer.observe(r, now);
         let reason = format!("disconnected by the administrator (idle {})", format_duration(act.idle_secs));
@@ -961,17 +982,21 @@ pub fn disconnect(cli: &Cli, args: &DisconnectArgs) -> u8 {
         let state = if r.service == ADOPTED { None } else { state.as_ref() };
         match begin_termination(state, &table, r, EndCause::Admin, &reason, &log) {
             Some(term) => terms.push(term),
-            None => code = EXIT_PROBLEM,
+            None => ok = false,
         }
     }
     for term in &mut terms {
         let killed = term.finish(GRACE);
         report_killed(term.key, &killed, &log);
         if !term.survivors().is_empty() {
-            code = EXIT_PROBLEM;
+            ok = false;
         }
     }
-    code
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Reported)
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 //! the admin edited since is kept. Running `install` twice changes nothing the
 //! second time.
 
-use crate::{Cli, EXIT_OK, EXIT_PROBLEM};
+use crate::{Cli, Paths, EXIT_OK, EXIT_PROBLEM};
 use clap::{Args, CommandFactory};
 use std::fmt;
 use std::fs;
@@ -125,7 +125,7 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn system(cli: &Cli, args: &InstallArgs) -> Result<Layout, String> {
+    pub fn system(paths: &Paths, args: &InstallArgs) -> Result<Layout, String> {
         let pam_module_dir = find_pam_module_dir().ok_or_else(|| {
             "cannot find the PAM module directory (no pam_unix.so in /lib/<triplet>/security, \
              /usr/lib64/security, /lib/security ...)"
@@ -136,8 +136,8 @@ impl Layout {
         Ok(Layout {
             pam_module_dir,
             pam_file: args.pam_file.clone(),
-            policy: cli.config.clone(),
-            state_dir: cli.state_dir.clone(),
+            policy: paths.config.clone(),
+            state_dir: paths.state_dir.clone(),
             sbin_dir: "/usr/local/sbin".into(),
             man_dir: "/usr/local/share/man".into(),
             share_dir: "/usr/local/share".into(),
@@ -148,8 +148,8 @@ impl Layout {
             service,
             systemctl: "systemctl".into(),
             self_exe,
-            conf_arg: (cli.config != Path::new(sshidle::DEFAULT_POLICY_PATH)).then(|| cli.config.clone()),
-            state_arg: (cli.state_dir != Path::new(sshidle::DEFAULT_STATE_DIR)).then(|| cli.state_dir.clone()),
+            conf_arg: (paths.config != Path::new(sshidle::DEFAULT_POLICY_PATH)).then(|| paths.config.clone()),
+            state_arg: (paths.state_dir != Path::new(sshidle::DEFAULT_STATE_DIR)).then(|| paths.state_dir.clone()),
         })
     }
 
@@ -662,8 +662,8 @@ fn load_manifest(layout: &Layout) -> Result<Manifest, String> {
     }
 }
 
-pub fn install(cli: &Cli, args: &InstallArgs) -> u8 {
-    match Layout::system(cli, args) {
+pub fn install(paths: &Paths, args: &InstallArgs) -> u8 {
+    match Layout::system(paths, args) {
         Ok(layout) => {
             let code = install_with(&layout, args);
             if sshd_uses_pam() == Some(false) {
@@ -692,12 +692,12 @@ fn sshd_uses_pam() -> Option<bool> {
     Some(value.trim() == "yes")
 }
 
-pub fn uninstall(cli: &Cli, args: &UninstallArgs) -> u8 {
+pub fn uninstall(paths: &Paths, args: &UninstallArgs) -> u8 {
     let args = args.as_install_args();
-    match Layout::system(cli, &args) {
+    match Layout::system(paths, &args) {
         Ok(layout) => {
             let code = uninstall_with(&layout, &args);
-            code.max(remove_keepalive(cli, args.dry_run))
+            code.max(remove_keepalive(&paths.config, args.dry_run))
         }
         Err(e) => {
             eprintln!("sshidlectl: {e}");
@@ -709,12 +709,12 @@ pub fn uninstall(cli: &Cli, args: &UninstallArgs) -> u8 {
 /// `keepalive --off`: what `sshidlectl keepalive` wrote into sshd's
 /// configuration goes with the rest (checked with `sshd -t`, sshd reloaded),
 /// or stays, and uninstall says why.
-fn remove_keepalive(cli: &Cli, dry_run: bool) -> u8 {
+fn remove_keepalive(config: &Path, dry_run: bool) -> u8 {
     if !Path::new(crate::keepalive::DEFAULT_SSHD_CONFIG).exists() {
         return EXIT_OK;
     }
     println!("keepalive: removing what sshidlectl keepalive wrote into sshd's configuration");
-    let code = crate::keepalive::remove(cli, dry_run);
+    let code = crate::keepalive::remove(config, dry_run);
     if code != EXIT_OK {
         eprintln!(
             "sshidlectl: kept sshd's keepalive settings from sshidle (see above); \

@@ -16,7 +16,7 @@ use crate::sshd_config::{
     self, display_keyword, unified_diff, Desired, FileMode, MatchBlock, Plan, PlanError, Tree, KW_COUNT_MAX,
     KW_INTERVAL, KW_UNUSED,
 };
-use crate::{Cli, EXIT_OK, EXIT_PROBLEM};
+use crate::{EXIT_OK, EXIT_PROBLEM};
 use clap::Args;
 use sshidle::policy::Selector;
 use sshidle::{format_duration, Level, Policy};
@@ -132,11 +132,11 @@ pub fn dead_client_drop_secs(interval: u64, count_max: u64) -> Option<u64> {
     interval.checked_mul(2)?.checked_mul(count_max.checked_add(1)?)
 }
 
-pub fn run(cli: &Cli, args: &KeepaliveArgs) -> u8 {
+pub fn run(config: &Path, args: &KeepaliveArgs) -> u8 {
     if args.show {
         return show(args);
     }
-    match apply(cli, args) {
+    match apply(config, args) {
         Ok(code) => code,
         Err(message) => {
             error(&message);
@@ -146,7 +146,7 @@ pub fn run(cli: &Cli, args: &KeepaliveArgs) -> u8 {
 }
 
 /// `keepalive --off` on the system's sshd configuration (for `uninstall`).
-pub fn remove(cli: &Cli, dry_run: bool) -> u8 {
+pub fn remove(config: &Path, dry_run: bool) -> u8 {
     let args = KeepaliveArgs {
         interval: None,
         count_max: None,
@@ -156,7 +156,7 @@ pub fn remove(cli: &Cli, dry_run: bool) -> u8 {
         show: false,
         off: true,
     };
-    run(cli, &args)
+    run(config, &args)
 }
 
 fn error(message: &str) {
@@ -171,12 +171,11 @@ fn say(message: &str) {
 }
 
 /// Flags > the policy file's `keepalive` line > defaults.
-fn desired_values(cli: &Cli, args: &KeepaliveArgs) -> Result<Desired, String> {
-    let policy = match Policy::load(&cli.config) {
-        Ok(p) => Some(p),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("{}: {e}", cli.config.display())),
-    };
+fn desired_values(config: &Path, args: &KeepaliveArgs) -> Result<Desired, String> {
+    // Bad lines other than `keepalive` ones are `check`'s and the enforcer's
+    // business: not logged here.
+    let quiet = |_: Level, _: &str| {};
+    let policy = Policy::load_logged(config, &quiet, "").map_err(|e| format!("{}: {e}", config.display()))?;
     let mut desired =
         Desired { interval: DEFAULT_INTERVAL, count_max: DEFAULT_COUNT_MAX, unused: None, matches: vec![] };
     let Some(policy) = policy else {
@@ -340,10 +339,10 @@ fn supports_unused_timeout() -> bool {
     }
 }
 
-fn apply(cli: &Cli, args: &KeepaliveArgs) -> Result<u8, String> {
+fn apply(config: &Path, args: &KeepaliveArgs) -> Result<u8, String> {
     let main = fs::canonicalize(&args.sshd_config)
         .map_err(|e| format!("sshd configuration {}: {e}", args.sshd_config.display()))?;
-    let mut desired = if args.off { None } else { Some(desired_values(cli, args)?) };
+    let mut desired = if args.off { None } else { Some(desired_values(config, args)?) };
     let _lock = lock_config(&main)?;
     let tree = Tree::load(&main).map_err(|e| e.0)?;
     if let Some(d) = desired.as_mut() {

@@ -7,7 +7,7 @@ mod report;
 mod sshd_config;
 mod syslog;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,11 +40,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List recorded sessions: id, user, ttys, origin, login, idle, limit, time left, rule
-    Status(StatusArgs),
+    Status(report::StatusArgs),
     /// Warn, then disconnect sessions past their idle or hard limit
-    Enforce(EnforceArgs),
+    Enforce(enforce::EnforceArgs),
     /// Disconnect sessions now, as the enforcer would
-    Disconnect(DisconnectArgs),
+    Disconnect(enforce::DisconnectArgs),
     /// Validate the policy file; errors are printed as FILE:LINE: message
     Check,
     /// Show which rule applies to USER and the resulting limits
@@ -67,63 +67,76 @@ pub enum Command {
     },
 }
 
-#[derive(Args, Debug)]
-pub struct StatusArgs {
-    /// Print JSON (same as --format json)
-    #[arg(long, conflicts_with = "format")]
-    pub json: bool,
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+/// The paths of the global options, for the commands that need them.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Table,
-    Json,
-    /// node_exporter textfile collector format
-    Prometheus,
+/// How a command failed. Mapped to the exit status in one place,
+/// [`exit_code`].
+#[derive(Debug)]
+pub enum Failure {
+    /// The check or action found a problem (exit 1); the message is printed
+    /// as `sshidlectl: MESSAGE`.
+    Problem(String),
+    /// A problem already told to the admin (exit 1).
+    Reported,
+    /// Bad usage (exit 2).
+    Usage(String),
 }
 
-#[derive(Args, Debug)]
-pub struct EnforceArgs {
-    /// Run one sweep and exit
-    #[arg(long)]
-    pub once: bool,
-    /// Say what would be done; warn and disconnect nobody
-    #[arg(long)]
-    pub dry_run: bool,
-    /// utmp file listing logins that have no sshidle record (made before the
-    /// module was installed); `none` to look only at recorded sessions
-    #[arg(long, value_name = "FILE", default_value = sshidle::utmp::DEFAULT_UTMP)]
-    pub utmp: PathBuf,
+pub type Outcome = Result<(), Failure>;
+
+impl From<sshidle::state::StateError> for Failure {
+    fn from(err: sshidle::state::StateError) -> Failure {
+        Failure::Problem(err.to_string())
+    }
 }
 
-#[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["id", "user"])))]
-pub struct DisconnectArgs {
-    /// Session id, as shown by `sshidlectl status`
-    pub id: Option<String>,
-    /// Disconnect every session of this user
-    #[arg(long, value_name = "NAME")]
-    pub user: Option<String>,
-    /// Say what would be done; disconnect nobody
-    #[arg(long)]
-    pub dry_run: bool,
+impl Failure {
+    /// The outcome of a command that still returns its exit status itself
+    /// (keepalive, install), having told the admin already.
+    fn from_code(code: u8) -> Outcome {
+        match code {
+            EXIT_OK => Ok(()),
+            EXIT_USAGE => Err(Failure::Usage(String::new())),
+            _ => Err(Failure::Reported),
+        }
+    }
+}
+
+fn exit_code(outcome: Outcome) -> u8 {
+    match outcome {
+        Ok(()) => EXIT_OK,
+        Err(Failure::Problem(message)) => {
+            eprintln!("sshidlectl: {message}");
+            EXIT_PROBLEM
+        }
+        Err(Failure::Reported) => EXIT_PROBLEM,
+        Err(Failure::Usage(message)) => {
+            if !message.is_empty() {
+                eprintln!("sshidlectl: {message}");
+            }
+            EXIT_USAGE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match &cli.command {
-        Command::Status(args) => report::status(&cli, args),
-        Command::Check => report::check(&cli),
-        Command::Explain { user } => report::explain(&cli, user),
-        Command::Enforce(args) => enforce::run(&cli, args),
-        Command::Disconnect(args) => enforce::disconnect(&cli, args),
-        Command::Keepalive(args) => keepalive::run(&cli, args),
-        Command::Install(args) => install::install(&cli, args),
-        Command::Uninstall(args) => install::uninstall(&cli, args),
-        Command::Completions { shell } => install::completions(*shell),
+    let paths = Paths { config: cli.config.clone(), state_dir: cli.state_dir.clone() };
+    let outcome = match &cli.command {
+        Command::Status(args) => report::status(&paths.state_dir, args),
+        Command::Check => report::check(&paths.config),
+        Command::Explain { user } => report::explain(&paths.config, user),
+        Command::Enforce(args) => enforce::run(&paths, args),
+        Command::Disconnect(args) => enforce::disconnect(&paths.state_dir, args),
+        Command::Keepalive(args) => Failure::from_code(keepalive::run(&paths.config, args)),
+        Command::Install(args) => Failure::from_code(install::install(&paths, args)),
+        Command::Uninstall(args) => Failure::from_code(install::uninstall(&paths, args)),
+        Command::Completions { shell } => Failure::from_code(install::completions(*shell)),
     };
-    ExitCode::from(code)
+    ExitCode::from(exit_code(outcome))
 }

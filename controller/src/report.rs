@@ -1,11 +1,31 @@
 //! `status`, `check` and `explain`: read-only views of policy and state.
 
-use crate::{Cli, Format, StatusArgs, EXIT_OK, EXIT_PROBLEM};
+use crate::{Failure, Outcome};
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 use sshidle::policy::Policy;
 use sshidle::state::{SessionRecord, StateDir, StateError};
 use sshidle::{activity, lifecycle};
 use sshidle::{format_duration, users};
+use std::path::Path;
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print JSON (same as --format json)
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    /// node_exporter textfile collector format
+    Prometheus,
+}
 
 /// One row of `status`.
 #[derive(Serialize, Debug)]
@@ -65,34 +85,24 @@ pub fn live_sessions(state: Option<&StateDir>) -> Result<Vec<SessionRecord>, Sta
     Ok(snapshot.sessions.into_iter().filter(|r| r.key.is_alive()).collect())
 }
 
-pub fn status(cli: &Cli, args: &StatusArgs) -> u8 {
-    let opened = StateDir::open_existing(&cli.state_dir);
-    let (state, sessions) = match opened.and_then(|state| Ok((live_sessions(state.as_ref())?, state))) {
-        Ok((sessions, state)) => (state, sessions),
-        Err(err) => {
-            eprintln!("sshidlectl: {err}");
-            return EXIT_PROBLEM;
-        }
-    };
+pub fn status(state_dir: &Path, args: &StatusArgs) -> Outcome {
+    let state = StateDir::open_existing(state_dir)?;
+    let sessions = live_sessions(state.as_ref())?;
     let now = sshidle::now_unix();
     let observer = activity::Observer::new(state.as_ref());
     let rows: Vec<SessionRow> = sessions.iter().map(|r| SessionRow::new(r, now, &observer)).collect();
     let format = if args.json { Format::Json } else { args.format };
     match format {
-        Format::Json => match serde_json::to_string_pretty(&rows) {
-            Ok(json) => println!("{json}"),
-            Err(err) => {
-                eprintln!("sshidlectl: {err}");
-                return EXIT_PROBLEM;
-            }
-        },
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| Failure::Problem(e.to_string()))?)
+        }
         Format::Table => print!("{}", table_text(&rows)),
         Format::Prometheus => {
             let counts = state.as_ref().map(|s| s.disconnect_counts()).unwrap_or_default();
             print!("{}", prometheus_text(&rows, &counts));
         }
     }
-    EXIT_OK
+    Ok(())
 }
 
 /// The `status` table; user-controlled text is escaped.
@@ -215,55 +225,56 @@ pub fn format_utc(unix: i64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
-pub fn check(cli: &Cli) -> u8 {
-    let policy = match Policy::load(&cli.config) {
-        Ok(policy) => policy,
-        Err(err) => {
-            eprintln!("{}: {err}", cli.config.display());
-            return EXIT_PROBLEM;
-        }
-    };
-    for error in &policy.errors {
-        eprintln!("{error}");
-    }
-    if !policy.main_file_read() {
-        println!("{}: no such file; the drop-ins alone make the policy", cli.config.display());
-    }
-    if policy.errors.is_empty() {
-        let dropins = policy.files.iter().filter(|f| **f != policy.path).count();
-        let from = match dropins {
-            0 => String::new(),
-            1 => " (with 1 drop-in)".to_string(),
-            n => format!(" (with {n} drop-ins)"),
-        };
-        println!("{}: {} rules{from}, no errors", cli.config.display(), policy.rules.len());
-        for file in &policy.files {
-            println!("  read {}", file.display());
-        }
-        EXIT_OK
-    } else {
-        EXIT_PROBLEM
-    }
+/// Errors of `check` and `explain` go to stderr as bare `FILE:LINE: message`.
+fn to_stderr(_: sshidle::Level, message: &str) {
+    eprintln!("{message}");
 }
 
-pub fn explain(cli: &Cli, user: &str) -> u8 {
-    let policy = match Policy::load(&cli.config) {
-        Ok(policy) => policy,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            println!("{}: no policy file; {user} has no limit", cli.config.display());
-            return EXIT_OK;
+pub fn check(config: &Path) -> Outcome {
+    let policy = match Policy::load_logged(config, &to_stderr, "") {
+        Ok(Some(policy)) => policy,
+        Ok(None) => {
+            eprintln!("{}: {}", config.display(), std::io::Error::from_raw_os_error(libc::ENOENT));
+            return Err(Failure::Reported);
         }
         Err(err) => {
-            eprintln!("{}: {err}", cli.config.display());
-            return EXIT_PROBLEM;
+            eprintln!("{}: {err}", config.display());
+            return Err(Failure::Reported);
         }
     };
-    for error in &policy.errors {
-        eprintln!("{error} (line skipped)");
+    if !policy.main_file_read() {
+        println!("{}: no such file; the drop-ins alone make the policy", config.display());
     }
+    if !policy.errors.is_empty() {
+        return Err(Failure::Reported);
+    }
+    let dropins = policy.files.iter().filter(|f| **f != policy.path).count();
+    let from = match dropins {
+        0 => String::new(),
+        1 => " (with 1 drop-in)".to_string(),
+        n => format!(" (with {n} drop-ins)"),
+    };
+    println!("{}: {} rules{from}, no errors", config.display(), policy.rules.len());
+    for file in &policy.files {
+        println!("  read {}", file.display());
+    }
+    Ok(())
+}
+
+pub fn explain(config: &Path, user: &str) -> Outcome {
+    let policy = match Policy::load_logged(config, &to_stderr, " (line skipped)") {
+        Ok(Some(policy)) => policy,
+        Ok(None) => {
+            println!("{}: no policy file; {user} has no limit", config.display());
+            return Ok(());
+        }
+        Err(err) => {
+            eprintln!("{}: {err}", config.display());
+            return Err(Failure::Reported);
+        }
+    };
     let Some(account) = users::lookup_user(user) else {
-        eprintln!("sshidlectl: no such user: {user}");
-        return EXIT_PROBLEM;
+        return Err(Failure::Problem(format!("no such user: {user}")));
     };
     // Bounded as at a login, so that explain shows what a login would get
     // while the directory does not answer.
@@ -279,7 +290,7 @@ pub fn explain(cli: &Cli, user: &str) -> u8 {
         None => println!("rule:   none matches; no limit"),
     }
     println!("limits: {}", resolution.limits);
-    EXIT_OK
+    Ok(())
 }
 
 #[cfg(test)]

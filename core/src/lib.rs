@@ -47,6 +47,13 @@ pub trait LogSink {
     fn log(&self, level: Level, message: &str);
 }
 
+/// A closure is a sink (`sshidlectl check` prints bare `FILE:LINE: message`).
+impl<F: Fn(Level, &str)> LogSink for F {
+    fn log(&self, level: Level, message: &str) {
+        self(level, message)
+    }
+}
+
 /// Current time in unix seconds.
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)

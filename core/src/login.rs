@@ -80,26 +80,25 @@ pub struct LoginItems {
 /// Loads the policy (drop-ins, then the main file) for a login. Every
 /// problem is logged; none stops the login.
 pub fn load_policy(args: &ModuleArgs, log: &dyn LogSink) -> Policy {
-    match Policy::load(&args.conf) {
-        Ok(policy) => {
+    let no_limit = |err: &dyn std::fmt::Display| {
+        log.log(Level::Error, &format!("{}: {err}; this login gets no limit", args.conf.display()));
+        Policy::empty(&args.conf)
+    };
+    match Policy::load_logged(&args.conf, log, "") {
+        Ok(Some(policy)) => {
             if args.conf_explicit && !policy.main_file_read() {
                 log.log(Level::Error, &format!("{}: no such file; only its drop-ins apply", args.conf.display()));
             }
-            for error in &policy.errors {
-                log.log(Level::Error, &error.to_string());
-            }
             policy
         }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !args.conf_explicit => {
+        Ok(None) if !args.conf_explicit => {
             if args.debug {
                 log.log(Level::Debug, &format!("{}: no policy file, no limits", args.conf.display()));
             }
             Policy::empty(&args.conf)
         }
-        Err(err) => {
-            log.log(Level::Error, &format!("{}: {err}; this login gets no limit", args.conf.display()));
-            Policy::empty(&args.conf)
-        }
+        Ok(None) => no_limit(&std::io::Error::from_raw_os_error(libc::ENOENT)),
+        Err(err) => no_limit(&err),
     }
 }
 

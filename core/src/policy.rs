@@ -235,6 +235,23 @@ impl Policy {
         }
     }
 
+    /// How the module and every command load the policy: `Ok(None)` when
+    /// there is none (neither the file nor a drop-in), `Err` when it cannot
+    /// be read. Each bad line is logged to `log` as `FILE:LINE: message`
+    /// followed by `note`; the rest of the policy applies.
+    pub fn load_logged(path: &Path, log: &dyn crate::LogSink, note: &str) -> std::io::Result<Option<Policy>> {
+        match Policy::load(path) {
+            Ok(policy) => {
+                for error in &policy.errors {
+                    log.log(crate::Level::Error, &format!("{error}{note}"));
+                }
+                Ok(Some(policy))
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Reads the drop-ins of `path` (`PATH.d/*.conf`), then `path` itself.
     ///
     /// `Err` when the main file cannot be read (other than missing), or when
