@@ -683,13 +683,8 @@ pub fn install(paths: &Paths, args: &InstallArgs) -> u8 {
 
 /// sshd's effective UsePAM (`sshd -T`); `None` when it cannot be asked.
 fn sshd_uses_pam() -> Option<bool> {
-    let out = Command::new("/usr/sbin/sshd").arg("-T").stdin(std::process::Stdio::null()).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let value = text.lines().find_map(|l| l.strip_prefix("usepam "))?;
-    Some(value.trim() == "yes")
+    let effective = crate::sshd_control::sshd_effective(Path::new(crate::keepalive::DEFAULT_SSHD_CONFIG)).ok()?;
+    Some(crate::sshd_control::first(&effective, "usepam")?.trim() == "yes")
 }
 
 pub fn uninstall(paths: &Paths, args: &UninstallArgs) -> u8 {

@@ -5,6 +5,7 @@ mod install;
 mod keepalive;
 mod report;
 mod sshd_config;
+mod sshd_control;
 mod syslog;
 
 use clap::{Parser, Subcommand};
