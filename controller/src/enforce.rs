@@ -813,6 +813,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
             return Err(std::io::Error::last_os_error());
         }
         if fds[0].revents & libc::POLLIN != 0 {
+            // SAFETY: plain data; all-zero is a valid value.
             let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
             let size = std::mem::size_of::<libc::signalfd_siginfo>();
             // SAFETY: info is writable for its size.

@@ -741,7 +741,9 @@ fn lock_installation(layout: &Layout, dry_run: bool) -> Result<Option<sshidle::f
 }
 
 pub fn install_with(layout: &Layout, args: &InstallArgs) -> u8 {
-    if !args.dry_run && !args.package && unsafe { libc::geteuid() } != 0 && layout.service != ServiceKind::None {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !args.dry_run && !args.package && !root && layout.service != ServiceKind::None {
         eprintln!("sshidlectl: install must run as root (try --dry-run to see what it would do)");
         return EXIT_PROBLEM;
     }

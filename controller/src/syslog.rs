@@ -30,7 +30,7 @@ impl LogSink for Logger {
 /// Writes one message to syslog, facility authpriv.
 pub fn to_syslog(level: Level, message: &str) {
     static OPEN: Once = Once::new();
-    // openlog keeps the ident pointer: give it a 'static string.
+    // SAFETY: openlog keeps the ident pointer: it is a 'static string.
     OPEN.call_once(|| unsafe {
         libc::openlog(c"sshidlectl".as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, libc::LOG_AUTHPRIV)
     });

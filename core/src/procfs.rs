@@ -273,6 +273,7 @@ mod tests {
         assert!(is_same_process(me, start));
         assert!(!is_same_process(me, start + 1));
         assert_eq!(start_time(-1), None);
+        // SAFETY: getppid cannot fail.
         assert_eq!(parent_pid(me), Some(unsafe { libc::getppid() }));
     }
 

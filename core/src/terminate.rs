@@ -404,6 +404,7 @@ mod tests {
         assert_eq!(procfs::parse_real_uid(status), Some(0));
         assert_eq!(procfs::parse_real_uid("Uid:\t1000\t0\t0\t0\n"), Some(1000));
         assert_eq!(procfs::parse_real_uid("Name: x\n"), None);
+        // SAFETY: getuid cannot fail.
         assert_eq!(procfs::real_uid(std::process::id() as i32), Some(unsafe { libc::getuid() }));
     }
 

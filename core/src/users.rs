@@ -43,9 +43,10 @@ fn with_nss_buffer<T>(mut call: impl FnMut(&mut [u8]) -> (libc::c_int, Option<T>
 pub fn lookup_user(name: &str) -> Option<Account> {
     let cname = CString::new(name).ok()?;
     with_nss_buffer(|buf| {
-        // SAFETY: all pointers point to live, correctly sized buffers.
+        // SAFETY: passwd is plain data; all-zero is a valid value.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: all pointers point to live, correctly sized buffers.
         let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
         (rc, (!result.is_null()).then(|| Account { name: name.to_string(), uid: pwd.pw_uid, gid: pwd.pw_gid }))
     })
@@ -54,10 +55,12 @@ pub fn lookup_user(name: &str) -> Option<Account> {
 /// Looks up a uid's name.
 pub fn user_name(uid: u32) -> Option<String> {
     with_nss_buffer(|buf| {
-        // SAFETY: as above; pw_name points into buf.
+        // SAFETY: passwd is plain data; all-zero is a valid value.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: all pointers point to live, correctly sized buffers.
         let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
+        // SAFETY: on success pw_name is a NUL-terminated string inside buf.
         (rc, (!result.is_null()).then(|| unsafe { CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned()))
     })
 }
@@ -259,10 +262,12 @@ fn reap(pid: libc::pid_t, kill_first: bool) {
 
 fn group_name(gid: u32) -> Option<String> {
     with_nss_buffer(|buf| {
-        // SAFETY: as above; gr_name points into buf.
+        // SAFETY: group is plain data; all-zero is a valid value.
         let mut grp: libc::group = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: all pointers point to live, correctly sized buffers.
         let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
+        // SAFETY: on success gr_name is a NUL-terminated string inside buf.
         (rc, (!result.is_null()).then(|| unsafe { CStr::from_ptr(grp.gr_name) }.to_string_lossy().into_owned()))
     })
 }

@@ -5,17 +5,18 @@
 //! login or crash sshd. Logging goes through `pam_syslog` (facility authpriv),
 //! which sets no process-wide state: no `openlog` ident, no global logger.
 
-use pam_sys::PamHandle;
+use pam_sys::{PamHandle, PamItemType, PamReturnCode};
 use sshidle::login::{self, LoginItems, ModuleArgs};
 use sshidle::{Level, LogSink, SessionKey};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-const PAM_SUCCESS: c_int = 0;
-const PAM_IGNORE: c_int = 25;
-const PAM_SERVICE: c_int = 1;
-const PAM_USER: c_int = 2;
-const PAM_RHOST: c_int = 4;
+// The constants of pam-sys, as the C ints the hooks return and take.
+const PAM_SUCCESS: c_int = PamReturnCode::SUCCESS as c_int;
+const PAM_IGNORE: c_int = PamReturnCode::IGNORE as c_int;
+const PAM_SERVICE: c_int = PamItemType::SERVICE as c_int;
+const PAM_USER: c_int = PamItemType::USER as c_int;
+const PAM_RHOST: c_int = PamItemType::RHOST as c_int;
 /// Name under which open_session hands its key to close_session.
 const DATA_KEY: &CStr = c"pam_sshidle_session";
 
@@ -36,31 +37,46 @@ impl LogSink for PamLog {
 }
 
 /// Reads a string item; NULL or non-UTF-8 bytes are read as absent / lossily.
+///
+/// # Safety
+/// `pamh` is a valid PAM handle.
 unsafe fn get_item(pamh: *mut PamHandle, item: c_int) -> Option<String> {
     let mut value: *const c_void = std::ptr::null();
-    if pam_sys::raw::pam_get_item(pamh, item, &mut value) != PAM_SUCCESS || value.is_null() {
+    // SAFETY: a valid handle (caller) and a writable out-pointer.
+    if unsafe { pam_sys::raw::pam_get_item(pamh, item, &mut value) } != PAM_SUCCESS || value.is_null() {
         return None;
     }
-    Some(CStr::from_ptr(value.cast()).to_string_lossy().into_owned())
+    // SAFETY: string items are NUL-terminated and live as long as the handle.
+    Some(unsafe { CStr::from_ptr(value.cast()) }.to_string_lossy().into_owned())
 }
 
+/// The module arguments; a NULL `argv` or NULL entries are read as absent.
+///
+/// # Safety
+/// When not NULL, `argv` holds `argc` pointers, each NULL or a C string.
 unsafe fn args_from(argc: c_int, argv: *const *const c_char) -> Vec<String> {
     if argv.is_null() || argc <= 0 {
         return Vec::new();
     }
     (0..argc as usize)
         .filter_map(|i| {
-            let arg = *argv.add(i);
-            (!arg.is_null()).then(|| CStr::from_ptr(arg).to_string_lossy().into_owned())
+            // SAFETY: i < argc entries (caller).
+            let arg = unsafe { *argv.add(i) };
+            // SAFETY: a non-NULL entry is a C string (caller).
+            (!arg.is_null()).then(|| unsafe { CStr::from_ptr(arg) }.to_string_lossy().into_owned())
         })
         .collect()
 }
 
+/// # Safety
+/// `pamh` is a valid PAM handle.
 unsafe fn login_items(pamh: *mut PamHandle) -> Option<LoginItems> {
+    // SAFETY: a valid handle (caller).
+    let item = |item| unsafe { get_item(pamh, item) };
     Some(LoginItems {
-        user: get_item(pamh, PAM_USER).filter(|u| !u.is_empty())?,
-        rhost: get_item(pamh, PAM_RHOST).unwrap_or_default(),
-        service: get_item(pamh, PAM_SERVICE).unwrap_or_default(),
+        user: item(PAM_USER).filter(|u| !u.is_empty())?,
+        rhost: item(PAM_RHOST).unwrap_or_default(),
+        service: item(PAM_SERVICE).unwrap_or_default(),
     })
 }
 
@@ -71,8 +87,7 @@ extern "C" fn free_key(_pamh: *mut PamHandle, data: *mut c_void, _status: c_int)
     }
 }
 
-/// Runs a hook: checks the handle, parses the arguments, and turns a panic
-/// into a logged PAM_IGNORE so that it never unwinds into libpam or sshd.
+/// Runs a hook: checks the handle, then [`guarded`].
 ///
 /// # Safety
 /// `pamh` and `argv` as libpam passes them to a hook.
@@ -86,11 +101,27 @@ unsafe fn run_hook(
     if pamh.is_null() {
         return PAM_IGNORE;
     }
-    let log = PamLog(pamh);
+    // SAFETY: argv as libpam passes it (caller).
+    unsafe { guarded(&PamLog(pamh), argc, argv, hook, body) }
+}
+
+/// Parses the arguments and runs `body`, turning a panic into a logged
+/// PAM_IGNORE so that it never unwinds into libpam or sshd.
+///
+/// # Safety
+/// `argv` as for [`args_from`].
+unsafe fn guarded<L: LogSink>(
+    log: &L,
+    argc: c_int,
+    argv: *const *const c_char,
+    hook: &str,
+    body: impl FnOnce(&L, &ModuleArgs) -> c_int,
+) -> c_int {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let raw_args = args_from(argc, argv);
-        let args = ModuleArgs::parse(raw_args.iter().map(String::as_str), &log);
-        body(&log, &args)
+        // SAFETY: argv as libpam passes it (caller).
+        let raw_args = unsafe { args_from(argc, argv) };
+        let args = ModuleArgs::parse(raw_args.iter().map(String::as_str), log);
+        body(log, &args)
     }));
     outcome.unwrap_or_else(|_| {
         // Logging itself must not unwind out of here either.
@@ -110,23 +141,30 @@ pub unsafe extern "C" fn pam_sm_open_session(
     argc: c_int,
     argv: *const *const c_char,
 ) -> c_int {
-    run_hook(pamh, argc, argv, "open_session", |log, args| {
-        let Some(items) = login_items(pamh) else {
-            log.log(Level::Error, "no PAM_USER; session not recorded");
-            return PAM_IGNORE;
-        };
-        match login::open_session(args, &items, log) {
-            Some(key) => {
-                // Handed to close_session, which runs in this same process.
-                let data = Box::into_raw(Box::new(key)).cast::<c_void>();
-                if pam_sys::raw::pam_set_data(pamh, DATA_KEY.as_ptr(), data, Some(free_key)) != PAM_SUCCESS {
-                    free_key(pamh, data, 0);
-                }
-                PAM_SUCCESS
+    // SAFETY: pamh and argv as libpam passes them (caller).
+    unsafe { run_hook(pamh, argc, argv, "open_session", |log, args| open_session(pamh, log, args)) }
+}
+
+/// # Safety
+/// `pamh` is a valid PAM handle.
+unsafe fn open_session(pamh: *mut PamHandle, log: &PamLog, args: &ModuleArgs) -> c_int {
+    // SAFETY: a valid handle (caller).
+    let Some(items) = (unsafe { login_items(pamh) }) else {
+        log.log(Level::Error, "no PAM_USER; session not recorded");
+        return PAM_IGNORE;
+    };
+    match login::open_session(args, &items, log) {
+        Some(key) => {
+            // Handed to close_session, which runs in this same process.
+            let data = Box::into_raw(Box::new(key)).cast::<c_void>();
+            // SAFETY: a valid handle; data is ours until free_key runs.
+            if unsafe { pam_sys::raw::pam_set_data(pamh, DATA_KEY.as_ptr(), data, Some(free_key)) } != PAM_SUCCESS {
+                free_key(pamh, data, 0);
             }
-            None => PAM_IGNORE,
+            PAM_SUCCESS
         }
-    })
+        None => PAM_IGNORE,
+    }
 }
 
 /// # Safety
@@ -138,19 +176,82 @@ pub unsafe extern "C" fn pam_sm_close_session(
     argc: c_int,
     argv: *const *const c_char,
 ) -> c_int {
-    run_hook(pamh, argc, argv, "close_session", |log, args| {
-        let items = login_items(pamh).unwrap_or_default();
-        let mut data: *const c_void = std::ptr::null();
-        let recorded = pam_sys::raw::pam_get_data(pamh, DATA_KEY.as_ptr(), &mut data) == PAM_SUCCESS && !data.is_null();
-        if !recorded {
-            // open_session recorded nothing (or ran in another process).
-            if args.debug {
-                log.log(Level::Debug, "close_session: no session recorded by open_session");
-            }
-            return PAM_IGNORE;
+    // SAFETY: pamh and argv as libpam passes them (caller).
+    unsafe { run_hook(pamh, argc, argv, "close_session", |log, args| close_session(pamh, log, args)) }
+}
+
+/// # Safety
+/// `pamh` is a valid PAM handle.
+unsafe fn close_session(pamh: *mut PamHandle, log: &PamLog, args: &ModuleArgs) -> c_int {
+    // SAFETY: a valid handle (caller).
+    let items = unsafe { login_items(pamh) }.unwrap_or_default();
+    let mut data: *const c_void = std::ptr::null();
+    // SAFETY: a valid handle and a writable out-pointer.
+    let got = unsafe { pam_sys::raw::pam_get_data(pamh, DATA_KEY.as_ptr(), &mut data) };
+    let recorded = got == PAM_SUCCESS && !data.is_null();
+    if !recorded {
+        // open_session recorded nothing (or ran in another process).
+        if args.debug {
+            log.log(Level::Debug, "close_session: no session recorded by open_session");
         }
-        let key = *data.cast::<SessionKey>();
-        login::close_session(args, &items, Some(key), log);
-        PAM_SUCCESS
-    })
+        return PAM_IGNORE;
+    }
+    // SAFETY: the data under DATA_KEY is the SessionKey open_session set.
+    let key = unsafe { *data.cast::<SessionKey>() };
+    login::close_session(args, &items, Some(key), log);
+    PAM_SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[derive(Default)]
+    struct Seen(RefCell<Vec<String>>);
+
+    impl LogSink for Seen {
+        fn log(&self, _: Level, message: &str) {
+            self.0.borrow_mut().push(message.to_string());
+        }
+    }
+
+    #[test]
+    fn a_null_handle_runs_nothing() {
+        let mut ran = false;
+        // SAFETY: a NULL handle is what is tested; argv is NULL.
+        let rc = unsafe {
+            run_hook(std::ptr::null_mut(), 0, std::ptr::null(), "open_session", |_, _| {
+                ran = true;
+                PAM_SUCCESS
+            })
+        };
+        assert_eq!((rc, ran), (PAM_IGNORE, false));
+    }
+
+    #[test]
+    fn a_panic_is_logged_and_ignored() {
+        let log = Seen::default();
+        // SAFETY: argv is NULL.
+        let rc = unsafe { guarded(&log, 0, std::ptr::null(), "open_session", |_, _| panic!("bug")) };
+        assert_eq!(rc, PAM_IGNORE);
+        assert_eq!(*log.0.borrow(), ["internal error in open_session; login continues"]);
+    }
+
+    #[test]
+    fn null_argv_and_null_entries_are_absent() {
+        let log = Seen::default();
+        // A NULL argv with a positive argc: no arguments.
+        // SAFETY: argv is NULL.
+        let rc = unsafe { guarded(&log, 3, std::ptr::null(), "x", |_, args| i32::from(args.debug)) };
+        assert_eq!(rc, 0);
+        let (debug, bogus) = (c"debug", c"frobnicate");
+        let argv = [debug.as_ptr(), std::ptr::null(), bogus.as_ptr()];
+        // SAFETY: three entries, each NULL or a C string.
+        let rc = unsafe { guarded(&log, 3, argv.as_ptr(), "x", |_, args| i32::from(args.debug)) };
+        assert_eq!(rc, 1);
+        assert_eq!(*log.0.borrow(), ["unknown argument 'frobnicate' ignored"]);
+        // SAFETY: argc <= 0 reads nothing.
+        assert!(unsafe { args_from(-1, argv.as_ptr()) }.is_empty());
+    }
 }

@@ -111,6 +111,7 @@ fn spawn_fake(owner: &Owner, pty: bool) -> Fake {
     // calls and never return.
     let monitor = unsafe { libc::fork() };
     if monitor == 0 {
+        // SAFETY: in the forked child, only async-signal-safe calls follow.
         unsafe {
             libc::prctl(libc::PR_SET_NAME, c"sshd".as_ptr());
             let child = libc::fork();
@@ -283,6 +284,7 @@ fn status_field(pid: i32, key: &str) -> String {
 fn children_cpu() -> f64 {
     // SAFETY: rusage out-parameter.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a writable rusage.
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(ru.ru_utime) + t(ru.ru_stime)
