@@ -102,21 +102,62 @@ pub fn load_policy(args: &ModuleArgs, log: &dyn LogSink) -> Policy {
     }
 }
 
+/// What the login logic asks of the system: the clock, the identity of the
+/// calling process, and the account lookups. Passed in (kanidm style) so
+/// that the logic is unit-testable without root, real users or `/proc`.
+pub trait Host {
+    /// Now, in unix seconds.
+    fn now(&self) -> i64;
+    /// The calling process (sshd's monitor), as the record keys it.
+    fn current_process(&self) -> Option<SessionKey>;
+    fn lookup_user(&self, name: &str) -> Option<users::Account>;
+    /// The account's group names, or why they are not known within `timeout`.
+    fn group_names(&self, account: &users::Account, timeout: Duration) -> Result<Vec<String>, users::GroupsUnknown>;
+}
+
+/// The real system: the wall clock, `/proc/self`, NSS.
+pub struct System;
+
+impl Host for System {
+    fn now(&self) -> i64 {
+        crate::now_unix()
+    }
+    fn current_process(&self) -> Option<SessionKey> {
+        SessionKey::current_process()
+    }
+    fn lookup_user(&self, name: &str) -> Option<users::Account> {
+        users::lookup_user(name)
+    }
+    fn group_names(&self, account: &users::Account, timeout: Duration) -> Result<Vec<String>, users::GroupsUnknown> {
+        users::group_names_within(account, timeout)
+    }
+}
+
 /// Records a new session for the calling process. Returns the key recorded,
 /// or `None` when nothing could be recorded (already logged).
 pub fn open_session(args: &ModuleArgs, items: &LoginItems, log: &dyn LogSink) -> Option<SessionKey> {
-    let Some(account) = users::lookup_user(&items.user) else {
+    open_session_on(&System, args, items, log)
+}
+
+/// [`open_session`] on a given [`Host`].
+pub fn open_session_on(
+    host: &dyn Host,
+    args: &ModuleArgs,
+    items: &LoginItems,
+    log: &dyn LogSink,
+) -> Option<SessionKey> {
+    let Some(account) = host.lookup_user(&items.user) else {
         log.log(Level::Error, &format!("user '{}' not found; session not recorded", items.user));
         return None;
     };
-    let Some(key) = SessionKey::current_process() else {
+    let Some(key) = host.current_process() else {
         log.log(Level::Error, "cannot read own start time from /proc; session not recorded");
         return None;
     };
     let policy = load_policy(args, log);
     let mut unread = None;
     let resolution = policy.resolve_with(&account.name, &mut || {
-        users::group_names_within(&account, args.nss_timeout).map_err(|why| unread = Some(why)).ok()
+        host.group_names(&account, args.nss_timeout).map_err(|why| unread = Some(why)).ok()
     });
     if let (true, Some(why)) = (resolution.groups_skipped, &unread) {
         log.log(
@@ -134,7 +175,7 @@ pub fn open_session(args: &ModuleArgs, items: &LoginItems, log: &dyn LogSink) ->
         user: account.name.clone(),
         rhost: items.rhost.clone(),
         service: items.service.clone(),
-        login_time: crate::now_unix(),
+        login_time: host.now(),
         limits: resolution.limits,
         rule: resolution.describe(),
         warned_at: None,
@@ -194,7 +235,18 @@ fn log_unrecorded(record: &SessionRecord, err: &crate::state::StateError, log: &
 
 /// Removes the session's record and logs its end.
 pub fn close_session(args: &ModuleArgs, items: &LoginItems, key: Option<SessionKey>, log: &dyn LogSink) {
-    let Some(key) = key.or_else(SessionKey::current_process) else {
+    close_session_on(&System, args, items, key, log)
+}
+
+/// [`close_session`] on a given [`Host`].
+pub fn close_session_on(
+    host: &dyn Host,
+    args: &ModuleArgs,
+    items: &LoginItems,
+    key: Option<SessionKey>,
+    log: &dyn LogSink,
+) {
+    let Some(key) = key.or_else(|| host.current_process()) else {
         log.log(Level::Error, "cannot read own start time from /proc; session record left for the enforcer");
         return;
     };
@@ -257,6 +309,62 @@ mod tests {
         }
         assert_eq!(log.0.borrow().len(), 3);
         assert!(log.0.borrow()[0].1.contains("expected 1s to 60s; waiting at most 2s"), "{:?}", log.0.borrow());
+    }
+
+    /// A scripted host: one user, a fixed clock and process, groups that
+    /// answer or time out.
+    struct Fake {
+        groups: Result<Vec<String>, users::GroupsUnknown>,
+    }
+
+    impl Host for Fake {
+        fn now(&self) -> i64 {
+            1_000_000
+        }
+        fn current_process(&self) -> Option<SessionKey> {
+            Some(SessionKey { pid: 4242, start: 77 })
+        }
+        fn lookup_user(&self, name: &str) -> Option<users::Account> {
+            (name == "alice").then(|| users::Account { name: name.into(), uid: 5000, gid: 5000 })
+        }
+        fn group_names(&self, _: &users::Account, _: Duration) -> Result<Vec<String>, users::GroupsUnknown> {
+            self.groups.clone()
+        }
+    }
+
+    #[test]
+    fn a_login_on_a_scripted_host() {
+        let dir = temp("host");
+        std::fs::write(dir.join("policy"), "group team idle=10m\n* idle=1h\n").unwrap();
+        let args = ModuleArgs {
+            conf: dir.join("policy"),
+            conf_explicit: true,
+            state_dir: dir.join("state"),
+            debug: false,
+            nss_timeout: Duration::from_secs(1),
+        };
+        let items = LoginItems { user: "alice".into(), rhost: "192.0.2.1".into(), service: "sshd".into() };
+        let log = Collect::default();
+        let host = Fake { groups: Ok(vec!["team".into()]) };
+        assert_eq!(open_session_on(&host, &args, &items, &log), Some(SessionKey { pid: 4242, start: 77 }));
+        let state = StateDir::open(&args.state_dir, false).unwrap();
+        let r = state.load().unwrap().sessions.remove(0);
+        assert_eq!((r.uid, r.login_time, r.limits.idle), (5000, 1_000_000, Some(600)));
+        assert_eq!(r.rule, format!("{}:1: group team", dir.join("policy").display()));
+        close_session_on(&host, &args, &items, None, &log);
+        assert!(state.load().unwrap().sessions.is_empty());
+
+        // Groups that cannot be read in time: group rules skipped, said so.
+        let host = Fake { groups: Err(users::GroupsUnknown("timed out".into())) };
+        open_session_on(&host, &args, &items, &log).unwrap();
+        assert_eq!(state.load().unwrap().sessions[0].limits.idle, Some(3600));
+        assert!(log.0.borrow().iter().any(|(l, m)| *l == Level::Warning && m.contains("timed out")), "{:?}", log.0);
+
+        // An unknown user is not recorded, and that is logged.
+        let items = LoginItems { user: "mallory".into(), ..Default::default() };
+        assert_eq!(open_session_on(&host, &args, &items, &log), None);
+        assert!(log.0.borrow().iter().any(|(l, m)| *l == Level::Error && m.contains("'mallory' not found")));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
