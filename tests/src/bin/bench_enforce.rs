@@ -253,8 +253,9 @@ fn record(f: &Fake, limits: Limits, rule: &str) -> SessionRecord {
 
 /// CPU time of the calling thread, in seconds (user + system).
 fn cpu_now() -> f64 {
-    // SAFETY: timespec out-parameter.
+    // SAFETY: plain data; all-zero is a valid value.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
