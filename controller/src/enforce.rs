@@ -152,6 +152,17 @@ impl Effects {
         }
     }
 
+    /// Compacts the journal when it has grown enough: logins only append,
+    /// compacting is the enforcer's job.
+    fn compact_if_due(&self) {
+        let Some(state) = self.state.as_ref().filter(|_| !self.dry_run) else { return };
+        if state.compaction_due() {
+            if let Err(err) = state.compact(&|_| true) {
+                self.log.log(Level::Warning, &format!("compacting the state file: {err}"));
+            }
+        }
+    }
+
     /// Drops the records of sessions ended without `close_session`.
     fn drop_ended(&self, gone: &[SessionKey]) {
         let Some(state) = self.state.as_ref().filter(|_| !self.dry_run) else { return };
@@ -317,6 +328,7 @@ impl Enforcer {
             self.fx.log.log(Level::Warning, &format!("{}: {field} (default used)", state.file_path().display()));
         }
         self.bad_fields_told.extend(snapshot.bad_fields.iter().cloned());
+        self.fx.compact_if_due();
         let memory = Memory::load(state);
         let new = self.life.sync(
             snapshot.sessions,

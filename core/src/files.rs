@@ -40,11 +40,30 @@ pub fn lock_exclusive<F: AsFd>(
     timeout: Duration,
     waiting: &mut dyn FnMut(Duration),
 ) -> Result<Flock<F>, LockError> {
+    lock(fd, libc::LOCK_EX, timeout, waiting)
+}
+
+/// [`lock_exclusive`], but shared: holders of a shared lock do not wait for
+/// each other (logins appending to the journal), only for an exclusive one.
+pub fn lock_shared<F: AsFd>(
+    fd: F,
+    timeout: Duration,
+    waiting: &mut dyn FnMut(Duration),
+) -> Result<Flock<F>, LockError> {
+    lock(fd, libc::LOCK_SH, timeout, waiting)
+}
+
+fn lock<F: AsFd>(
+    fd: F,
+    op: libc::c_int,
+    timeout: Duration,
+    waiting: &mut dyn FnMut(Duration),
+) -> Result<Flock<F>, LockError> {
     let started = Instant::now();
     let mut pause = Duration::from_micros(50);
     loop {
         // SAFETY: flock on a descriptor borrowed for the call.
-        if unsafe { libc::flock(fd.as_fd().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if unsafe { libc::flock(fd.as_fd().as_raw_fd(), op | libc::LOCK_NB) } == 0 {
             return Ok(Flock { fd });
         }
         let err = io::Error::last_os_error();
@@ -56,7 +75,8 @@ pub fn lock_exclusive<F: AsFd>(
             return Err(LockError::TimedOut(timeout));
         }
         waiting(waited);
-        std::thread::sleep(pause);
+        // Never past the timeout: a login's bound is short.
+        std::thread::sleep(pause.min(timeout - waited));
         pause = (pause * 2).min(Duration::from_millis(10));
     }
 }

@@ -188,7 +188,7 @@ pub fn open_session_on(
             return None;
         }
     };
-    match state.record_open(&record) {
+    match state.record_login(&record) {
         Ok(moved) => {
             if let Some(moved) = moved {
                 log.log(Level::Error, &format!("corrupt state file moved aside to {}", moved.display()));
@@ -257,7 +257,7 @@ pub fn close_session_on(
             return;
         }
     };
-    if let Err(err) = state.record_close(key) {
+    if let Err(err) = state.record_logout(key) {
         log.log(Level::Error, &format!("{err}; session {key} not removed"));
     }
     match state.take_ending(key) {

@@ -31,11 +31,18 @@ pub fn parent_pid(pid: i32) -> Option<i32> {
 
 /// `/proc/PID/stat`, read lossily: a command name that is not UTF-8 (a user
 /// can choose it) must not make a process invisible.
+///
+/// One `read(2)` into a stack buffer (a stat line is a few hundred bytes;
+/// the kernel hands it out whole): this runs on the login path.
 fn read_stat_line(pid: i32) -> Option<String> {
+    use std::io::Read;
     if pid <= 0 {
         return None;
     }
-    Some(String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/stat")).ok()?).into_owned())
+    let mut file = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = file.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 /// Field `n` (1-based, as in proc(5)) of a `/proc/PID/stat` line. The command

@@ -10,8 +10,18 @@
 //! ```
 //! Why a journal: the login path only appends one line (O(1), whatever the
 //! number of sessions), and a single `write(2)` of a short line is never torn
-//! by `kill -9`. Writers hold an `flock` on the state directory, so the
-//! compaction (rewrite to a temp file + `rename`) never loses an append.
+//! by `kill -9`. Each line starts with a newline of its own, so one cut short
+//! (ENOSPC) never swallows the next; empty lines are skipped.
+//!
+//! Appenders share an `flock` on the state directory (`LOCK_SH`: logins never
+//! wait for each other) and wait for it at most [`LOGIN_LOCK_WAIT`] at login;
+//! `O_APPEND` keeps concurrent lines whole. Only the enforcer compacts
+//! ([`StateDir::compact`]): it parses the journal without the lock, then
+//! holds `LOCK_EX` only to copy what was appended meanwhile behind the
+//! compacted records and `rename` the result into place, so no append is lost
+//! and a login waits at most for that copy. The file is capped at
+//! [`JOURNAL_CAP`] bytes; a login that cannot be written (cap, ENOSPC, lock)
+//! is logged and goes on, and the enforcer finds it from sshd's processes.
 //! Readers need no lock: they see either the old or the new file, and skip a
 //! line they cannot parse. Unknown keys and unknown event kinds are ignored,
 //! so a newer writer does not break an older reader.
@@ -40,11 +50,17 @@ pub const DISCONNECTS_FILE: &str = "disconnects";
 const HEADER_PREFIX: &str = "sshidle-state 1 base=";
 const BASE_DIGITS: usize = 12;
 const HEADER_LEN: usize = HEADER_PREFIX.len() + BASE_DIGITS + 1;
-/// The journal is compacted by a writer when it grows past twice its last
+/// The enforcer compacts the journal when it grows past twice its last
 /// compacted size plus this much, which keeps compaction amortised O(1).
 const COMPACT_SLACK: u64 = 64 * 1024;
-/// A login never waits longer than this for the state lock.
+/// The enforcer and sshidlectl wait this long for the state lock.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// A login waits at most this long for the (shared) state lock, which only a
+/// compaction's final copy or a stuck writer holds exclusively.
+pub const LOGIN_LOCK_WAIT: Duration = Duration::from_millis(50);
+/// The journal never grows past this (about 380,000 open records): a login
+/// beyond it is not written (and is found by the enforcer instead).
+pub const JOURNAL_CAP: u64 = 64 << 20;
 
 #[derive(Debug)]
 pub enum StateError {
@@ -52,7 +68,9 @@ pub enum StateError {
     Unsafe(String),
     Io(String, io::Error),
     /// The lock could not be had in time.
-    Busy(PathBuf),
+    Busy(PathBuf, Duration),
+    /// The journal reached [`JOURNAL_CAP`].
+    Full(PathBuf),
 }
 
 impl fmt::Display for StateError {
@@ -60,7 +78,10 @@ impl fmt::Display for StateError {
         match self {
             StateError::Unsafe(msg) => write!(f, "refusing to use state: {msg}"),
             StateError::Io(what, err) => write!(f, "{what}: {err}"),
-            StateError::Busy(path) => write!(f, "{}: lock not obtained within {:?}", path.display(), LOCK_TIMEOUT),
+            StateError::Busy(path, wait) => write!(f, "{}: lock not obtained within {wait:?}", path.display()),
+            StateError::Full(path) => {
+                write!(f, "{}: journal full ({JOURNAL_CAP} bytes); is the enforcer running?", path.display())
+            }
         }
     }
 }
@@ -200,15 +221,36 @@ impl StateDir {
     /// Records a new session. Returns the name a corrupt file was moved to,
     /// if one had to be.
     pub fn record_open(&self, record: &SessionRecord) -> Result<Option<PathBuf>> {
-        self.append(&encode_open(record))
+        self.append(&encode_open(record), LOCK_TIMEOUT)
     }
 
     pub fn record_close(&self, key: SessionKey) -> Result<Option<PathBuf>> {
-        self.append(&format!("close\tpid={}\tstart={}\n", key.pid, key.start))
+        self.append(&encode_close(key), LOCK_TIMEOUT)
+    }
+
+    /// [`record_open`](Self::record_open) as a login does it: one bounded
+    /// append, waiting at most [`LOGIN_LOCK_WAIT`] for the lock.
+    pub fn record_login(&self, record: &SessionRecord) -> Result<Option<PathBuf>> {
+        self.append(&encode_open(record), LOGIN_LOCK_WAIT)
+    }
+
+    /// [`record_close`](Self::record_close) as a logout does it.
+    pub fn record_logout(&self, key: SessionKey) -> Result<Option<PathBuf>> {
+        self.append(&encode_close(key), LOGIN_LOCK_WAIT)
     }
 
     pub fn record_warned(&self, key: SessionKey, at: i64) -> Result<Option<PathBuf>> {
-        self.append(&format!("warned\tpid={}\tstart={}\tat={at}\n", key.pid, key.start))
+        self.append(&format!("warned\tpid={}\tstart={}\tat={at}\n", key.pid, key.start), LOCK_TIMEOUT)
+    }
+
+    /// True when the journal has grown enough since its last compaction that
+    /// the enforcer should compact it.
+    pub fn compaction_due(&self) -> bool {
+        let Ok((file, size)) = self.open_checked(STATE_FILE, libc::O_RDONLY, 0) else { return false };
+        match read_header(&file) {
+            Some(base) => size > 2 * base + COMPACT_SLACK,
+            None => size > 0,
+        }
     }
 
     /// Reads the open sessions. Takes no lock.
@@ -225,9 +267,45 @@ impl StateDir {
 
     /// Rewrites the journal with only the open sessions for which `keep` is
     /// true. Returns the sessions dropped.
+    ///
+    /// The journal is parsed without the lock; the exclusive lock is held
+    /// only to append what was written meanwhile and rename, so logins are
+    /// not kept waiting by a large journal.
     pub fn compact(&self, keep: &dyn Fn(&SessionRecord) -> bool) -> Result<Vec<SessionRecord>> {
-        let _lock = self.lock()?;
-        self.compact_locked(keep)
+        let (inode, cut, snapshot) = match self.open_checked(STATE_FILE, libc::O_RDONLY, 0) {
+            Ok((file, _)) => {
+                let inode = file.metadata().map_err(io_err("fstat"))?.ino();
+                let mut bytes = Vec::new();
+                (&file).read_to_end(&mut bytes).map_err(io_err("reading state"))?;
+                // Up to the last whole line: a line being appended right now
+                // is copied with the tail.
+                let cut = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                (Some(inode), cut as u64, parse_journal(&bytes[..cut]))
+            }
+            Err(StateError::Io(_, err)) if err.kind() == io::ErrorKind::NotFound => (None, 0, Snapshot::default()),
+            Err(err) => return Err(err),
+        };
+        let _lock = self.lock(LockKind::Exclusive, LOCK_TIMEOUT)?;
+        let (file, size) = match self.open_checked(STATE_FILE, libc::O_RDONLY, 0) {
+            Ok((file, size)) => (Some(file), size),
+            Err(StateError::Io(_, err)) if err.kind() == io::ErrorKind::NotFound => (None, 0),
+            Err(err) => return Err(err),
+        };
+        let same_file = match &file {
+            Some(f) => Some(f.metadata().map_err(io_err("fstat"))?.ino()) == inode && size >= cut,
+            None => inode.is_none(),
+        };
+        if !same_file || snapshot.corrupt {
+            // Replaced meanwhile (or not a journal): redo it all under the lock.
+            return self.compact_locked(keep);
+        }
+        let mut tail = Vec::new();
+        if let Some(file) = &file {
+            let mut buf = vec![0u8; (size - cut) as usize];
+            file.read_exact_at(&mut buf, cut).map_err(io_err("reading state"))?;
+            tail = buf;
+        }
+        self.write_compacted(snapshot, keep, &tail)
     }
 
     /// Notes why sshidle is ending a session (`reason`, for `close_session`
@@ -246,7 +324,7 @@ impl StateDir {
     }
 
     fn count_disconnect(&self, cause: &str) -> Result<()> {
-        let _lock = self.lock()?;
+        let _lock = self.lock(LockKind::Exclusive, LOCK_TIMEOUT)?;
         let mut counts = self.disconnect_counts();
         *counts.entry(cause.to_string()).or_insert(0) += 1;
         let text: String = counts.iter().map(|(c, n)| format!("{c} {n}\n")).collect();
@@ -274,36 +352,44 @@ impl StateDir {
         Some(reason)
     }
 
-    fn append(&self, line: &str) -> Result<Option<PathBuf>> {
-        let _lock = self.lock()?;
-        let mut moved_aside = None;
-        let append = libc::O_RDWR | libc::O_APPEND | libc::O_CREAT;
-        let (mut file, mut size) = self.open_checked(STATE_FILE, append, 0o600)?;
-        let mut base = 0;
-        if size > 0 {
-            match read_header(&file) {
-                Some(b) => base = b,
-                None => {
-                    moved_aside = Some(self.move_aside()?);
-                    (file, size) = self.open_checked(STATE_FILE, append, 0o600)?;
+    /// Appends one event line: under the shared lock, one `write(2)`, no
+    /// reading beyond the header. A missing, empty or corrupt file is
+    /// (re)started under the exclusive lock.
+    fn append(&self, line: &str, wait: Duration) -> Result<Option<PathBuf>> {
+        {
+            let _lock = self.lock(LockKind::Shared, wait)?;
+            match self.open_checked(STATE_FILE, libc::O_RDWR | libc::O_APPEND, 0) {
+                Ok((file, size)) if size > 0 && read_header(&file).is_some() => {
+                    let mut out = String::with_capacity(line.len() + 1);
+                    out.push('\n');
+                    out.push_str(line);
+                    if size + out.len() as u64 > JOURNAL_CAP {
+                        return Err(StateError::Full(self.file_path()));
+                    }
+                    // One write(2): appends of this size are not torn by kill -9.
+                    (&file)
+                        .write_all(out.as_bytes())
+                        .map_err(io_err(format!("appending to {}", self.file_path().display())))?;
+                    return Ok(None);
                 }
+                Ok(_) => {}
+                Err(StateError::Io(_, err)) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
             }
         }
-        let mut out = String::with_capacity(line.len() + HEADER_LEN + 1);
-        if size == 0 {
-            out.push_str(&header(0));
-        } else if !ends_with_newline(&file, size) {
-            // A torn earlier append: terminate it so this line stays whole.
-            out.push('\n');
+        // Rare: first line since boot, or a corrupt file.
+        let _lock = self.lock(LockKind::Exclusive, wait)?;
+        let append = libc::O_RDWR | libc::O_APPEND | libc::O_CREAT;
+        let (mut file, mut size) = self.open_checked(STATE_FILE, append, 0o600)?;
+        let mut moved_aside = None;
+        if size > 0 && read_header(&file).is_none() {
+            moved_aside = Some(self.move_aside()?);
+            (file, size) = self.open_checked(STATE_FILE, append, 0o600)?;
         }
+        let mut out = if size == 0 { header(0) } else { String::new() };
+        out.push('\n');
         out.push_str(line);
-        // One write(2): appends of this size are not torn by kill -9.
         (&file).write_all(out.as_bytes()).map_err(io_err(format!("appending to {}", self.file_path().display())))?;
-        if size + out.len() as u64 > 2 * base + COMPACT_SLACK {
-            // Only closed sessions are dropped here: checking processes is the
-            // enforcer's job and would make logins slow.
-            self.compact_locked(&|_| true)?;
-        }
         Ok(moved_aside)
     }
 
@@ -320,14 +406,27 @@ impl StateDir {
         if snapshot.corrupt {
             self.move_aside()?;
         }
+        self.write_compacted(snapshot, keep, &[])
+    }
+
+    /// Replaces the journal with the records of `snapshot` that `keep`
+    /// keeps, followed by `tail` (lines appended after the snapshot).
+    /// Called with the exclusive lock held.
+    fn write_compacted(
+        &self,
+        snapshot: Snapshot,
+        keep: &dyn Fn(&SessionRecord) -> bool,
+        tail: &[u8],
+    ) -> Result<Vec<SessionRecord>> {
         let (kept, dropped): (Vec<_>, Vec<_>) = snapshot.sessions.into_iter().partition(|r| keep(r));
         let mut body = String::new();
         for record in &kept {
             body.push_str(&encode_open(record));
         }
-        let mut contents = header(HEADER_LEN as u64 + body.len() as u64);
-        contents.push_str(&body);
-        self.replace(STATE_FILE, contents.as_bytes())?;
+        let mut contents = header(HEADER_LEN as u64 + body.len() as u64).into_bytes();
+        contents.extend_from_slice(body.as_bytes());
+        contents.extend_from_slice(tail);
+        self.replace(STATE_FILE, &contents)?;
         Ok(dropped)
     }
 
@@ -338,10 +437,14 @@ impl StateDir {
         Ok(self.path.join(name))
     }
 
-    /// An exclusive flock on the directory, waited for at most LOCK_TIMEOUT.
-    fn lock(&self) -> Result<Flock<&OwnedFd>> {
-        files::lock_exclusive(&self.dir, LOCK_TIMEOUT, &mut |_| {}).map_err(|err| match err {
-            LockError::TimedOut(_) => StateError::Busy(self.path.clone()),
+    /// An flock on the directory, waited for at most `wait`.
+    fn lock(&self, kind: LockKind, wait: Duration) -> Result<Flock<&OwnedFd>> {
+        let lock = match kind {
+            LockKind::Shared => files::lock_shared,
+            LockKind::Exclusive => files::lock_exclusive,
+        };
+        lock(&self.dir, wait, &mut |_| {}).map_err(|err| match err {
+            LockError::TimedOut(_) => StateError::Busy(self.path.clone(), wait),
             LockError::Io(err) => StateError::Io("flock".into(), err),
         })
     }
@@ -456,6 +559,12 @@ impl StateDir {
     }
 }
 
+#[derive(Clone, Copy)]
+enum LockKind {
+    Shared,
+    Exclusive,
+}
+
 fn check_owner(path: &Path, uid: u32) -> Result<()> {
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -513,11 +622,6 @@ fn parse_header(bytes: &[u8]) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
-}
-
-fn ends_with_newline(file: &File, size: u64) -> bool {
-    let mut last = [0u8; 1];
-    file.read_exact_at(&mut last, size - 1).is_ok() && last[0] == b'\n'
 }
 
 /// Replays a journal into the set of open sessions.
@@ -637,6 +741,10 @@ fn parse_entry(line: &str, bad_fields: &mut Vec<String>) -> Option<Entry> {
         "warned" => Entry::Warned(key, num("at")?),
         _ => Entry::Unknown,
     })
+}
+
+fn encode_close(key: SessionKey) -> String {
+    format!("close\tpid={}\tstart={}\n", key.pid, key.start)
 }
 
 fn encode_open(r: &SessionRecord) -> String {
@@ -840,17 +948,136 @@ mod tests {
     }
 
     #[test]
-    fn journal_compacts_itself() {
+    fn logins_only_append_and_the_enforcer_compacts_when_due() {
         let path = temp_dir("grow");
         let state = StateDir::open(&path, true).unwrap();
+        assert!(!state.compaction_due());
         for i in 0..3000 {
-            state.record_open(&record(i, "alice")).unwrap();
-            state.record_close(SessionKey { pid: i, start: 1000 + i as u64 }).unwrap();
+            state.record_login(&record(i, "alice")).unwrap();
+            state.record_logout(SessionKey { pid: i, start: 1000 + i as u64 }).unwrap();
         }
-        state.record_open(&record(5, "last")).unwrap();
+        state.record_login(&record(5, "last")).unwrap();
         let size = std::fs::metadata(state.file_path()).unwrap().len();
-        assert!(size < 2 * COMPACT_SLACK, "journal grew to {size} bytes");
+        assert!(size > 2 * COMPACT_SLACK, "a login compacted: {size} bytes");
+        assert!(state.compaction_due());
+        state.compact(&|_| true).unwrap();
+        assert!(!state.compaction_due());
+        let size = std::fs::metadata(state.file_path()).unwrap().len();
+        assert!(size < 1024, "compacted to {size} bytes");
         assert_eq!(state.load().unwrap().sessions.len(), 1);
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn a_full_journal_refuses_the_append_and_keeps_the_file() {
+        let path = temp_dir("cap");
+        let state = StateDir::open(&path, true).unwrap();
+        state.record_login(&record(1, "alice")).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(state.file_path()).unwrap();
+        let before = file.metadata().unwrap().len();
+        file.set_len(JOURNAL_CAP - 10).unwrap();
+        drop(file);
+        let err = state.record_login(&record(2, "bob")).unwrap_err();
+        assert!(matches!(err, StateError::Full(_)), "{err}");
+        assert_eq!(std::fs::metadata(state.file_path()).unwrap().len(), JOURNAL_CAP - 10);
+        std::fs::OpenOptions::new().write(true).open(state.file_path()).unwrap().set_len(before).unwrap();
+        state.record_login(&record(2, "bob")).unwrap();
+        assert_eq!(state.load().unwrap().sessions.len(), 2);
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn a_stuck_lock_holder_delays_a_login_by_the_bound_only() {
+        let path = temp_dir("stuck");
+        let state = StateDir::open(&path, true).unwrap();
+        state.record_login(&record(1, "alice")).unwrap();
+        // Another process (here: another open file description) holds it.
+        let holder = File::open(&path).unwrap();
+        // SAFETY: valid fd.
+        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let started = std::time::Instant::now();
+        let err = state.record_login(&record(2, "bob")).unwrap_err();
+        let waited = started.elapsed();
+        assert!(matches!(err, StateError::Busy(..)), "{err}");
+        assert!(waited >= LOGIN_LOCK_WAIT && waited < LOGIN_LOCK_WAIT * 4, "waited {waited:?}");
+        drop(holder);
+        // Logins share the lock: one holding it does not stop another.
+        let reader = File::open(&path).unwrap();
+        // SAFETY: valid fd.
+        assert_eq!(unsafe { libc::flock(reader.as_raw_fd(), libc::LOCK_SH) }, 0);
+        state.record_login(&record(2, "bob")).unwrap();
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn compacting_while_logins_arrive_loses_none() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        const WRITERS: i32 = 4;
+        const EACH: i32 = 1500;
+        let path = temp_dir("race");
+        let state = StateDir::open(&path, true).unwrap();
+        state.record_login(&record(0, "seed")).unwrap();
+        let (stop, compactions) = (AtomicBool::new(false), AtomicUsize::new(0));
+        /// Stops the compactor even when a writer panics (or the scope hangs).
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let during = std::thread::scope(|scope| {
+            let _stop = Stop(&stop);
+            let compactor = scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    state.compact(&|_| true).unwrap();
+                    compactions.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let (path, compactions) = (&path, &compactions);
+                    scope.spawn(move || {
+                        while compactions.load(Ordering::Relaxed) == 0 {
+                            std::thread::yield_now();
+                        }
+                        // Each writer its own descriptor, as each sshd process has.
+                        let state = StateDir::open(path, false).unwrap();
+                        // The same append as a login's, with the enforcer's
+                        // longer wait: a compactor descheduled on a loaded
+                        // machine must not fail the test (a login would go
+                        // unrecorded and be discovered instead).
+                        for i in 0..EACH {
+                            let pid = 1 + w * 10_000 + i;
+                            state.record_open(&record(pid, "alice")).unwrap();
+                            if i % 2 == 0 {
+                                state.record_close(SessionKey { pid, start: 1000 + pid as u64 }).unwrap();
+                            }
+                            // Thousands of logins a second, not a lock held
+                            // shared without a gap (which would starve LOCK_EX).
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            let during = compactions.load(Ordering::Relaxed);
+            stop.store(true, Ordering::Relaxed);
+            compactor.join().unwrap();
+            during
+        });
+        assert!(during > 3, "only {during} compactions ran beside the logins");
+        let snapshot = state.load().unwrap();
+        let mut pids: Vec<i32> = snapshot.sessions.iter().map(|r| r.key.pid).collect();
+        pids.sort();
+        let mut expected: Vec<i32> =
+            (0..WRITERS).flat_map(|w| (0..EACH).filter(|i| i % 2 == 1).map(move |i| 1 + w * 10_000 + i)).collect();
+        expected.push(0);
+        expected.sort();
+        assert_eq!(pids.len(), expected.len());
+        assert_eq!(pids, expected);
+        assert_eq!(snapshot.bad_lines, 0);
         std::fs::remove_dir_all(&path).unwrap();
     }
 

@@ -120,6 +120,12 @@ unsafe fn guarded<L: LogSink>(
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: argv as libpam passes it (caller).
         let raw_args = unsafe { args_from(argc, argv) };
+        // Debug builds only: lets tests prove that a panic is caught by the
+        // module's own (static) unwinder inside a real libpam.
+        #[cfg(debug_assertions)]
+        if raw_args.iter().any(|a| a == "debug_test_panic") {
+            panic!("debug_test_panic");
+        }
         let args = ModuleArgs::parse(raw_args.iter().map(String::as_str), log);
         body(log, &args)
     }));

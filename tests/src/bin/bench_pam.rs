@@ -1,95 +1,198 @@
-//! PAM open+close latency of pam_sshidle.so against a pam_permit-only stack,
-//! with 0, 1,000 and 10,000 sessions already recorded.
+//! What a login costs sshd because of pam_sshidle.so: the full PAM cycle of
+//! one connection (`pam_start`, which loads every module of the stack, then
+//! open_session, close_session and `pam_end`, which unloads them), a
+//! `pam_permit` stack with the module against one without, with 0, 1,000,
+//! 10,000 and 100,000 sessions already recorded.
 //!
-//! Run: `cargo build --release --workspace && target/release/bench_pam [ITERATIONS]`
+//! Run: `cargo build --release --workspace && target/release/bench_pam [--load-only|--session-only] [CYCLES] [MODULE]`
+//! (CYCLES per row, default 2,000; MODULE defaults to the built module;
+//! `--load-only`: pam_start + pam_end alone, what loading the module costs;
+//! `--session-only`: open + close alone, the module's own work).
 //!
-//! Two figures per stack: `open+close`, the two calls on one handle (what the
-//! module itself adds), and `cycle`, pam_start + open + close + pam_end (what
-//! sshd pays per connection, module loading included).
+//! Measured as sshd pays it: this process has not loaded libgcc_s (it is
+//! linked with the static unwinder, tests/build.rs; checked below), as
+//! sshd's connection child has not. The baseline cycle is interleaved with
+//! the module's, one each in turn, so load on the machine hits both alike.
 
 use sshidle::policy::Limits;
 use sshidle::state::{SessionKey, SessionRecord, StateDir};
 use sshidle_tests::pam::{PamSession, PAM_SUCCESS};
 use sshidle_tests::{module_path, PamConfDir};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn stats(mut samples: Vec<Duration>) -> String {
-    samples.sort();
-    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    format!("mean {:>7.1} µs  p50 {:>7.1} µs  p99 {:>7.1} µs", us(mean), us(pct(0.5)), us(pct(0.99)))
-}
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn measure(conf: &PamConfDir, service: &str, iterations: usize) -> (Vec<Duration>, Vec<Duration>) {
-    let mut open_close = Vec::with_capacity(iterations);
-    let mut cycle = Vec::with_capacity(iterations);
-    for _ in 0..iterations {
-        let t0 = Instant::now();
-        let mut pam = PamSession::start(conf.path(), service, "root", Some("192.0.2.1")).expect("pam_start");
-        let t1 = Instant::now();
+struct Stats {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn stats(mut samples: Vec<Duration>) -> Stats {
+    samples.sort();
+    let pct = |p: f64| us(samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)]);
+    Stats { p50: pct(0.5), p99: pct(0.99), max: us(*samples.last().unwrap()) }
+}
+
+fn libgcc_s_loaded() -> bool {
+    std::fs::read_to_string("/proc/self/maps").unwrap_or_default().contains("libgcc_s")
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// pam_start + open + close + pam_end: what sshd pays per connection.
+    Full,
+    /// pam_start + pam_end: loading and unloading the stack.
+    LoadOnly,
+    /// open + close on a handle already started: the module's own work.
+    SessionOnly,
+}
+
+fn cycle(conf: &Path, service: &str, mode: Mode) -> Duration {
+    let t0 = Instant::now();
+    let mut pam = PamSession::start(conf, service, "root", Some("192.0.2.1")).expect("pam_start");
+    let t1 = Instant::now();
+    if mode != Mode::LoadOnly {
         assert_eq!(pam.open_session(), PAM_SUCCESS);
         assert_eq!(pam.close_session(), PAM_SUCCESS);
-        let t2 = Instant::now();
-        drop(pam);
-        let t3 = Instant::now();
-        open_close.push(t2 - t1);
-        cycle.push(t3 - t0);
     }
-    (open_close, cycle)
+    let t2 = Instant::now();
+    drop(pam);
+    match mode {
+        Mode::SessionOnly => t2 - t1,
+        _ => t0.elapsed(),
+    }
+}
+
+/// `recorded` open sessions of other (non-existent) processes in `dir`.
+fn fill(dir: &Path, recorded: usize, policy: &Path) {
+    let state = StateDir::open(dir, true).unwrap();
+    for i in 0..recorded {
+        state
+            .record_open(&SessionRecord {
+                key: SessionKey { pid: 4_000_000 + i as i32, start: 123_456 + i as u64 },
+                uid: 1000,
+                user: format!("user{i}"),
+                rhost: "203.0.113.50".into(),
+                service: "sshd".into(),
+                login_time: sshidle::now_unix(),
+                limits: Limits { idle: Some(900), warn: Some(60), hard: None },
+                rule: format!("{}:4: *", policy.display()),
+                warned_at: None,
+            })
+            .unwrap();
+    }
+    state.compact(&|_| true).unwrap();
 }
 
 fn main() {
-    let iterations: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = if args.iter().any(|a| a == "--load-only") {
+        Mode::LoadOnly
+    } else if args.iter().any(|a| a == "--session-only") {
+        Mode::SessionOnly
+    } else {
+        Mode::Full
+    };
+    args.retain(|a| !a.starts_with("--"));
+    let cycles: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(2_000);
+    let module = args.get(1).map(std::path::PathBuf::from).unwrap_or_else(module_path);
+    assert!(!libgcc_s_loaded(), "this process loaded libgcc_s: the figures would not be sshd's");
     let conf = PamConfDir::new("bench");
     let policy = conf.dir.join("sshidle.conf");
-    std::fs::write(&policy, "user backup idle=off\ngroup admins idle=2h warn=5m\ngroup contractors idle=10m warn=1m hard=8h\n* idle=15m warn=1m\n")
-        .unwrap();
+    std::fs::write(
+        &policy,
+        "user backup idle=off\ngroup admins idle=2h warn=5m\ngroup contractors idle=10m warn=1m hard=8h\n* idle=15m warn=1m\n",
+    )
+    .unwrap();
     conf.service("permit", "session required pam_permit.so\n");
-    println!("pam_sshidle.so: {}", module_path().display());
-    println!("iterations per row: {iterations}\n");
-    let (base_oc, base_cycle) = measure(&conf, "permit", iterations);
-    println!("{:<28} open+close {}", "pam_permit only", stats(base_oc.clone()));
-    println!("{:<28} cycle      {}", "", stats(base_cycle.clone()));
-    let base_mean = us(base_oc.iter().sum::<Duration>() / base_oc.len() as u32);
-    for recorded in [0usize, 1_000, 10_000] {
-        let state_dir = conf.dir.join(format!("state-{recorded}"));
-        let state = StateDir::open(&state_dir, true).unwrap();
-        for i in 0..recorded {
-            state
-                .record_open(&SessionRecord {
-                    key: SessionKey { pid: 4_000_000 + i as i32, start: 123_456 + i as u64 },
-                    uid: 1000,
-                    user: format!("user{i}"),
-                    rhost: "203.0.113.50".into(),
-                    service: "sshd".into(),
-                    login_time: sshidle::now_unix(),
-                    limits: Limits { idle: Some(900), warn: Some(60), hard: None },
-                    rule: format!("{}:4: *", policy.display()),
-                    warned_at: None,
-                })
-                .unwrap();
+    let size = std::fs::metadata(&module).map(|m| m.len()).unwrap_or(0);
+    println!("pam_sshidle.so: {} ({} bytes)", module.display(), size);
+    println!(
+        "{}, {cycles} cycles per row,",
+        match mode {
+            Mode::Full => "full cycle pam_start + open_session + close_session + pam_end",
+            Mode::LoadOnly => "pam_start + pam_end only (loading and unloading)",
+            Mode::SessionOnly => "open_session + close_session only (the module's own work)",
         }
-        state.compact(&|_| true).unwrap();
+    );
+    println!("baseline (pam_permit only) interleaved; µs; added = with module - baseline\n");
+    println!(
+        "{:>9}  {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8}  {:>9} {:>9}",
+        "recorded", "base p50", "p99", "max", "mod p50", "p99", "max", "added p50", "added p99"
+    );
+    for recorded in [0usize, 1_000, 10_000, 100_000] {
+        let state_dir = conf.dir.join(format!("state-{recorded}"));
+        fill(&state_dir, recorded, &policy);
         let service = format!("sshidle-{recorded}");
         conf.service(
             &service,
             &format!(
                 "session required pam_permit.so\nsession optional {} conf={} state={}\n",
-                module_path().display(),
+                module.display(),
                 policy.display(),
                 state_dir.display()
             ),
         );
-        let (oc, cycle) = measure(&conf, &service, iterations);
-        let added = us(oc.iter().sum::<Duration>() / oc.len() as u32) - base_mean;
-        let label = format!("+ pam_sshidle, {recorded} recorded");
-        println!("{label:<28} open+close {}   (+{added:.1} µs mean over pam_permit)", stats(oc));
-        println!("{:<28} cycle      {}", "", stats(cycle));
-        let left = state.load().unwrap().sessions.len();
+        // Warm up the page cache and the policy file.
+        for _ in 0..20 {
+            cycle(conf.path(), "permit", mode);
+            cycle(conf.path(), &service, mode);
+        }
+        let (mut base, mut with) = (Vec::with_capacity(cycles), Vec::with_capacity(cycles));
+        for _ in 0..cycles {
+            base.push(cycle(conf.path(), "permit", mode));
+            with.push(cycle(conf.path(), &service, mode));
+        }
+        let (b, m) = (stats(base), stats(with));
+        println!(
+            "{recorded:>9}  {:>8.1} {:>8.1} {:>8.1}  {:>8.1} {:>8.1} {:>8.1}  {:>+9.1} {:>+9.1}",
+            b.p50,
+            b.p99,
+            b.max,
+            m.p50,
+            m.p99,
+            m.max,
+            m.p50 - b.p50,
+            m.p99 - b.p99
+        );
+        let left = StateDir::open(&state_dir, false).unwrap().load().unwrap().sessions.len();
         assert_eq!(left, recorded, "the benchmark's own sessions must all be closed");
+        let _ = std::fs::remove_dir_all(&state_dir);
     }
+    if mode == Mode::Full {
+        overdue(&conf, &module, &policy);
+    }
+    assert!(!libgcc_s_loaded(), "libgcc_s stayed loaded after the module was unloaded");
+}
+
+/// The worst login: 100,000 recorded sessions and the journal grown past its
+/// compaction threshold (a module that compacts does it inside this login).
+fn overdue(conf: &PamConfDir, module: &Path, policy: &Path) {
+    let state_dir = conf.dir.join("state-overdue");
+    fill(&state_dir, 100_000, policy);
+    let state = StateDir::open(&state_dir, false).unwrap();
+    let size = std::fs::metadata(state.file_path()).unwrap().len();
+    // Logouts of sessions long gone, as a journal gathers them between
+    // compactions (format: core/src/state.rs).
+    let junk = "\nclose\tpid=1\tstart=1\n".repeat((size as usize + 128 * 1024) / 21 + 1);
+    use std::io::Write;
+    std::fs::OpenOptions::new().append(true).open(state.file_path()).unwrap().write_all(junk.as_bytes()).unwrap();
+    assert!(state.compaction_due());
+    conf.service(
+        "sshidle-overdue",
+        &format!(
+            "session required pam_permit.so\nsession optional {} conf={} state={}\n",
+            module.display(),
+            policy.display(),
+            state_dir.display()
+        ),
+    );
+    let times: Vec<String> =
+        (0..5).map(|_| format!("{:.1}", us(cycle(conf.path(), "sshidle-overdue", Mode::Full)))).collect();
+    println!("\n100000 recorded, journal overdue for compaction: 5 consecutive logins, µs: {}", times.join(", "));
+    let _ = std::fs::remove_dir_all(&state_dir);
 }
