@@ -31,7 +31,7 @@ SKIPS = $(TARGET_DIR)/sshidle-test-skips.txt
 TEST_LOG = $(TARGET_DIR)/sshidle-test.log
 test: test-deps build lint
 	@rm -f $(SKIPS)
-	@{ $(CARGO) test --workspace -- --test-threads=4; echo $$? > $(TEST_LOG).rc; } 2>&1 | tee $(TEST_LOG)
+	@{ $(CARGO) test --workspace --no-fail-fast -- --test-threads=4; echo $$? > $(TEST_LOG).rc; } 2>&1 | tee $(TEST_LOG)
 	@skipped=$$(cat $(SKIPS) 2>/dev/null | wc -l); \
 	ignored=$$(sed -n 's/^test result:.* \([0-9][0-9]*\) ignored.*/\1/p' $(TEST_LOG) | awk '{n += $$1} END {print n + 0}'); \
 	echo "make test: $$((skipped + ignored)) test(s) did not run ($$skipped skipped on purpose, $$ignored ignored)"; \
