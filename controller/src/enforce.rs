@@ -333,7 +333,7 @@ impl Enforcer {
         let new = self.life.sync(
             snapshot.sessions,
             now,
-            |r| Seen { members: None, memo: memory.entries.get(&r.key).copied() },
+            |r| Seen { members: None, memo: memory.entries.get(&r.key).cloned() },
             // Sessions closed meanwhile are forgotten; adopted ones are in no
             // file (in --dry-run not even in ours).
             |s| s.record.service == ADOPTED && s.key().is_alive(),
@@ -423,11 +423,11 @@ impl Enforcer {
                 fresh = true;
             }
             let members = t.seen.members.as_ref().expect("scanned");
-            let had_memo = t.seen.memo;
+            let essence = |m: &Option<IoMemo>| m.as_ref().map(|m| (m.fingerprint, m.last_active));
+            let had = essence(&t.seen.memo);
             let act = activity::assess(&t.session.record, members, &mut t.seen.memo, now);
             // sampled_at alone is not worth a write.
-            let essence = |m: Option<IoMemo>| m.map(|m| (m.fingerprint, m.last_active));
-            if essence(t.seen.memo) != essence(had_memo) {
+            if essence(&t.seen.memo) != had {
                 self.memory_dirty = true;
             }
             let seen = Observation {
@@ -550,7 +550,15 @@ impl Enforcer {
         if !self.memory_dirty || (!force && self.memory_saved.elapsed() < MEMORY_SAVE_EVERY) {
             return;
         }
-        let memory = Memory { entries: self.life.iter().filter_map(|(k, t)| t.seen.memo.map(|m| (*k, m))).collect() };
+        let memory = Memory {
+            entries: self
+                .life
+                .iter()
+                .filter_map(|(k, t)| {
+                    t.seen.memo.as_ref().map(|m| (*k, IoMemo::new(m.fingerprint, m.last_active, m.sampled_at)))
+                })
+                .collect(),
+        };
         self.fx.save_memory(&memory);
         self.memory_dirty = false;
         self.memory_saved = Instant::now();

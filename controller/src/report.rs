@@ -245,6 +245,10 @@ pub fn check(config: &Path) -> Outcome {
     if !policy.main_file_read() {
         println!("{}: no such file; the drop-ins alone make the policy", config.display());
     }
+    let sysctl = std::fs::read_to_string(LEGACY_TIOCSTI).ok();
+    if let Some(note) = tiocsti_note(sysctl.as_deref()) {
+        println!("{note}");
+    }
     if !policy.errors.is_empty() {
         return Err(Failure::Reported);
     }
@@ -259,6 +263,25 @@ pub fn check(config: &Path) -> Outcome {
         println!("  read {}", file.display());
     }
     Ok(())
+}
+
+const LEGACY_TIOCSTI: &str = "/proc/sys/dev/tty/legacy_tiocsti";
+
+/// What `check` says of `TIOCSTI`, given `dev.tty.legacy_tiocsti` (absent on
+/// kernels before 6.2): bytes a process pushes into its own terminal's input
+/// are read like typed ones, so they would count as input.
+fn tiocsti_note(sysctl: Option<&str>) -> Option<String> {
+    if !sshidle::input::tiocsti_allowed(sysctl) {
+        return None;
+    }
+    let how = match sysctl {
+        Some(_) => "dev.tty.legacy_tiocsti = 1; set it to 0 to close this",
+        None => "this kernel has no dev.tty.legacy_tiocsti (Linux 6.2+ can turn it off)",
+    };
+    Some(format!(
+        "note: this kernel allows TIOCSTI ({how}): a program inside a session can push bytes into its \
+         own terminal's input, which then count as typed input; see sshidle.conf(5), WHAT COUNTS AS INPUT"
+    ))
 }
 
 pub fn explain(config: &Path, user: &str) -> Outcome {
@@ -295,7 +318,14 @@ pub fn explain(config: &Path, user: &str) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use super::{escape_control, format_utc, prometheus_text, table_text, SessionRow};
+    use super::{escape_control, format_utc, prometheus_text, table_text, tiocsti_note, SessionRow};
+
+    #[test]
+    fn tiocsti_is_named_when_allowed() {
+        assert_eq!(tiocsti_note(Some("0\n")), None);
+        assert!(tiocsti_note(Some("1\n")).unwrap().contains("dev.tty.legacy_tiocsti = 1"));
+        assert!(tiocsti_note(None).unwrap().contains("no dev.tty.legacy_tiocsti"));
+    }
 
     #[test]
     fn prometheus_text_format() {

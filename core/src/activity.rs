@@ -1,11 +1,23 @@
 //! How idle a recorded session is: its ttys and the time since its last input
-//! (see "What counts as idle" in the spec). What the enforcer does about it is
-//! decided in [`crate::lifecycle`].
+//! (see "What counts as idle" in the spec, and [`crate::input`] for the
+//! judgement of input itself). What the enforcer does about it is decided in
+//! [`crate::lifecycle`].
 //!
 //! A session is found from the process that recorded it, sshd's `[priv]`
-//! monitor: its descendants are sshd's own processes (same command name as the
-//! monitor), the processes on the session's terminals, and the commands of
-//! sessions without a terminal.
+//! monitor. Its processes are told apart by what they are, never by a name
+//! a user can write ([`members`]):
+//! - **sshd's own**: the monitor and the children it forked right below it
+//!   that run the monitor's executable (`/proc/PID/exe`); a user's process
+//!   renamed `sshd`, or even running the sshd binary, is deeper in the tree.
+//! - **its ptys**: those whose master side sshd's own processes hold (the
+//!   ptmx fd's `tty-index`; utmp where the kernel does not say). Ptys created
+//!   inside the session (script, tmux, screen, `pty.fork`) are not among them.
+//! - **channels**: each non-sshd child of sshd's own processes is the command
+//!   sshd started for a channel (a shell, a remote command, internal-sftp's
+//!   process). One whose controlling terminal is an sshd pty is a terminal
+//!   channel: it and everything below it are judged by the pty's input only.
+//!   The others are commands without a terminal: they and their descendants
+//!   are judged by their I/O.
 //!
 //! - **Terminals**: the last input is the newest atime of the session's ttys
 //!   (as `w` shows). The kernel only moves a tty's timestamps when they cross
@@ -13,24 +25,25 @@
 //!   atime: the session counts as quiet only from the end of that 8-second
 //!   block ([`quiet_since_tty`]), and nobody who typed within the limit is
 //!   disconnected.
-//! - **Commands without a terminal**: the I/O counters of `/proc/PID/io` of
-//!   every non-sshd process without a controlling tty. A change (more bytes,
-//!   a process started or ended) is activity, credited to the moment it is
-//!   seen. sshd's own processes are left out: their counters move with every
-//!   keepalive probe. The counters are remembered between sweeps in an
-//!   [`IoMemo`] per session, kept by the enforcer in the state directory
-//!   ([`Memory`]) so `status` and `enforce --once` share it.
+//! - **Commands without a terminal**: the I/O counters of `/proc/PID/io`,
+//!   judged by [`input::did_io`]: a process seen before that wrote or read is
+//!   activity, credited to the moment it is seen; processes starting or
+//!   exiting are not. sshd's own processes are left out: their counters move
+//!   with every keepalive probe. What the enforcer saw is remembered between
+//!   sweeps in an [`IoMemo`] per session, kept by the enforcer in the state
+//!   directory ([`Memory`]) so `status` and `enforce --once` share it.
 //! - **Neither** (`ssh -N`, a ControlMaster with no channel left): not judged
 //!   here; sshd's `UnusedConnectionTimeout` covers it. `hard=` still applies.
 
 use crate::files::Fnv;
+use crate::input::{self, IoSample};
 use crate::procfs::{self, ProcTable};
 use crate::state::{SessionKey, SessionRecord, StateDir, StateError};
-use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
 
-/// The kernel updates tty timestamps only when they cross a multiple of this.
-pub const TTY_TIME_GRANULARITY: i64 = 8;
+pub use crate::input::TTY_TIME_GRANULARITY;
 
 /// The file in the state directory where the enforcer keeps its [`Memory`].
 pub const MEMORY_FILE: &str = "activity";
@@ -53,8 +66,7 @@ pub struct Activity {
 /// same block does not move the timestamp, so only from here on is the tty
 /// certainly quiet.
 pub fn quiet_since_tty(atime: i64) -> i64 {
-    // Saturating: an atime set near i64::MAX (`touch -d`) must not overflow.
-    (atime.div_euclid(TTY_TIME_GRANULARITY) * TTY_TIME_GRANULARITY).saturating_add(TTY_TIME_GRANULARITY)
+    input::block_end(atime)
 }
 
 /// The processes of one session.
@@ -62,38 +74,122 @@ pub fn quiet_since_tty(atime: i64) -> i64 {
 pub struct Members {
     /// sshd's own processes: the monitor and the children it forked.
     pub sshd: Vec<(i32, u64)>,
-    /// Other processes without a controlling terminal: their I/O is activity.
+    /// The commands of channels without a terminal and their descendants:
+    /// their I/O is activity.
     pub commands: Vec<(i32, u64)>,
-    /// Other processes with a controlling terminal.
+    /// The processes of terminal channels (shells and all below them): only
+    /// the pty's input counts for them.
     pub on_ttys: Vec<(i32, u64)>,
-    /// The controlling terminals (device numbers), sorted, no duplicates.
+    /// The ptys sshd allocated for the connection (device numbers), sorted,
+    /// no duplicates.
     pub ttys: Vec<u32>,
+}
+
+/// sshd's own processes of session `key`: the monitor, and its children that
+/// run the monitor's executable (the `@pts`/`@notty` child), except
+/// internal-sftp's process, which is a channel's command (a root login has
+/// no separate child: its channels hang right below the monitor). Only sshd
+/// forks a process at that place, so there the title it set is its own.
+pub fn sshd_processes(table: &ProcTable, key: SessionKey) -> Vec<(i32, u64)> {
+    let Some(monitor) = table.get(key.pid).filter(|p| p.start == key.start) else { return Vec::new() };
+    let mut own = vec![(monitor.pid, monitor.start)];
+    let Some(exe) = procfs::exe_id(monitor.pid) else { return own };
+    for child in table.children(monitor.pid) {
+        if procfs::exe_id(child.pid) == Some(exe) && !is_internal_sftp(child.pid) {
+            own.push((child.pid, child.start));
+        }
+    }
+    own
+}
+
+/// The ptys sshd allocated for the connection, as `/dev/pts/N` device
+/// numbers: those whose master its own processes hold. Where the kernel does
+/// not name the pty of a ptmx fd (before Linux 5.x), utmp's lines of the
+/// monitor are taken instead.
+pub fn sshd_ptys(own: &[(i32, u64)], utmp: &dyn Fn() -> Vec<u32>) -> Vec<u32> {
+    let mut indexes = Vec::new();
+    let mut unnamed = false;
+    for (pid, _) in own {
+        let masters = procfs::pty_masters(*pid);
+        unnamed |= masters.unnamed > 0;
+        indexes.extend(masters.indexes);
+    }
+    if unnamed && indexes.is_empty() {
+        indexes = utmp();
+    }
+    let mut devices: Vec<u32> = indexes.into_iter().filter_map(pts_device).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    devices
+}
+
+/// The device number of `/dev/pts/N`, when it is a pty slave.
+pub fn pts_device(index: u32) -> Option<u32> {
+    let meta = std::fs::metadata(format!("/dev/pts/{index}")).ok()?;
+    let dev = meta.rdev() as u32;
+    (meta.file_type().is_char_device() && procfs::pts_name(dev).is_some()).then_some(dev)
+}
+
+/// The `pts/N` lines utmp holds for the monitor `pid`, as indexes.
+pub fn utmp_ptys(pid: i32) -> Vec<u32> {
+    crate::utmp::read(Path::new(crate::utmp::DEFAULT_UTMP))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.pid == pid)
+        .filter_map(|e| e.line.strip_prefix("pts/")?.parse().ok())
+        .collect()
 }
 
 /// The processes of the session `key` in `table`; `None` when its monitor is
 /// gone (or its PID now belongs to another process).
 pub fn members(table: &ProcTable, key: SessionKey) -> Option<Members> {
-    let monitor = table.get(key.pid).filter(|p| p.start == key.start)?;
-    let mut m = Members { sshd: vec![(key.pid, key.start)], ..Members::default() };
+    table.get(key.pid).filter(|p| p.start == key.start)?;
+    let sshd = sshd_processes(table, key);
+    let ttys = sshd_ptys(&sshd, &|| utmp_ptys(key.pid));
+    Some(classify(table, key, sshd, ttys))
+}
+
+/// Sorts the monitor's descendants into channels (see the module's notes),
+/// given sshd's own processes and ptys.
+pub fn classify(table: &ProcTable, key: SessionKey, sshd: Vec<(i32, u64)>, ttys: Vec<u32>) -> Members {
+    let own: HashSet<i32> = sshd.iter().map(|(pid, _)| *pid).collect();
+    // For each process below sshd's own: is it on a terminal channel?
+    let mut on_tty: HashMap<i32, bool> = HashMap::new();
+    let mut roots_on_ptys = 0;
+    let mut below = Vec::new();
     for p in table.descendants(key.pid) {
-        if p.comm == monitor.comm && !is_internal_sftp(p.pid) {
-            m.sshd.push((p.pid, p.start));
-        } else if p.tty_nr != 0 {
-            m.on_ttys.push((p.pid, p.start));
-            m.ttys.push(p.tty_nr);
+        if own.contains(&p.pid) {
+            continue;
+        }
+        let tty = if own.contains(&p.ppid) {
+            let tty = ttys.contains(&p.tty_nr);
+            roots_on_ptys += usize::from(tty);
+            tty
         } else {
-            m.commands.push((p.pid, p.start));
+            on_tty.get(&p.ppid).copied().unwrap_or(false)
+        };
+        on_tty.insert(p.pid, tty);
+        below.push((p.pid, p.start, own.contains(&p.ppid)));
+    }
+    // An sshd pty whose shell is not on it any more (it dropped its
+    // controlling terminal): the channel that looks terminal-less may be
+    // that shell, so none counts as a command.
+    let disguised = roots_on_ptys < ttys.len();
+    let mut m = Members { sshd, ttys, ..Members::default() };
+    for (pid, start, _) in below {
+        if disguised || on_tty[&pid] {
+            m.on_ttys.push((pid, start));
+        } else {
+            m.commands.push((pid, start));
         }
     }
-    m.ttys.sort_unstable();
-    m.ttys.dedup();
     m.commands.sort_unstable();
-    Some(m)
+    m
 }
 
 /// sshd runs `internal-sftp` in a process of its own, titled
 /// `sshd: USER@internal-sftp`: its I/O is the user's file transfer, never
-/// keepalives (those are the `@notty` parent's), so it counts as a command.
+/// keepalives (those are the `@notty` parent's), so it is a channel's command.
 fn is_internal_sftp(pid: i32) -> bool {
     procfs::title(pid).is_some_and(|t| t.ends_with("@internal-sftp"))
 }
@@ -105,46 +201,76 @@ pub fn tty_atime(tty_nr: u32) -> Option<i64> {
     Some(meta.atime())
 }
 
-/// A digest of the session's commands and their I/O byte counts: any change
-/// is activity. A process that cannot be read counts as changed.
-pub fn io_fingerprint(commands: &[(i32, u64)]) -> u64 {
+/// The I/O counters of the session's commands now.
+pub fn io_sample(commands: &[(i32, u64)]) -> IoSample {
+    commands.iter().filter_map(|(pid, start)| Some(((*pid, *start), procfs::io_counters(*pid, *start)?))).collect()
+}
+
+/// A digest of an I/O sample, kept across restarts of the enforcer: when it
+/// differs from the one saved, something may have happened while nobody
+/// looked.
+pub fn io_fingerprint(sample: &IoSample) -> u64 {
     let mut hash = Fnv::default();
-    for (pid, start) in commands {
-        let bytes = if procfs::is_same_process(*pid, *start) { procfs::io_bytes(*pid) } else { None };
-        hash = hash.u64(*pid as u64).u64(*start).u64(bytes.unwrap_or(u64::MAX));
+    for ((pid, start), c) in sample {
+        hash = hash.u64(*pid as u64).u64(*start).u64(c.rchar).u64(c.wchar);
     }
     hash.0
 }
 
 /// What the enforcer last saw of a session's commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IoMemo {
+    /// [`io_fingerprint`] of the last sample (what is saved across restarts).
     pub fingerprint: u64,
-    /// When a change was last seen (unix seconds).
+    /// When I/O was last seen (unix seconds).
     pub last_active: i64,
     /// When the counters were last read.
     pub sampled_at: i64,
+    /// The last sample itself; `None` when the memo was read from the saved
+    /// memory (the enforcer restarted).
+    pub sample: Option<IoSample>,
+}
+
+impl IoMemo {
+    /// A memo as saved (without the sample).
+    pub fn new(fingerprint: u64, last_active: i64, sampled_at: i64) -> IoMemo {
+        IoMemo { fingerprint, last_active, sampled_at, sample: None }
+    }
 }
 
 /// Judges a session from its members, updating `memo` with what is seen now
-/// (the enforcer's view: a change is activity now).
+/// (the enforcer's view: I/O seen is activity now).
 pub fn assess(record: &SessionRecord, members: &Members, memo: &mut Option<IoMemo>, now: i64) -> Activity {
     if !members.commands.is_empty() || memo.is_some() {
-        let fingerprint = io_fingerprint(&members.commands);
+        let sample = io_sample(&members.commands);
+        let fingerprint = io_fingerprint(&sample);
         match memo {
-            Some(m) if m.fingerprint == fingerprint => m.sampled_at = now,
-            _ => *memo = Some(IoMemo { fingerprint, last_active: now, sampled_at: now }),
+            Some(m) => {
+                let active = match &m.sample {
+                    Some(before) => input::did_io(before, &sample),
+                    // The enforcer restarted: what happened meanwhile is not
+                    // known unless nothing at all changed.
+                    None => m.fingerprint != fingerprint,
+                };
+                if active {
+                    m.last_active = now;
+                }
+                m.fingerprint = fingerprint;
+                m.sampled_at = now;
+                m.sample = Some(sample);
+            }
+            // First sight: activity now (nothing better is known).
+            None => *memo = Some(IoMemo { fingerprint, last_active: now, sampled_at: now, sample: Some(sample) }),
         }
     }
-    combine(record, members, memo.map(|m| m.last_active), now)
+    combine(record, members, memo.as_ref().map(|m| m.last_active), now)
 }
 
-/// Judges a session without changing anything (`status`): counters that moved
-/// since the enforcer's last look mean activity now; commands the enforcer has
-/// not seen yet count from the login (nothing better is known).
+/// Judges a session without changing anything (`status`): the enforcer's
+/// last judgement of its commands; commands the enforcer has not seen yet
+/// count from the login (nothing better is known).
 pub fn peek(record: &SessionRecord, members: &Members, memo: Option<&IoMemo>, now: i64) -> Activity {
     let io_active = match memo {
-        Some(m) if io_fingerprint(&members.commands) != m.fingerprint => Some(now),
         Some(m) => Some(m.last_active),
         None if members.commands.is_empty() => None,
         None => Some(record.login_time),
@@ -195,11 +321,11 @@ impl Memory {
             .filter_map(|line| {
                 let mut f = line.split(' ');
                 let key = SessionKey { pid: f.next()?.parse().ok()?, start: f.next()?.parse().ok()? };
-                let memo = IoMemo {
-                    fingerprint: u64::from_str_radix(f.next()?, 16).ok()?,
-                    last_active: f.next()?.parse().ok()?,
-                    sampled_at: f.next()?.parse().ok()?,
-                };
+                let memo = IoMemo::new(
+                    u64::from_str_radix(f.next()?, 16).ok()?,
+                    f.next()?.parse().ok()?,
+                    f.next()?.parse().ok()?,
+                );
                 Some((key, memo))
             })
             .collect();
@@ -282,13 +408,8 @@ mod tests {
     #[test]
     fn memory_round_trip() {
         let mut memory = Memory::default();
-        memory.entries.insert(
-            SessionKey { pid: 42, start: 7 },
-            IoMemo { fingerprint: 0xdead_beef, last_active: 100, sampled_at: 120 },
-        );
-        memory
-            .entries
-            .insert(SessionKey { pid: 1, start: 2 }, IoMemo { fingerprint: 0, last_active: 3, sampled_at: 4 });
+        memory.entries.insert(SessionKey { pid: 42, start: 7 }, IoMemo::new(0xdead_beef, 100, 120));
+        memory.entries.insert(SessionKey { pid: 1, start: 2 }, IoMemo::new(0, 3, 4));
         assert_eq!(Memory::parse(&memory.render()), memory);
         assert_eq!(Memory::parse("garbage\n1 2 3 4 5\n"), Memory::default());
         let dir = std::env::temp_dir().join(format!("sshidle-activity-{}", std::process::id()));
@@ -363,14 +484,118 @@ mod tests {
         }
         assert!(procfs::io_bytes(pid) >= Some(before + 12), "the command did not read and write");
         assert!(procfs::is_same_process(pid, start), "the command exited: its I/O must be what counts");
-        assert_eq!(peek(&rec, &m, memo.as_ref(), 1020).idle_secs, 0);
+        // `status` shows the enforcer's judgement, not its own.
+        assert_eq!(peek(&rec, &m, memo.as_ref(), 1020).idle_secs, 20);
         assert_eq!(assess(&rec, &m, &mut memo, 1020).quiet_since, Some(1020));
+        assert_eq!(peek(&rec, &m, memo.as_ref(), 1020).idle_secs, 0);
         // Nothing moved since: quiet again from then on.
         assert_eq!(assess(&rec, &m, &mut memo, 1030).quiet_since, Some(1020));
         drop(stdin);
         child.wait().unwrap();
+        // It exited: that is not activity either.
+        assert_eq!(assess(&rec, &m, &mut memo, 1040).quiet_since, Some(1020));
+        // A restarted enforcer (the memo without its sample): a change while
+        // nobody looked counts from now, no change keeps the judgement.
+        let restored = |m: &Option<IoMemo>, flip: u64| {
+            m.as_ref().map(|m| IoMemo::new(m.fingerprint ^ flip, m.last_active, m.sampled_at))
+        };
+        assert_eq!(assess(&rec, &m, &mut restored(&memo, 0), 1050).quiet_since, Some(1020));
+        assert_eq!(assess(&rec, &m, &mut restored(&memo, 1), 1050).quiet_since, Some(1050));
         // A PID that is not the recorded process has no members.
         assert_eq!(members(&ProcTable::scan(), SessionKey { pid: key.pid, start: key.start + 1 }), None);
+    }
+
+    /// A child of this test process (which plays the monitor) in a session
+    /// of its own, without a tty: a channel's command.
+    fn command(script: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new("sh");
+        // SAFETY: setsid is async-signal-safe. It drops any controlling tty.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            })
+        };
+        command
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Kills the children even when the test fails.
+    struct Reap(Vec<std::process::Child>);
+
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    #[test]
+    fn processes_starting_and_exiting_are_not_io() {
+        let churn = command("while sleep 0.1; do :; done");
+        let pid = churn.id() as i32;
+        let _reap = Reap(vec![churn]);
+        let key = SessionKey::current_process().unwrap();
+        let mut m = members(&ProcTable::scan(), key).unwrap();
+        m.commands.retain(|(p, _)| *p == pid);
+        assert_eq!(m.commands.len(), 1, "{m:?}");
+        let rec = record(key, 500);
+        let mut memo = None;
+        assert_eq!(assess(&rec, &m, &mut memo, 1000).quiet_since, Some(1000));
+        // Children start, read their libraries, exit and are reaped below it
+        // ten times a second.
+        for now in 1001..1006 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            assert_eq!(assess(&rec, &m, &mut memo, now).quiet_since, Some(1000), "at {now}: {memo:?}");
+        }
+    }
+
+    fn proc(pid: i32, ppid: i32, tty_nr: u32) -> procfs::ProcStat {
+        procfs::ProcStat { pid, comm: "sshd".into(), ppid, tty_nr, start: pid as u64 }
+    }
+
+    #[test]
+    fn channels_by_place_not_by_name() {
+        const PTS0: u32 = 136 << 8;
+        const INNER: u32 = (136 << 8) | 9;
+        let key = SessionKey { pid: 100, start: 100 };
+        // Every process is called "sshd": names decide nothing.
+        let table = ProcTable::from_procs([
+            proc(1, 0, 0),
+            proc(100, 1, 0),       // the monitor
+            proc(101, 100, 0),     // its @pts child
+            proc(102, 101, PTS0),  // the login shell on sshd's pty
+            proc(103, 102, 0),     // setsid -w sh -c 'while sleep 2; ...' &
+            proc(104, 103, 0),     // ... and its sleep
+            proc(105, 102, INNER), // script -qfc: a pty of the session's own
+            proc(106, 101, 0),     // a remote command (multiplexed)
+            proc(107, 106, INNER), // below it, on a pty of its own
+            proc(108, 1, 0),       // another user's process
+        ]);
+        let m = classify(&table, key, vec![(100, 100), (101, 101)], vec![PTS0]);
+        assert_eq!(m.commands, vec![(106, 106), (107, 107)]);
+        let mut on_ttys = m.on_ttys.clone();
+        on_ttys.sort_unstable();
+        assert_eq!(on_ttys, vec![(102, 102), (103, 103), (104, 104), (105, 105)]);
+        assert_eq!(m.ttys, vec![PTS0]);
+        // The shell dropped its controlling terminal (TIOCNOTTY): sshd's pty
+        // has no shell on it, so no channel counts as a command.
+        let mut procs: Vec<_> = table.procs.values().cloned().collect();
+        procs.iter_mut().filter(|p| p.pid == 102).for_each(|p| p.tty_nr = 0);
+        let m = classify(&ProcTable::from_procs(procs), key, vec![(100, 100), (101, 101)], vec![PTS0]);
+        assert!(m.commands.is_empty(), "{m:?}");
+        // A root login: the channels hang right below the monitor.
+        let table = ProcTable::from_procs([proc(100, 1, 0), proc(102, 100, PTS0), proc(103, 100, 0)]);
+        let m = classify(&table, key, vec![(100, 100)], vec![PTS0]);
+        assert_eq!((m.on_ttys, m.commands), (vec![(102, 102)], vec![(103, 103)]));
     }
 
     #[test]

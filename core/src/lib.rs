@@ -6,6 +6,7 @@ pub mod activity;
 pub mod audit;
 pub mod duration;
 pub mod files;
+pub mod input;
 pub mod lifecycle;
 pub mod login;
 pub mod policy;

@@ -166,6 +166,83 @@ pub fn exe(pid: i32) -> Option<std::path::PathBuf> {
     fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
+/// The identity (device, inode) of the file the process runs, following
+/// `/proc/PID/exe`: unlike the command name or the title, a process cannot
+/// choose it without running that very file.
+pub fn exe_id(pid: i32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    if pid <= 0 {
+        return None;
+    }
+    let meta = fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// The pty masters a process holds open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PtyMasters {
+    /// The indexes N of their ptys (`/dev/pts/N`), sorted, no duplicates.
+    pub indexes: Vec<u32>,
+    /// Masters whose fdinfo names no pty (kernels without `tty-index`).
+    pub unnamed: usize,
+}
+
+/// The pty masters `pid` holds: fds on `/dev/ptmx` (or `/dev/pts/ptmx`), with
+/// the `tty-index` their fdinfo names. Unreadable fds are skipped.
+pub fn pty_masters(pid: i32) -> PtyMasters {
+    let mut out = PtyMasters::default();
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else { return out };
+    for entry in dir.flatten() {
+        let Ok(target) = fs::read_link(entry.path()) else { continue };
+        if target.file_name().is_none_or(|n| n != "ptmx") {
+            continue;
+        }
+        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy()));
+        match info.ok().as_deref().and_then(parse_tty_index) {
+            Some(index) => out.indexes.push(index),
+            None => out.unnamed += 1,
+        }
+    }
+    out.indexes.sort_unstable();
+    out.indexes.dedup();
+    out
+}
+
+/// The `tty-index:` line of a ptmx fd's fdinfo.
+pub fn parse_tty_index(fdinfo: &str) -> Option<u32> {
+    fdinfo.lines().find_map(|l| l.strip_prefix("tty-index:"))?.trim().parse().ok()
+}
+
+/// What the process's I/O counters say (`/proc/PID/io`), with the minor
+/// faults of the children it reaped (`cminflt`, field 11 of stat) read before
+/// and after them: that number moves whenever a reaped child's counters were
+/// added to the process's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IoCounters {
+    pub rchar: u64,
+    pub wchar: u64,
+    pub cminflt_before: u64,
+    pub cminflt_after: u64,
+}
+
+/// The I/O counters of `pid` if it is still the process that started at
+/// `start` (and not a zombie).
+pub fn io_counters(pid: i32, start: u64) -> Option<IoCounters> {
+    let cminflt = || -> Option<u64> {
+        let stat = read_stat_line(pid)?;
+        if matches!(stat_field(&stat, 3), Some("Z") | Some("X")) || stat_field(&stat, 22)?.parse::<u64>().ok()? != start
+        {
+            return None;
+        }
+        stat_field(&stat, 11)?.parse().ok()
+    };
+    let cminflt_before = cminflt()?;
+    let text = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u64>().ok();
+    let (rchar, wchar) = (field("rchar:")?, field("wchar:")?);
+    Some(IoCounters { rchar, wchar, cminflt_before, cminflt_after: cminflt()? })
+}
+
 /// `pts/N` for a Unix98 pty slave device number (majors 136-143), else `None`.
 pub fn pts_name(tty_nr: u32) -> Option<String> {
     let major = (tty_nr >> 8) & 0xfff;
@@ -230,6 +307,11 @@ impl ProcTable {
 
     pub fn get(&self, pid: i32) -> Option<&ProcStat> {
         self.procs.get(&pid)
+    }
+
+    /// The direct children of `pid`.
+    pub fn children(&self, pid: i32) -> impl Iterator<Item = &ProcStat> {
+        self.children.get(&pid).into_iter().flatten().filter_map(|c| self.procs.get(c))
     }
 
     /// Every descendant of `pid`, parents before their children.

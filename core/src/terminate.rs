@@ -85,17 +85,20 @@ pub struct Collected {
 /// Collects the processes of session `key` (of user `uid`); `None` when the
 /// monitor is gone or its PID belongs to another process now.
 pub fn collect(table: &ProcTable, key: SessionKey, uid: u32) -> Option<Collected> {
-    let monitor = table.get(key.pid).filter(|p| p.start == key.start)?;
+    table.get(key.pid).filter(|p| p.start == key.start)?;
     if !procfs::is_same_process(key.pid, key.start) {
         return None;
     }
     let protected = protected_pids(table, key.pid);
+    // sshd's own by what they are (executable and place), never by a name
+    // the user can write.
+    let sshd: HashSet<i32> = crate::activity::sshd_processes(table, key).iter().map(|(pid, _)| *pid).collect();
     let mut seen = HashSet::new();
     let mut victims = vec![Victim { pid: key.pid, start: key.start, role: Role::Monitor }];
     seen.insert(key.pid);
     for p in table.descendants(key.pid) {
         if !protected.contains(&p.pid) && seen.insert(p.pid) {
-            let sshd_child = p.comm == monitor.comm;
+            let sshd_child = sshd.contains(&p.pid);
             if let Some(role) = role_for(Place::Tree, sshd_child, procfs::real_uid(p.pid), uid) {
                 victims.push(Victim { pid: p.pid, start: p.start, role });
             }
