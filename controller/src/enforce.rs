@@ -6,9 +6,9 @@
 //! up early for
 //! - a change of the state file (inotify on the state directory): a login or
 //!   logout, picked up within ~0.1 s;
-//! - a change of the policy file (inotify on its directory, so editors that
-//!   replace the file are seen): the policy is re-read and applied to the
-//!   sessions already open;
+//! - a change of the policy file or of its drop-in directory (inotify on
+//!   both directories, so editors that replace a file are seen): the policy
+//!   is re-read and applied to the sessions already open;
 //! - SIGHUP (re-read everything, look at every session) and SIGTERM/SIGINT
 //!   (exit), through a signalfd.
 //!
@@ -16,13 +16,21 @@
 //! had, the I/O counters of the commands it had. Only before warning or
 //! disconnecting is `/proc` scanned again (once per sweep, shared by every
 //! session due), so that a tty or command opened since is not missed.
+//!
+//! With a textfile directory (`--textfile-dir`, `metrics textfile-dir=`) the
+//! enforcer rewrites its Prometheus textfile after every change (see
+//! [`crate::metrics`]), and every warning, disconnect and adoption is also
+//! logged as an audit line (see [`sshidle::audit`]).
 
+use crate::metrics::{self, Counters, Textfile};
+use crate::report::SessionRow;
 use crate::syslog::Logger;
 use crate::{Failure, Outcome, Paths};
 use clap::Args;
 use sshidle::activity::{self, Activity, IoMemo, Members, Memory};
+use sshidle::audit::{AuditLine, Event};
 use sshidle::lifecycle::{Cause, Lifecycle, Observation, Step};
-use sshidle::policy::Policy;
+use sshidle::policy::{self, Policy};
 use sshidle::procfs::{self, ProcTable};
 use sshidle::state::{EndCause, SessionKey, SessionRecord, StateDir, StateError};
 use sshidle::terminate::{self, Termination, GRACE};
@@ -56,6 +64,10 @@ pub struct EnforceArgs {
     /// module was installed); `none` to look only at recorded sessions
     #[arg(long, value_name = "FILE", default_value = sshidle::utmp::DEFAULT_UTMP)]
     pub utmp: PathBuf,
+    /// Keep a Prometheus textfile, DIR/sshidle.prom, for node_exporter's
+    /// textfile collector (overrides the policy's `metrics textfile-dir=`)
+    #[arg(long, value_name = "DIR")]
+    pub textfile_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +90,8 @@ struct Seen {
     /// Its processes at the last scan; `None` until scanned.
     members: Option<Members>,
     memo: Option<IoMemo>,
+    /// Since when the session was quiet at the last look (for the metrics).
+    quiet_since: Option<i64>,
 }
 
 /// Every change the enforcer makes to the world goes through here. With
@@ -172,6 +186,14 @@ impl Effects {
         }
     }
 
+    /// The audit line of an event that happened (none in `--dry-run`).
+    fn audit(&self, event: Event, line: &AuditLine) {
+        if !self.dry_run {
+            let level = if event == Event::Adoption { Level::Warning } else { Level::Notice };
+            self.log.log(level, &line.format(event));
+        }
+    }
+
     fn save_memory(&self, memory: &Memory) {
         let Some(state) = self.state.as_ref().filter(|_| !self.dry_run) else { return };
         if let Err(err) = memory.save(state) {
@@ -186,7 +208,7 @@ struct Enforcer {
     utmp_path: Option<PathBuf>,
     fx: Effects,
     policy: Option<Policy>,
-    policy_stamp: Option<(u64, u64, i64, i64, u64)>,
+    policy_stamp: Option<policy::Fingerprint>,
     life: Lifecycle<Seen>,
     memory_dirty: bool,
     memory_saved: Instant,
@@ -196,6 +218,12 @@ struct Enforcer {
     resolved: std::collections::HashMap<String, Option<(Limits, String)>>,
     /// Bad fields of the state file already logged (each is logged once).
     bad_fields_told: HashSet<String>,
+    /// `--textfile-dir`; else the policy's `metrics textfile-dir=`.
+    textfile_flag: Option<PathBuf>,
+    textfile: Option<Textfile>,
+    counters: Counters,
+    /// Something the textfile shows changed since it was written.
+    metrics_dirty: bool,
 }
 
 impl Enforcer {
@@ -218,6 +246,10 @@ impl Enforcer {
             problems: 0,
             resolved: Default::default(),
             bad_fields_told: HashSet::new(),
+            textfile_flag: args.textfile_dir.clone(),
+            textfile: None,
+            counters: Counters { started: now_unix(), ..Counters::default() },
+            metrics_dirty: true,
         }
     }
 
@@ -243,9 +275,9 @@ impl Enforcer {
     /// Reads the policy when it changed (or `force`). Returns true when the
     /// limits may have changed.
     fn load_policy(&mut self, force: bool) -> bool {
-        let stamp =
-            std::fs::metadata(&self.config).ok().map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size()));
-        if !force && stamp == self.policy_stamp && (stamp.is_some() || self.policy.is_none()) {
+        // The main file and every drop-in: any one added, replaced or written.
+        let stamp = Some(policy::fingerprint(&self.config));
+        if !force && stamp == self.policy_stamp {
             return false;
         }
         self.policy_stamp = stamp;
@@ -256,6 +288,7 @@ impl Enforcer {
                     self.log().log(Level::Error, &format!("{error} (line skipped)"));
                 }
                 self.policy = Some(policy);
+                self.choose_textfile();
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 if self.policy.is_some() {
@@ -286,7 +319,10 @@ impl Enforcer {
         }
         let policy = self.policy.as_ref()?;
         let answer = users::lookup_user(user).map(|account| {
-            let resolution = policy.resolve(&account.name, &mut || users::group_names(&account));
+            // Bounded as at a login: a directory that does not answer must
+            // not stall the enforcer.
+            let groups = &mut || users::group_names_within(&account, users::DEFAULT_NSS_TIMEOUT).ok();
+            let resolution = policy.resolve_with(&account.name, groups);
             (resolution.limits, resolution.describe())
         });
         self.resolved.insert(user.to_string(), answer.clone());
@@ -298,6 +334,12 @@ impl Enforcer {
     fn apply_policy(&mut self, key: SessionKey, now: i64) {
         let Some(user) = self.life.get(&key).map(|t| t.session.record.user.clone()) else { return };
         let Some((limits, rule)) = self.resolve(&user) else { return };
+        // Without the groups a session keeps the limits it has: its login
+        // read them, or got the rule that needs none.
+        if rule.ends_with(policy::GROUPS_UNREAD) {
+            self.fx.log.log(Level::Warning, &format!("session {key} of {user}: groups not read; limits kept"));
+            return;
+        }
         let t = self.life.get_mut(&key).expect("present");
         let Some(change) = t.session.apply_policy(limits, &rule, now) else { return };
         if key.is_alive() {
@@ -333,7 +375,7 @@ impl Enforcer {
         let new = self.life.sync(
             snapshot.sessions,
             now,
-            |r| Seen { members: None, memo: memory.entries.get(&r.key).cloned() },
+            |r| Seen { members: None, memo: memory.entries.get(&r.key).cloned(), quiet_since: None },
             // Sessions closed meanwhile are forgotten; adopted ones are in no
             // file (in --dry-run not even in ours).
             |s| s.record.service == ADOPTED && s.key().is_alive(),
@@ -341,6 +383,7 @@ impl Enforcer {
         for key in new {
             self.apply_policy(key, now);
         }
+        self.metrics_dirty = true;
     }
 
     /// Sessions in utmp without a record (logged in before sshidle was
@@ -394,6 +437,15 @@ impl Enforcer {
                     entry.user, entry.line, record.limits, record.rule
                 ),
             );
+            let line = AuditLine {
+                tty: Some(entry.line.clone()),
+                cause: Some("unrecorded"),
+                extra: vec![("source", "utmp".into())],
+                ..audit_fields(&record)
+            };
+            self.fx.audit(Event::Adoption, &line);
+            self.counters.adoptions += 1;
+            self.metrics_dirty = true;
             self.life.adopt(record, Seen::default(), now);
         }
     }
@@ -406,6 +458,7 @@ impl Enforcer {
         }
         if !dead.is_empty() {
             self.fx.drop_dead(&dead);
+            self.metrics_dirty = true;
         }
     }
 
@@ -426,6 +479,7 @@ impl Enforcer {
             let essence = |m: &Option<IoMemo>| m.as_ref().map(|m| (m.fingerprint, m.last_active));
             let had = essence(&t.seen.memo);
             let act = activity::assess(&t.session.record, members, &mut t.seen.memo, now);
+            t.seen.quiet_since = act.quiet_since;
             // sampled_at alone is not worth a write.
             if essence(&t.seen.memo) != had {
                 self.memory_dirty = true;
@@ -492,6 +546,17 @@ impl Enforcer {
             r.rule
         );
         self.fx.warn(key, &ttys, &text, now, &what);
+        let line = AuditLine {
+            tty: Some(act.ttys.join(",")),
+            idle: Some(act.idle_secs),
+            limit: limit_of(cause, &r.limits),
+            cause: Some(cause_name(cause)),
+            extra: vec![("left", (ends_at - now).max(0).to_string())],
+            ..audit_fields(r)
+        };
+        self.fx.audit(Event::Warning, &line);
+        self.counters.warnings += 1;
+        self.metrics_dirty = true;
     }
 
     fn end(&mut self, key: SessionKey, act: &Activity, cause: Cause, table: &ProcTable, now: i64) {
@@ -516,8 +581,17 @@ impl Enforcer {
             display_or_dash(&r.rhost),
             display_ttys(&act.ttys)
         );
+        let line = AuditLine {
+            tty: Some(act.ttys.join(",")),
+            idle: Some(act.idle_secs),
+            limit: limit_of(cause, &r.limits),
+            cause: Some(cause_name(cause)),
+            ..audit_fields(r)
+        };
         if let Some(term) = self.fx.end(table, r, cause, &reason, &what) {
+            self.fx.audit(Event::Disconnect, &line);
             self.terminations.push(term);
+            self.metrics_dirty = true;
         }
     }
 
@@ -543,7 +617,38 @@ impl Enforcer {
         }
         if !gone.is_empty() {
             self.fx.drop_ended(&gone);
+            self.metrics_dirty = true;
         }
+    }
+
+    /// The textfile directory: the flag, else the policy's `metrics` line.
+    fn choose_textfile(&mut self) {
+        let dir = self.textfile_flag.clone().or_else(|| self.policy.as_ref()?.metrics.textfile_dir.clone());
+        if self.fx.dry_run || dir.as_deref() == self.textfile.as_ref().and_then(|t| t.path().parent()) {
+            return;
+        }
+        self.textfile = dir.map(|d| Textfile::new(&d));
+        self.metrics_dirty = true;
+    }
+
+    /// Rewrites the textfile when something changed or its heartbeat is due.
+    fn write_metrics(&mut self, up: bool) {
+        let Some(textfile) = &self.textfile else { return };
+        if up && !self.metrics_dirty && !textfile.heartbeat_due(Instant::now()) {
+            return;
+        }
+        let now = now_unix();
+        let rows: Vec<SessionRow> =
+            self.life.iter().map(|(_, t)| metrics_row(&t.session, t.seen.quiet_since, now)).collect();
+        let adopted = self.life.iter().filter(|(_, t)| t.session.record.service == ADOPTED).count();
+        let disconnects = self.fx.state.as_ref().map(|s| s.disconnect_counts()).unwrap_or_default();
+        let text = metrics::render(&rows, adopted, &disconnects, &self.counters, up, now);
+        let path = textfile.path().display().to_string();
+        let textfile = self.textfile.as_mut().expect("checked");
+        if let Err(err) = textfile.write(&text, Instant::now()) {
+            self.fx.log.log(Level::Warning, &format!("{path}: {err}"));
+        }
+        self.metrics_dirty = false;
     }
 
     fn save_memory(&mut self, force: bool) {
@@ -582,11 +687,64 @@ impl Enforcer {
         if self.memory_dirty {
             consider(self.memory_saved + MEMORY_SAVE_EVERY);
         }
+        if let Some(at) = self.textfile.as_ref().and_then(|t| t.next_heartbeat()) {
+            consider(at);
+        }
         wake
     }
 }
 
 const ADOPTED: &str = "utmp";
+
+/// The audit fields every event of a session has.
+fn audit_fields(r: &SessionRecord) -> AuditLine<'_> {
+    AuditLine {
+        user: Some(&r.user),
+        session: Some(r.key.to_string()),
+        rhost: Some(&r.rhost),
+        limit: r.limits.idle.or(r.limits.hard),
+        rule: Some(&r.rule),
+        ..AuditLine::default()
+    }
+}
+
+fn cause_name(cause: Cause) -> &'static str {
+    match cause {
+        Cause::Idle => "idle",
+        Cause::Hard => "hard",
+    }
+}
+
+/// The limit an event of `cause` is about.
+fn limit_of(cause: Cause, limits: &Limits) -> Option<u64> {
+    match cause {
+        Cause::Idle => limits.idle,
+        Cause::Hard => limits.hard,
+    }
+}
+
+/// A session as the textfile shows it, from what the enforcer last saw.
+fn metrics_row(session: &sshidle::lifecycle::Session, quiet_since: Option<i64>, now: i64) -> SessionRow {
+    let r = &session.record;
+    let quiet = quiet_since.unwrap_or(r.login_time).min(now);
+    SessionRow {
+        id: r.key.to_string(),
+        pid: r.key.pid,
+        user: r.user.clone(),
+        uid: r.uid,
+        ttys: Vec::new(),
+        from: r.rhost.clone(),
+        service: r.service.clone(),
+        login_time: r.login_time,
+        idle_secs: (now - quiet).max(0) as u64,
+        idle_limit_secs: r.limits.idle,
+        warn_secs: r.limits.warn,
+        hard_limit_secs: r.limits.hard,
+        time_left_secs: session.outlook(quiet_since, now).map(|(at, _)| (at - now).max(0)),
+        rule: r.rule.clone(),
+        warned: r.warned_at.is_some(),
+    }
+}
 
 /// True when `pid` is an sshd process that was running when the utmp entry
 /// was written (not a later process that reused the PID).
@@ -792,7 +950,14 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
     let mut state_wd = add_watch(&inotify, &e.state_path, file_events);
     let policy_dir = e.config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let policy_name = e.config.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let policy_wd = add_watch(&inotify, &policy_dir, file_events | libc::IN_ATTRIB | libc::IN_MOVED_FROM);
+    let policy_events = file_events | libc::IN_ATTRIB | libc::IN_MOVED_FROM;
+    let policy_wd = add_watch(&inotify, &policy_dir, policy_events);
+    // The drop-in directory: watched when it exists, and from the moment it
+    // appears in the policy's directory.
+    let dropin_dir = policy::dropin_dir(&e.config);
+    let dropin_name = dropin_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dropin_events = policy_events | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF;
+    let mut dropin_wd = add_watch(&inotify, &dropin_dir, dropin_events);
     if policy_wd.is_none() {
         e.fx.log.log(
             Level::Warning,
@@ -864,6 +1029,8 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
                         }
                         e.terminations.clear();
                         e.save_memory(true);
+                        e.metrics_dirty = true;
+                        e.write_metrics(false);
                         return Ok(());
                     }
                 }
@@ -874,6 +1041,13 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
                 if Some(wd) == state_wd && name == sshidle::state::STATE_FILE {
                     reload_at.get_or_insert_with(|| Instant::now() + RELOAD_DELAY);
                 } else if Some(wd) == policy_wd && name == policy_name {
+                    policy_at.get_or_insert_with(|| Instant::now() + RELOAD_DELAY);
+                } else if Some(wd) == policy_wd && name == dropin_name {
+                    // The drop-in directory was made, replaced or removed.
+                    dropin_wd = add_watch(&inotify, &dropin_dir, dropin_events);
+                    policy_at.get_or_insert_with(|| Instant::now() + RELOAD_DELAY);
+                } else if Some(wd) == dropin_wd {
+                    // Any name: the fingerprint tells what counts.
                     policy_at.get_or_insert_with(|| Instant::now() + RELOAD_DELAY);
                 }
             }
@@ -907,6 +1081,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
             e.drop_dead();
         }
         e.sweep(now, false);
+        e.write_metrics(true);
     }
 }
 
@@ -1002,7 +1177,16 @@ pub fn disconnect(state_dir: &Path, args: &DisconnectArgs) -> Outcome {
         );
         let state = if r.service == ADOPTED { None } else { state.as_ref() };
         match begin_termination(state, &table, r, EndCause::Admin, &reason, &log) {
-            Some(term) => terms.push(term),
+            Some(term) => {
+                let line = AuditLine {
+                    tty: Some(act.ttys.join(",")),
+                    idle: Some(act.idle_secs),
+                    cause: Some("admin"),
+                    ..audit_fields(r)
+                };
+                log.log(Level::Notice, &line.format(Event::Disconnect));
+                terms.push(term);
+            }
             None => ok = false,
         }
     }

@@ -3,6 +3,7 @@
 mod enforce;
 mod install;
 mod keepalive;
+mod metrics;
 mod report;
 mod sshd_config;
 mod sshd_control;

@@ -99,6 +99,15 @@ pub struct KeepaliveSettings {
     pub at: Option<(PathBuf, usize)>,
 }
 
+/// Where `sshidlectl enforce` keeps its node_exporter textfile (`metrics`
+/// line); a `--textfile-dir` flag overrides it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    pub textfile_dir: Option<PathBuf>,
+    /// Where the `metrics` line was read (file, line).
+    pub at: Option<(PathBuf, usize)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyError {
     pub path: PathBuf,
@@ -125,6 +134,7 @@ pub struct Policy {
     pub files: Vec<PathBuf>,
     pub rules: Vec<Rule>,
     pub keepalive: KeepaliveSettings,
+    pub metrics: MetricsSettings,
     /// Lines that were skipped, in file order.
     pub errors: Vec<PolicyError>,
 }
@@ -197,6 +207,23 @@ pub fn dropin_files(main: &Path) -> (Vec<PathBuf>, Vec<PolicyError>) {
     (names.into_iter().map(|name| dir.join(name)).collect(), errors)
 }
 
+/// What tells that the policy changed on disk: the identity, time and size
+/// of the main file and of each drop-in, in reading order. Two equal
+/// fingerprints mean nothing was added, removed, replaced or written.
+pub type Fingerprint = Vec<(PathBuf, Option<(u64, u64, i64, i64, u64)>)>;
+
+/// The [`Fingerprint`] of the policy `main` and its drop-ins (one directory
+/// read and a stat per file).
+pub fn fingerprint(main: &Path) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    let stamp =
+        |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size()));
+    let (dropins, _) = dropin_files(main);
+    let mut out: Fingerprint = dropins.into_iter().map(|p| (stamp(&p), p)).map(|(s, p)| (p, s)).collect();
+    out.push((main.to_path_buf(), stamp(main)));
+    out
+}
+
 /// Reads one policy file, refusing what is not a regular file or too large.
 fn read_policy_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
@@ -231,6 +258,7 @@ impl Policy {
             files: Vec::new(),
             rules: Vec::new(),
             keepalive: KeepaliveSettings::default(),
+            metrics: MetricsSettings::default(),
             errors: Vec::new(),
         }
     }
@@ -305,6 +333,7 @@ impl Policy {
             let Some(first) = words.next() else { continue };
             let result = match first {
                 "keepalive" => parse_keepalive(words, &mut policy.keepalive, path, line),
+                "metrics" => parse_metrics(words, &mut policy.metrics, path, line),
                 _ => parse_rule(first, &mut words, path, line).map(|rule| policy.rules.push(rule)),
             };
             if let Err(message) = result {
@@ -367,7 +396,9 @@ fn parse_rule<'a>(
                 Selector::Group(name.to_string())
             }
         }
-        other => return Err(format!("unknown selector '{other}' (expected user NAME, group NAME, * or keepalive)")),
+        other => {
+            return Err(format!("unknown selector '{other}' (expected user NAME, group NAME, *, keepalive or metrics)"))
+        }
     };
     let mut idle: Option<Option<u64>> = None;
     let mut warn: Option<Option<u64>> = None;
@@ -465,6 +496,34 @@ fn parse_keepalive<'a>(
     }
     if !any {
         return Err("keepalive has no settings (expected interval=, count-max=, unused=)".to_string());
+    }
+    *settings = parsed;
+    Ok(())
+}
+
+fn parse_metrics<'a>(
+    words: impl Iterator<Item = &'a str>,
+    settings: &mut MetricsSettings,
+    file: &Path,
+    line: usize,
+) -> Result<(), String> {
+    if let Some((first_file, first_line)) = &settings.at {
+        return Err(format!("metrics is already set at {}:{first_line}", first_file.display()));
+    }
+    let mut parsed = MetricsSettings { at: Some((file.to_path_buf(), line)), ..MetricsSettings::default() };
+    for word in words {
+        let (key, value) = split_setting(word)?;
+        match key {
+            "textfile-dir" if parsed.textfile_dir.is_some() => return Err(format!("'{key}' is set twice")),
+            "textfile-dir" if !value.starts_with('/') => {
+                return Err(format!("textfile-dir={value}: not an absolute path"))
+            }
+            "textfile-dir" => parsed.textfile_dir = Some(PathBuf::from(value)),
+            _ => return Err(format!("unknown metrics setting '{key}' (expected textfile-dir=)")),
+        }
+    }
+    if parsed.textfile_dir.is_none() {
+        return Err("metrics has no settings (expected textfile-dir=DIR)".to_string());
     }
     *settings = parsed;
     Ok(())
@@ -716,7 +775,7 @@ user good idle=1m
         let expected = vec![
             format!("{f}:1: 'user' needs a name"),
             format!("{f}:2: 'group admins' has no settings (expected idle=, warn=, hard=)"),
-            format!("{f}:3: unknown selector 'frobnicate' (expected user NAME, group NAME, * or keepalive)"),
+            format!("{f}:3: unknown selector 'frobnicate' (expected user NAME, group NAME, *, keepalive or metrics)"),
             format!("{f}:4: idle: invalid duration '5x': units are s, m, h, d, w"),
             format!("{f}:5: 'idle' is set twice"),
             format!("{f}:6: unknown setting 'color' (expected idle=, warn=, hard= or unused=)"),
@@ -760,6 +819,28 @@ user good idle=1m
         let twice = parse("keepalive interval=30\nkeepalive count-max=2\n");
         assert_eq!(twice.errors[0].to_string(), "/etc/security/sshidle.conf:2: keepalive is already set on line 1");
         assert_eq!(twice.keepalive.interval, Some(30));
+    }
+
+    #[test]
+    fn metrics_settings() {
+        let policy = parse("metrics textfile-dir=/var/lib/prometheus/node-exporter\n");
+        assert_eq!(policy.errors, vec![]);
+        assert_eq!(policy.metrics.textfile_dir.as_deref(), Some(Path::new("/var/lib/prometheus/node-exporter")));
+        let f = "/etc/security/sshidle.conf";
+        let bad = parse(
+            "metrics\nmetrics textfile-dir=rel\nmetrics port=9\nmetrics textfile-dir=/a\nmetrics textfile-dir=/b\n",
+        );
+        let got: Vec<String> = bad.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            got,
+            vec![
+                format!("{f}:1: metrics has no settings (expected textfile-dir=DIR)"),
+                format!("{f}:2: textfile-dir=rel: not an absolute path"),
+                format!("{f}:3: unknown metrics setting 'port' (expected textfile-dir=)"),
+                format!("{f}:5: metrics is already set at {f}:4"),
+            ]
+        );
+        assert_eq!(bad.metrics.textfile_dir.as_deref(), Some(Path::new("/a")));
     }
 
     #[test]
@@ -890,6 +971,26 @@ mod dropins {
         assert_eq!(policy.errors.len(), 1, "{:?}", policy.errors);
         assert!(policy.errors[0].to_string().starts_with(&format!("{}.d: cannot read", dir.main().display())));
         assert_eq!(policy.rules.len(), 1);
+    }
+
+    #[test]
+    fn the_fingerprint_sees_drop_ins_added_changed_and_removed() {
+        let dir = Dir::new("fingerprint");
+        fs::write(dir.main(), "* idle=30m\n").unwrap();
+        let first = fingerprint(&dir.main());
+        assert_eq!(fingerprint(&dir.main()), first);
+        let added = dir.dropin("10-a.conf", "user a idle=1m\n");
+        let with_dropin = fingerprint(&dir.main());
+        assert_ne!(with_dropin, first);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        fs::write(&added, "user a idle=2m\n").unwrap();
+        assert_ne!(fingerprint(&dir.main()), with_dropin);
+        dir.dropin("notes.txt", "ignored");
+        let ignored = fingerprint(&dir.main());
+        fs::remove_file(dir.0.join("sshidle.conf.d/notes.txt")).unwrap();
+        assert_eq!(fingerprint(&dir.main()), ignored);
+        fs::remove_file(&added).unwrap();
+        assert_eq!(fingerprint(&dir.main()), first);
     }
 
     #[test]

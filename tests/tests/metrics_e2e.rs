@@ -1,10 +1,175 @@
-//! Metrics for node_exporter (issue 12): the shipped alert rules pass
-//! Prometheus's own `promtool check rules` and their unit tests
-//! (`promtool test rules`).
+//! Metrics for node_exporter (issue 12): Debian's prometheus-node-exporter,
+//! started by the test with the enforcer's textfile directory, shows
+//! sshidle's series within a second of a login and of a disconnect; the
+//! shipped alert rules pass Prometheus's own `promtool check rules` and their
+//! unit tests (`promtool test rules`).
 
+use sshidle_tests::session::Enforcer;
 use sshidle_tests::*;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct NodeExporter {
+    child: Child,
+    port: u16,
+}
+
+impl NodeExporter {
+    /// Only the textfile collector, on 127.0.0.1.
+    fn start(textfile_dir: &Path, log: &Path) -> NodeExporter {
+        let binary = "/usr/bin/prometheus-node-exporter";
+        assert!(Path::new(binary).exists(), "{binary} is missing: install prometheus-node-exporter (.ci/packages)");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(binary)
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .args(["--collector.disable-defaults", "--collector.textfile"])
+                .arg(format!("--collector.textfile.directory={}", textfile_dir.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .expect("node_exporter");
+            let mut ne = None;
+            wait_until(Duration::from_secs(10), || {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return true;
+                }
+                ne = metrics(port);
+                ne.is_some()
+            });
+            if ne.is_some() {
+                return NodeExporter { child, port };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("node_exporter did not start:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+    }
+
+    fn metrics(&self) -> String {
+        metrics(self.port).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeExporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET /metrics, HTTP/1.0, on 127.0.0.1.
+fn metrics(port: u16) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+}
+
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Polls until `done` holds for the exporter's /metrics; the time it took.
+fn until(ne: &NodeExporter, within: Duration, done: impl Fn(&str) -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if done(&ne.metrics()) {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn node_exporter_shows_a_login_and_a_disconnect_within_a_second() {
+    if !e2e_enabled() {
+        return;
+    }
+    let user = TestUser::create("nme", &[]);
+    let sshd = Sshd::start(
+        "metrics",
+        SshdOptions { policy: format!("user {} idle=6s warn=off\n", user.name), ..Default::default() },
+    );
+    sshd.authorize(&user);
+    let textfiles = TempDir::new("textfile");
+    let ne = NodeExporter::start(&textfiles.path, &sshd.dir.join("node_exporter.log"));
+    let mut enforcer = Enforcer::start(&sshd, &["--utmp", "none", "--textfile-dir", textfiles.path.to_str().unwrap()]);
+    assert!(
+        until(&ne, Duration::from_secs(10), |m| value(m, "sshidle_enforcer_up") == Some(1.0)).is_some(),
+        "no sshidle series in /metrics:\n{}\n{}",
+        ne.metrics(),
+        enforcer.output()
+    );
+    assert_eq!(value(&ne.metrics(), "sshidle_sessions"), Some(0.0));
+    assert_eq!(value(&ne.metrics(), "node_textfile_scrape_error"), Some(0.0), "{}", ne.metrics());
+
+    // A login: recorded by the module, then in /metrics within a second.
+    let args = sshd.ssh_args(&user.name);
+    let mut client = Command::new(&args[0])
+        .args(&args[1..])
+        .arg("echo in; exec sleep 120")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh");
+    let mut line = String::new();
+    let _ = BufReader::new(client.stdout.take().unwrap()).read_line(&mut line);
+    assert_eq!(line.trim(), "in");
+    let logged_in = Instant::now();
+    let rows = sshd.status_json();
+    let id = rows[0]["id"].as_str().expect("the login is recorded").to_string();
+    let series = format!("sshidle_session_idle_limit_seconds{{id=\"{id}\",user=\"{}\"}}", user.name);
+    let seen = until(&ne, Duration::from_secs(5), |m| {
+        value(m, &series) == Some(6.0) && value(m, "sshidle_sessions") == Some(1.0)
+    });
+    let took = logged_in.elapsed();
+    assert!(seen.is_some(), "login not in /metrics after {took:?}:\n{}\n{}", ne.metrics(), enforcer.output());
+    assert!(took <= Duration::from_secs(1), "login in /metrics only after {took:?}");
+
+    // The enforcer disconnects the idle session: counted, and gone, within a second.
+    assert!(
+        wait_until(Duration::from_secs(30), || matches!(client.try_wait(), Ok(Some(_)))),
+        "not disconnected:\n{}",
+        enforcer.output()
+    );
+    let disconnected = Instant::now();
+    let seen = until(&ne, Duration::from_secs(5), |m| {
+        value(m, "sshidle_sessions") == Some(0.0) && value(m, "sshidle_disconnects_total{cause=\"idle\"}") == Some(1.0)
+    });
+    let took = disconnected.elapsed();
+    assert!(seen.is_some(), "disconnect not in /metrics after {took:?}:\n{}\n{}", ne.metrics(), enforcer.output());
+    assert!(took <= Duration::from_secs(1), "disconnect in /metrics only after {took:?}");
+    assert!(!ne.metrics().contains(&series), "the ended session's series is still there");
+    // The audit line of the disconnect.
+    let log = enforcer.output();
+    assert!(
+        log.lines().any(|l| l.contains(&format!("event=disconnect user={} session={id} rhost=127.0.0.1 ", user.name))
+            && l.contains(" limit=6 ")
+            && l.ends_with(" cause=idle")),
+        "{log}"
+    );
+
+    // Stopped cleanly: up 0.
+    enforcer.assert_alive();
+    drop(enforcer);
+    assert!(
+        until(&ne, Duration::from_secs(5), |m| value(m, "sshidle_enforcer_up") == Some(0.0)).is_some(),
+        "{}",
+        ne.metrics()
+    );
+    let _ = client.wait();
+}
 
 fn contrib() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("contrib/prometheus")
