@@ -34,7 +34,7 @@ use sshidle::policy::{self, Policy};
 use sshidle::procfs::{self, ProcTable};
 use sshidle::state::{EndCause, SessionKey, SessionRecord, StateDir, StateError};
 use sshidle::terminate::{self, Termination, GRACE};
-use sshidle::{format_duration, now_unix, users, utmp, Level, Limits, LogSink};
+use sshidle::{discover, format_duration, now_unix, users, utmp, Level, Limits, LogSink};
 use std::collections::HashSet;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -68,6 +68,18 @@ pub struct EnforceArgs {
     /// textfile collector (overrides the policy's `metrics textfile-dir=`)
     #[arg(long, value_name = "DIR")]
     pub textfile_dir: Option<PathBuf>,
+    /// Also adopt sshd connections that have no record (their login could
+    /// not be written); the default with the default state directory
+    #[arg(long)]
+    pub find_unrecorded: bool,
+}
+
+/// Whether to look among sshd's processes for connections with no record:
+/// with the machine's own state directory, or when asked (a private state
+/// directory may serve one sshd of several, whose connections the search
+/// cannot tell apart).
+pub fn finds_unrecorded(state_dir: &Path, asked: bool) -> bool {
+    asked || state_dir == Path::new(sshidle::DEFAULT_STATE_DIR)
 }
 
 #[derive(Args, Debug)]
@@ -224,6 +236,9 @@ struct Enforcer {
     counters: Counters,
     /// Something the textfile shows changed since it was written.
     metrics_dirty: bool,
+    /// Unrecorded connections already looked at (adopted, or no limit).
+    discovered: HashSet<SessionKey>,
+    find_unrecorded: bool,
 }
 
 impl Enforcer {
@@ -250,6 +265,8 @@ impl Enforcer {
             textfile: None,
             counters: Counters { started: now_unix(), ..Counters::default() },
             metrics_dirty: true,
+            discovered: HashSet::new(),
+            find_unrecorded: finds_unrecorded(&paths.state_dir, args.find_unrecorded),
         }
     }
 
@@ -378,7 +395,7 @@ impl Enforcer {
             |r| Seen { members: None, memo: memory.entries.get(&r.key).cloned(), quiet_since: None },
             // Sessions closed meanwhile are forgotten; adopted ones are in no
             // file (in --dry-run not even in ours).
-            |s| s.record.service == ADOPTED && s.key().is_alive(),
+            |s| (s.record.service == ADOPTED || s.record.service == DISCOVERED) && s.key().is_alive(),
         );
         for key in new {
             self.apply_policy(key, now);
@@ -400,6 +417,7 @@ impl Enforcer {
             }
         };
         self.reload_sessions(now);
+        let sshd = discover::sshd_executables();
         let mut seen = HashSet::new();
         for entry in entries {
             if !seen.insert(entry.pid) {
@@ -407,7 +425,7 @@ impl Enforcer {
             }
             let Some(start) = procfs::start_time(entry.pid) else { continue };
             let key = SessionKey { pid: entry.pid, start };
-            if self.life.contains(&key) || !is_sshd_login(entry.pid, start, entry.time) {
+            if self.life.contains(&key) || !is_sshd_login(entry.pid, start, entry.time, &sshd) {
                 continue;
             }
             let Some((limits, rule)) = self.resolve(&entry.user) else { continue };
@@ -446,6 +464,57 @@ impl Enforcer {
             self.fx.audit(Event::Adoption, &line);
             self.counters.adoptions += 1;
             self.metrics_dirty = true;
+            self.life.adopt(record, Seen::default(), now);
+        }
+    }
+
+    /// Connections of sshd's with no record (the module could not write it:
+    /// a full directory, the lock, an NSS error) are adopted with the
+    /// limits the policy gives their user now.
+    fn adopt_discovered(&mut self, now: i64) {
+        if !self.find_unrecorded {
+            return;
+        }
+        // Processes first, then the state file: a login recorded in between
+        // is then found in the state file, never adopted twice.
+        let privsep = users::lookup_user("sshd").map(|a| a.uid);
+        let found = discover::scan(&ProcTable::scan(), privsep);
+        self.reload_sessions(now);
+        self.discovered.retain(|k| found.iter().any(|c| c.key == *k));
+        for c in found {
+            if self.life.contains(&c.key) || !self.discovered.insert(c.key) {
+                continue;
+            }
+            let Some(user) = users::user_name(c.uid) else { continue };
+            let Some((limits, rule)) = self.resolve(&user) else { continue };
+            let key = c.key;
+            if limits.is_unlimited() {
+                self.fx.say(Level::Info, &format!("session {key} of {user} has no record; no limit (rule {rule})"));
+                continue;
+            }
+            let record = SessionRecord {
+                key,
+                uid: c.uid,
+                user: user.clone(),
+                rhost: String::new(),
+                service: DISCOVERED.into(),
+                login_time: procfs::start_unix(key.start).unwrap_or(now),
+                limits,
+                rule,
+                warned_at: None,
+            };
+            let recorded = match self.fx.record(&record) {
+                Ok(()) => String::new(),
+                Err(err) => format!("; not written ({err}), enforced all the same"),
+            };
+            self.fx.say(
+                Level::Notice,
+                &format!(
+                    "session {key} of {user}: an sshd connection with no record (its login was not recorded); \
+                     adopted: {} (rule {}){recorded}",
+                    record.limits, record.rule
+                ),
+            );
             self.life.adopt(record, Seen::default(), now);
         }
     }
@@ -695,6 +764,11 @@ impl Enforcer {
 }
 
 const ADOPTED: &str = "utmp";
+/// The service of a session the enforcer found among sshd's processes with
+/// no record (its login could not be written).
+pub const DISCOVERED: &str = "adopted";
+/// How often sshd's processes are searched for connections with no record.
+const DISCOVER_EVERY: Duration = Duration::from_secs(5);
 
 /// The audit fields every event of a session has.
 fn audit_fields(r: &SessionRecord) -> AuditLine<'_> {
@@ -743,15 +817,16 @@ fn metrics_row(session: &sshidle::lifecycle::Session, quiet_since: Option<i64>, 
         time_left_secs: session.outlook(quiet_since, now).map(|(at, _)| (at - now).max(0)),
         rule: r.rule.clone(),
         warned: r.warned_at.is_some(),
+        adopted: r.service == ADOPTED || r.service == DISCOVERED,
     }
 }
 
-/// True when `pid` is an sshd process that was running when the utmp entry
-/// was written (not a later process that reused the PID).
-fn is_sshd_login(pid: i32, start: u64, login_time: i64) -> bool {
-    let name_ok =
-        procfs::exe(pid).and_then(|p| p.file_name().map(|n| n.to_string_lossy().starts_with("sshd"))).unwrap_or(false);
-    name_ok && procfs::start_unix(start).is_some_and(|s| s <= login_time + 2)
+/// True when `pid` runs sshd's executable (compared by path with sshd's,
+/// not by name) and was running when the utmp entry was written (not a
+/// later process that reused the PID).
+fn is_sshd_login(pid: i32, start: u64, login_time: i64, sshd: &[PathBuf]) -> bool {
+    let exe_ok = procfs::exe(pid).is_some_and(|exe| discover::is_sshd_exe(&exe, sshd));
+    exe_ok && procfs::start_unix(start).is_some_and(|s| s <= login_time + 2)
 }
 
 fn now_millis() -> i64 {
@@ -871,6 +946,7 @@ pub fn run(paths: &Paths, args: &EnforceArgs) -> Outcome {
     e.load_policy(true);
     e.reload_sessions(now);
     e.adopt_from_utmp(now);
+    e.adopt_discovered(now);
     e.drop_dead();
     if args.once {
         e.sweep(now, true);
@@ -978,10 +1054,11 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
     let mut reload_at: Option<Instant> = None;
     let mut policy_at: Option<Instant> = None;
     let mut housekeeping_at = Instant::now() + HOUSEKEEPING;
+    let mut discover_at = Instant::now() + DISCOVER_EVERY;
     loop {
         e.progress_terminations(false);
         e.save_memory(false);
-        let mut wake = housekeeping_at;
+        let mut wake = housekeeping_at.min(discover_at);
         for at in [e.next_wake(), reload_at, policy_at].into_iter().flatten() {
             wake = wake.min(at);
         }
@@ -1011,7 +1088,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
                         let now = now_unix();
                         e.load_policy(true);
                         e.adopt_from_utmp(now);
-                        e.reload_sessions(now);
+                        e.adopt_discovered(now);
                         let keys = e.life.keys();
                         for key in keys {
                             e.apply_policy(key, now);
@@ -1075,6 +1152,10 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
                 }
             }
         }
+        if discover_at <= Instant::now() {
+            discover_at = Instant::now() + DISCOVER_EVERY;
+            e.adopt_discovered(now);
+        }
         if housekeeping_at <= Instant::now() {
             housekeeping_at = Instant::now() + HOUSEKEEPING;
             e.adopt_from_utmp(now);
@@ -1097,9 +1178,10 @@ fn known_sessions(
         None => Vec::new(),
     };
     let mut seen: HashSet<i32> = sessions.iter().map(|r| r.key.pid).collect();
+    let sshd = discover::sshd_executables();
     for entry in entries {
         let Some(start) = procfs::start_time(entry.pid) else { continue };
-        if !seen.insert(entry.pid) || !is_sshd_login(entry.pid, start, entry.time) {
+        if !seen.insert(entry.pid) || !is_sshd_login(entry.pid, start, entry.time, &sshd) {
             continue;
         }
         let Some(account) = users::lookup_user(&entry.user) else { continue };

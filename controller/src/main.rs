@@ -130,7 +130,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let paths = Paths { config: cli.config.clone(), state_dir: cli.state_dir.clone() };
     let outcome = match &cli.command {
-        Command::Status(args) => report::status(&paths.state_dir, args),
+        Command::Status(args) => report::status(&paths.state_dir, &paths.config, args),
         Command::Check => report::check(&paths.config),
         Command::Explain { user } => report::explain(&paths.config, user),
         Command::Enforce(args) => enforce::run(&paths, args),

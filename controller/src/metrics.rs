@@ -123,6 +123,7 @@ mod tests {
             time_left_secs: Some(870),
             rule: "x:1: *".into(),
             warned: false,
+            adopted: false,
         }
     }
 

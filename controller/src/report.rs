@@ -4,8 +4,9 @@ use crate::{Failure, Outcome};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use sshidle::policy::Policy;
+use sshidle::procfs::{self, ProcTable};
 use sshidle::state::{SessionRecord, StateDir, StateError};
-use sshidle::{activity, lifecycle};
+use sshidle::{activity, discover, lifecycle};
 use sshidle::{format_duration, users};
 use std::path::Path;
 
@@ -17,6 +18,10 @@ pub struct StatusArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Also list sshd connections that have no record (their login could
+    /// not be written); the default with the default state directory
+    #[arg(long)]
+    pub find_unrecorded: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +52,16 @@ pub struct SessionRow {
     pub time_left_secs: Option<i64>,
     pub rule: String,
     pub warned: bool,
+    /// Not recorded at login: found by the enforcer (or by `status` itself)
+    /// among sshd's processes or in utmp.
+    pub adopted: bool,
 }
+
+/// Services of sessions whose login was not recorded by the module.
+const ADOPTED_SERVICES: &[&str] = &["utmp", "adopted", UNRECORDED];
+/// The service `status` shows for an sshd connection it finds with no
+/// record (the enforcer has not adopted it yet).
+const UNRECORDED: &str = "unrecorded";
 
 impl SessionRow {
     pub fn new(record: &SessionRecord, now: i64, observer: &activity::Observer) -> SessionRow {
@@ -71,8 +85,42 @@ impl SessionRow {
             time_left_secs: ends.map(|(at, _)| (at - now).max(0)),
             rule: record.rule.clone(),
             warned: record.warned_at.is_some(),
+            adopted: ADOPTED_SERVICES.contains(&record.service.as_str()),
         }
     }
+}
+
+/// sshd connections running now that `recorded` lacks, with the limits the
+/// policy at `config` gives their user (what the enforcer adopts them with).
+pub fn unrecorded_sessions(recorded: &[SessionRecord], config: &Path) -> Vec<SessionRecord> {
+    let privsep = users::lookup_user("sshd").map(|a| a.uid);
+    let found = discover::scan(&ProcTable::scan(), privsep);
+    let policy = Policy::load(config).ok();
+    found
+        .into_iter()
+        .filter(|c| !recorded.iter().any(|r| r.key == c.key))
+        .filter_map(|c| {
+            let user = users::user_name(c.uid)?;
+            let (limits, rule) = match (&policy, users::lookup_user(&user)) {
+                (Some(policy), Some(account)) => {
+                    let resolution = policy.resolve(&account.name, &mut || users::group_names(&account));
+                    (resolution.limits, resolution.describe())
+                }
+                _ => (Default::default(), "none".to_string()),
+            };
+            Some(SessionRecord {
+                key: c.key,
+                uid: c.uid,
+                user,
+                rhost: String::new(),
+                service: UNRECORDED.into(),
+                login_time: procfs::start_unix(c.key.start).unwrap_or_else(sshidle::now_unix),
+                limits,
+                rule,
+                warned_at: None,
+            })
+        })
+        .collect()
 }
 
 /// Loads the live sessions (records whose process is gone are left out).
@@ -85,9 +133,13 @@ pub fn live_sessions(state: Option<&StateDir>) -> Result<Vec<SessionRecord>, Sta
     Ok(snapshot.sessions.into_iter().filter(|r| r.key.is_alive()).collect())
 }
 
-pub fn status(state_dir: &Path, args: &StatusArgs) -> Outcome {
+pub fn status(state_dir: &Path, config: &Path, args: &StatusArgs) -> Outcome {
     let state = StateDir::open_existing(state_dir)?;
-    let sessions = live_sessions(state.as_ref())?;
+    let mut sessions = live_sessions(state.as_ref())?;
+    if crate::enforce::finds_unrecorded(state_dir, args.find_unrecorded) {
+        let unrecorded = unrecorded_sessions(&sessions, config);
+        sessions.extend(unrecorded);
+    }
     let now = sshidle::now_unix();
     let observer = activity::Observer::new(state.as_ref());
     let rows: Vec<SessionRow> = sessions.iter().map(|r| SessionRow::new(r, now, &observer)).collect();
@@ -116,7 +168,7 @@ fn table_text(rows: &[SessionRow]) -> String {
             (i, None) => off(i),
         };
         table.push(vec![
-            r.id.clone(),
+            if r.adopted { format!("{}*", r.id) } else { r.id.clone() },
             escape_control(&r.user),
             if r.ttys.is_empty() { "-".into() } else { r.ttys.join(",") },
             if r.from.is_empty() { "-".into() } else { escape_control(&r.from) },
@@ -134,6 +186,9 @@ fn table_text(rows: &[SessionRow]) -> String {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
+    }
+    if rows.iter().any(|r| r.adopted) {
+        out.push_str("* not recorded at login: found among sshd's processes or in utmp, enforced all the same\n");
     }
     out
 }
@@ -345,6 +400,7 @@ mod tests {
             time_left_secs: Some(870),
             rule: "x:1: *".into(),
             warned: false,
+            adopted: false,
         };
         let counts = [("idle".to_string(), 3), ("other".to_string(), 1)].into_iter().collect();
         let text = prometheus_text(&[row], &counts);
@@ -396,6 +452,7 @@ mod tests {
             time_left_secs: None,
             rule: "none".into(),
             warned: false,
+            adopted: false,
         };
         let text = table_text(&[row]);
         assert_eq!(text.lines().count(), 2, "{text}");

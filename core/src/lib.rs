@@ -4,6 +4,7 @@
 
 pub mod activity;
 pub mod audit;
+pub mod discover;
 pub mod duration;
 pub mod files;
 pub mod input;

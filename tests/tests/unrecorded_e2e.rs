@@ -1,0 +1,167 @@
+//! End to end: no session escapes the record. A login the module cannot
+//! write (the state directory full, the lock held by a stuck writer) still
+//! goes through, and the enforcer finds it among sshd's processes, adopts it
+//! with its user's rule and enforces it; `status` marks it. Real sshd, real
+//! users, real ptys through tmux, a real tmpfs.
+
+use sshidle_tests::*;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `sshidlectl enforce --find-unrecorded` on the test's sshd, stopped on drop.
+struct Enforcer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Enforcer {
+    fn start(sshd: &Sshd) -> Enforcer {
+        let log = sshd.dir.join(format!("enforcer-{}.log", unique_name("u")));
+        let child = sshidlectl(&sshd.policy_path, &sshd.state_dir)
+            .args(["enforce", "--find-unrecorded"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
+            .spawn()
+            .expect("start enforcer");
+        Enforcer { child, log }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Enforcer {
+    fn drop(&mut self) {
+        signal(self.child.id() as i32, libc::SIGTERM);
+        if !wait_until(Duration::from_secs(3), || matches!(self.child.try_wait(), Ok(Some(_)))) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny tmpfs mounted on `path`, filled up; unmounted on drop.
+struct FullTmpfs {
+    path: PathBuf,
+}
+
+impl FullTmpfs {
+    fn mount(path: &Path) -> FullTmpfs {
+        std::fs::create_dir_all(path).expect("mount point");
+        run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"]).arg(path));
+        let tmpfs = FullTmpfs { path: path.to_path_buf() };
+        let filler = std::fs::write(path.join("filler"), vec![0u8; 1 << 20]);
+        assert!(filler.is_err(), "the tmpfs did not fill up");
+        tmpfs
+    }
+}
+
+impl Drop for FullTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).output();
+    }
+}
+
+fn status(sshd: &Sshd) -> Vec<serde_json::Value> {
+    let out = sshd.ctl(&["status", "--json", "--find-unrecorded"]);
+    assert!(out.status.success(), "status: {}", describe(&out));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("status JSON")
+}
+
+fn rows_of(sshd: &Sshd, user: &str) -> Vec<serde_json::Value> {
+    status(sshd).into_iter().filter(|r| r["user"] == user).collect()
+}
+
+/// A pty login and a notty one (a remote command), neither recorded: both
+/// work, both show in `status` as adopted, both are ended for idleness.
+fn logins_go_through_and_are_enforced(sshd: &Sshd, pty_user: &TestUser, notty_user: &TestUser) {
+    let enforcer = Enforcer::start(sshd);
+    let started = Instant::now();
+    let mut argv = sshd.ssh_args(&pty_user.name);
+    argv.insert(1, "-tt".into());
+    let tmux = Tmux::new(&argv);
+    tmux.type_line("echo READY-$((6*7))");
+    assert!(tmux.wait_for("READY-42", Duration::from_secs(15)), "no shell:\n{}\n{}", tmux.capture(), sshd.log());
+    let args = sshd.ssh_args(&notty_user.name);
+    let mut notty = Command::new(&args[0])
+        .args(&args[1..])
+        .arg("sleep 1000 & exec sleep 1001")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh");
+    for user in [pty_user, notty_user] {
+        let adopted = wait_until(Duration::from_secs(15), || {
+            rows_of(sshd, &user.name).first().is_some_and(|r| r["adopted"] == true && r["idle_limit_secs"] == 12)
+        });
+        assert!(adopted, "{} not found/adopted: {:#?}\n{}", user.name, status(sshd), enforcer.output());
+    }
+    let table = String::from_utf8_lossy(&sshd.ctl(&["status", "--find-unrecorded"]).stdout).into_owned();
+    assert!(table.contains("* not recorded at login"), "{table}");
+    assert!(
+        wait_until(Duration::from_secs(45), || tmux.is_dead()),
+        "unrecorded pty session not disconnected:\n{}\n{}",
+        tmux.capture(),
+        enforcer.output()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || matches!(notty.try_wait(), Ok(Some(_)))),
+        "unrecorded notty session not disconnected:\n{}",
+        enforcer.output()
+    );
+    // Never before the 12-s limit.
+    assert!(started.elapsed() >= Duration::from_secs(12), "ended after {:?}", started.elapsed());
+    let log = enforcer.output();
+    assert!(log.contains(&format!("of {}: an sshd connection with no record", pty_user.name)), "{log}");
+    assert!(log.contains(&format!("of {}: an sshd connection with no record", notty_user.name)), "{log}");
+    for user in [pty_user, notty_user] {
+        let gone = wait_until(Duration::from_secs(10), || {
+            let out = Command::new("pgrep").args(["-u", &user.name]).output().expect("pgrep");
+            out.stdout.is_empty()
+        });
+        assert!(gone, "processes of {} left", user.name);
+    }
+}
+
+#[test]
+fn full_state_directory_logins_work_and_are_enforced() {
+    if !e2e_enabled() {
+        return;
+    }
+    let pty_user = TestUser::create("ufp", &[]);
+    let notty_user = TestUser::create("ufn", &[]);
+    let policy = format!("user {} idle=12s warn=4s\nuser {} idle=12s warn=4s\n", pty_user.name, notty_user.name);
+    let sshd = Sshd::start("ufull", SshdOptions { policy, ..Default::default() });
+    sshd.authorize(&pty_user);
+    sshd.authorize(&notty_user);
+    let _tmpfs = FullTmpfs::mount(&sshd.state_dir);
+    logins_go_through_and_are_enforced(&sshd, &pty_user, &notty_user);
+    // Nothing could be written: the records came from sshd's processes.
+    let journal = std::fs::read_to_string(sshd.state_dir.join("sessions")).unwrap_or_default();
+    assert!(!journal.contains(&pty_user.name), "{journal}");
+}
+
+#[test]
+fn stuck_lock_holder_logins_work_and_are_enforced() {
+    if !e2e_enabled() {
+        return;
+    }
+    let pty_user = TestUser::create("usp", &[]);
+    let notty_user = TestUser::create("usn", &[]);
+    let policy = format!("user {} idle=12s warn=4s\nuser {} idle=12s warn=4s\n", pty_user.name, notty_user.name);
+    let sshd = Sshd::start("ustuck", SshdOptions { policy, ..Default::default() });
+    sshd.authorize(&pty_user);
+    sshd.authorize(&notty_user);
+    drop(sshidle::StateDir::open(&sshd.state_dir, true).expect("state dir"));
+    // A writer that took the lock and never lets go.
+    let holder = std::fs::File::open(&sshd.state_dir).expect("state dir");
+    // SAFETY: valid descriptor.
+    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+    logins_go_through_and_are_enforced(&sshd, &pty_user, &notty_user);
+    drop(holder);
+}
