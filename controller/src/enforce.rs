@@ -756,8 +756,10 @@ impl Enforcer {
         if self.memory_dirty {
             consider(self.memory_saved + MEMORY_SAVE_EVERY);
         }
-        if let Some(at) = self.textfile.as_ref().and_then(|t| t.next_heartbeat()) {
-            consider(at);
+        match &self.textfile {
+            Some(_) if self.metrics_dirty => consider(Instant::now()),
+            Some(textfile) => textfile.next_heartbeat().into_iter().for_each(&mut consider),
+            None => {}
         }
         wake
     }
@@ -1051,6 +1053,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
         ),
     );
     e.sweep(now_unix(), true);
+    e.write_metrics(true);
     let mut reload_at: Option<Instant> = None;
     let mut policy_at: Option<Instant> = None;
     let mut housekeeping_at = Instant::now() + HOUSEKEEPING;

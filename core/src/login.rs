@@ -439,25 +439,26 @@ mod tests {
     #[test]
     fn groups_not_read_in_time_skip_group_rules_logged_and_recorded() {
         let dir = temp("nogroups");
-        std::fs::write(dir.join("policy"), "group root idle=2h\n* idle=9m\n").unwrap();
-        // A zero wait can never be met: as a directory that does not answer.
-        let args = ModuleArgs {
-            conf: dir.join("policy"),
-            conf_explicit: true,
-            state_dir: dir.join("state"),
-            debug: false,
-            nss_timeout: Duration::ZERO,
-        };
-        let items = LoginItems { user: "root".into(), ..Default::default() };
+        std::fs::write(dir.join("policy"), "group team idle=2h\n* idle=9m\n").unwrap();
+        let args = ModuleArgs { conf: dir.join("policy"), state_dir: dir.join("state"), ..ModuleArgs::default() };
+        let items = LoginItems { user: "alice".into(), ..Default::default() };
         let log = Collect::default();
-        assert!(open_session(&args, &items, &log).is_some());
+        let why = "NSS did not answer within 2.0s";
+        let host = Fake { groups: Err(users::GroupsUnknown(why.into())) };
+        assert!(open_session_on(&host, &args, &items, &log).is_some());
         let state = StateDir::open(&args.state_dir, false).unwrap();
         let record = &state.load().unwrap().sessions[0];
         assert_eq!(record.limits.idle, Some(540));
         assert_eq!(record.rule, format!("{}:2: * (groups unread)", dir.join("policy").display()));
         let logged = log.0.borrow();
         let warning = logged.iter().find(|(l, _)| *l == Level::Warning).expect("a warning");
-        assert!(warning.1.starts_with("groups of root not read (NSS did not answer within 0.0s)"), "{warning:?}");
+        assert_eq!(
+            warning.1,
+            format!(
+                "groups of alice not read ({why}); group rules skipped, the login gets {}:2: * (groups unread)",
+                dir.join("policy").display()
+            )
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -110,7 +110,52 @@ impl std::fmt::Display for GroupsUnknown {
 /// lookup and `_exit`s; it dies with its parent (PR_SET_PDEATHSIG) and, as a
 /// last resort, by its own alarm. Meant for single-threaded callers (sshd's
 /// monitor, sshidlectl).
+///
+/// When NSS takes groups only from local sources (see [`local_groups_only`])
+/// there is nothing to wait for, and the lookup runs in this process.
 pub fn group_names_within(account: &Account, timeout: Duration) -> Result<Vec<String>, GroupsUnknown> {
+    let nsswitch = std::fs::read_to_string(NSSWITCH_CONF).unwrap_or_default();
+    if local_groups_only(&nsswitch) {
+        return Ok(group_names(account));
+    }
+    group_names_forked(account, timeout)
+}
+
+const NSSWITCH_CONF: &str = "/etc/nsswitch.conf";
+
+/// NSS sources that answer from this machine: files, and systemd's and
+/// glibc's local databases. Anything else (ldap, sss, winbind, nis, ...)
+/// may wait on the network.
+const LOCAL_SOURCES: [&str; 4] = ["files", "compat", "systemd", "db"];
+
+/// Whether `nsswitch.conf` text takes group memberships (the `initgroups`
+/// database, else `group`, which glibc's getgrouplist uses) only from local
+/// sources. Unreadable or missing lines count as glibc's default
+/// (`files`); any source not known to be local makes it false.
+pub fn local_groups_only(nsswitch: &str) -> bool {
+    let sources = |db: &str| {
+        nsswitch.lines().map(|l| l.split('#').next().unwrap_or("")).find_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            (name.trim() == db).then(|| rest.to_string())
+        })
+    };
+    let Some(line) = sources("initgroups").or_else(|| sources("group")) else { return true };
+    // Actions like [NOTFOUND=return] are not sources.
+    let mut depth = 0;
+    let mut words = String::new();
+    for c in line.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            c if depth == 0 => words.push(c),
+            _ => {}
+        }
+    }
+    words.split_whitespace().all(|source| LOCAL_SOURCES.contains(&source))
+}
+
+/// The forked, bounded lookup (see [`group_names_within`]).
+pub fn group_names_forked(account: &Account, timeout: Duration) -> Result<Vec<String>, GroupsUnknown> {
     let started = Instant::now();
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: fds has room for the two descriptors pipe2 writes.
@@ -288,7 +333,7 @@ mod tests {
     fn bounded_lookup_answers_like_the_direct_one() {
         let root = lookup_user("root").expect("root");
         let started = Instant::now();
-        let bounded = group_names_within(&root, Duration::from_secs(10)).expect("answer");
+        let bounded = group_names_forked(&root, Duration::from_secs(10)).expect("answer");
         assert_eq!(bounded, group_names(&root));
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
@@ -298,9 +343,24 @@ mod tests {
         // A zero deadline can never be met: the child is killed, not waited for.
         let root = lookup_user("root").expect("root");
         let started = Instant::now();
-        let err = group_names_within(&root, Duration::ZERO).unwrap_err();
+        let err = group_names_forked(&root, Duration::ZERO).unwrap_err();
         assert!(err.0.contains("did not answer within 0.0s"), "{err}");
         assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn which_nsswitch_configurations_are_local() {
+        let debian = "passwd:         files systemd\ngroup:          files systemd\nshadow: files\n";
+        assert!(local_groups_only(debian));
+        assert!(local_groups_only("group: files [NOTFOUND=return] db # comment ldap\n"));
+        assert!(local_groups_only(""), "glibc's default is files");
+        assert!(!local_groups_only("passwd: files ldap\ngroup: files ldap\n"));
+        assert!(!local_groups_only("group: files sss\n"));
+        assert!(!local_groups_only("group: sss [UNAVAIL=return] files\n"));
+        // initgroups, when there, is what getgrouplist reads.
+        assert!(local_groups_only("group: files ldap\ninitgroups: files\n"));
+        assert!(!local_groups_only("group: files\ninitgroups: files winbind\n"));
+        assert!(local_groups_only("groups: ldap\ngroup: files\n"), "only the exact database name counts");
     }
 
     #[test]

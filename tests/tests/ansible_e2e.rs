@@ -139,7 +139,11 @@ fn role_installs_deploys_validates_is_idempotent_and_removes() {
     }
     assert!(
         Path::new("/usr/bin/ansible-playbook").exists(),
-        "ansible-playbook is missing: install ansible-core (.ci/deps)"
+        "ansible-playbook is missing: install ansible-core (.ci/packages)"
+    );
+    assert!(
+        Path::new("/var/lib/prometheus/node-exporter").is_dir(),
+        "no node_exporter textfile directory: install prometheus-node-exporter (.ci/packages)"
     );
     let real_pam = std::fs::read("/etc/pam.d/sshd").expect("/etc/pam.d/sshd");
     let temp = TempDir::new("ansible");
@@ -160,6 +164,7 @@ fn role_installs_deploys_validates_is_idempotent_and_removes() {
     let good = r#"{"sshidle_rules": [{"selector": "user backup", "settings": "idle=off"},
                    {"selector": "*", "settings": "idle=15m warn=1m", "comment": "everyone else"}],
                    "sshidle_keepalive_settings": "interval=60 count-max=3",
+                   "sshidle_textfile_dir": "/var/lib/prometheus/node-exporter",
                    "sshidle_dropins": [{"name": "50-dba", "rules": [{"selector": "group dba", "settings": "idle=1h warn=5m"}]}]}"#;
     let ns = Namespace::start(&dir);
     // As the namespace began (the real one less an installation of sshidle).
@@ -190,6 +195,16 @@ fn role_installs_deploys_validates_is_idempotent_and_removes() {
         "no enforcer running:\n{}",
         ns.processes()
     );
+    // The policy's metrics line: the enforcer keeps node_exporter's textfile.
+    assert!(policy.contains("metrics  textfile-dir=/var/lib/prometheus/node-exporter\n"), "{policy}");
+    let textfile = "/var/lib/prometheus/node-exporter/sshidle.prom";
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || ns
+            .read(textfile)
+            .is_some_and(|t| t.starts_with(b"# HELP sshidle_enforcer_up"))),
+        "no {textfile} in the namespace"
+    );
+    assert!(!Path::new(textfile).exists(), "the textfile leaked out of the namespace");
     // Outside the namespace nothing changed.
     assert_eq!(std::fs::read("/etc/pam.d/sshd").unwrap(), real_pam);
     assert!(!Path::new("/etc/security/sshidle.conf.d/50-dba.conf").exists(), "the drop-in leaked out");
