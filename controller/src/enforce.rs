@@ -515,6 +515,14 @@ impl Enforcer {
                     record.limits, record.rule
                 ),
             );
+            let line = AuditLine {
+                cause: Some("unrecorded"),
+                extra: vec![("source", "sshd".into())],
+                ..audit_fields(&record)
+            };
+            self.fx.audit(Event::Adoption, &line);
+            self.counters.adoptions += 1;
+            self.metrics_dirty = true;
             self.life.adopt(record, Seen::default(), now);
         }
     }
@@ -709,7 +717,11 @@ impl Enforcer {
         let now = now_unix();
         let rows: Vec<SessionRow> =
             self.life.iter().map(|(_, t)| metrics_row(&t.session, t.seen.quiet_since, now)).collect();
-        let adopted = self.life.iter().filter(|(_, t)| t.session.record.service == ADOPTED).count();
+        let adopted = self
+            .life
+            .iter()
+            .filter(|(_, t)| [ADOPTED, DISCOVERED].contains(&t.session.record.service.as_str()))
+            .count();
         let disconnects = self.fx.state.as_ref().map(|s| s.disconnect_counts()).unwrap_or_default();
         let text = metrics::render(&rows, adopted, &disconnects, &self.counters, up, now);
         let path = textfile.path().display().to_string();

@@ -476,6 +476,17 @@ fn session_known_only_from_utmp_is_adopted() {
         enforcer.output()
     );
     assert!(tmux.capture().contains("will be disconnected"), "{}", tmux.capture());
+    // The audit lines of the adoption, the warning and the disconnect.
+    let log = enforcer.output();
+    let audit = |event: &str| {
+        log.lines()
+            .find(|l| l.contains(&format!("event={event} user={} session={id} ", user.name)))
+            .unwrap_or_else(|| panic!("no {event} audit line:\n{log}"))
+            .to_string()
+    };
+    assert!(audit("adoption").contains(" limit=12 ") && audit("adoption").contains(" cause=unrecorded source="));
+    assert!(audit("warning").contains(" tty=pts/") && audit("warning").contains(" cause=idle left="));
+    assert!(audit("disconnect").contains(" limit=12 ") && audit("disconnect").ends_with(" cause=idle"));
     assert!(wait_until(Duration::from_secs(8), || user_processes(&user).is_empty()), "{:?}", user_processes(&user));
     // The enforcer wrote the adopted record; the module's close_session closed it.
     assert!(
