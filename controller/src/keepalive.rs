@@ -3,14 +3,21 @@
 //! `UnusedConnectionTimeout`) safely, reload sshd and check the result.
 //!
 //! Order of a run, so that sshd is never left unable to accept logins:
-//! lock (flock on the main config's directory, held to the end) → read the whole tree →
+//! lock (flock on the main config's directory, held to the end) → roll back
+//! what a killed earlier run left (its rollback journal) → read the whole tree →
 //! plan (stop on an admin setting that would win) → `sshd -t` on the current
-//! config (a broken one is not touched) → write atomically → `sshd -t` →
-//! `sshd -T` shows the new values → reload (systemctl / init script / SIGHUP
-//! to the PidFile's sshd) → the listener re-opened its sockets and answers
-//! with an SSH banner. Any failure after the write restores every file byte
+//! config (a broken one is not touched) → `sshd -t` on the candidate, before
+//! anything is written (in a private mount namespace where the new files are
+//! bind-mounted over the real ones) → rollback journal written (the old bytes
+//! of every file) → write atomically → `sshd -t` → `sshd -T` shows the new
+//! values → reload (systemctl / init script / SIGHUP to the PidFile's sshd) →
+//! the listener re-opened its sockets and answers with an SSH banner →
+//! journal removed. Any failure after the write restores every file byte
 //! for byte and reloads again when the reload had happened, or starts sshd
-//! again when its listener exited.
+//! again when its listener exited. A SIGKILL at any step leaves a config
+//! that `sshd -t` accepts (each file is replaced atomically, and only by a
+//! checked candidate), and the next run puts back the files of a change it
+//! interrupted.
 
 use crate::sshd_config::{
     self, display_keyword, unified_diff, Desired, FileMode, MatchBlock, Plan, PlanError, Tree, KW_COUNT_MAX,
@@ -267,6 +274,9 @@ fn apply(config: &Path, args: &KeepaliveArgs) -> Result<u8, String> {
         .map_err(|e| format!("sshd configuration {}: {e}", args.sshd_config.display()))?;
     let mut desired = if args.off { None } else { Some(desired_values(config, args)?) };
     let _lock = lock_config(&main)?;
+    if !args.dry_run {
+        recover_interrupted(&main)?;
+    }
     let tree = Tree::load(&main).map_err(|e| e.0)?;
     if let Some(d) = desired.as_mut() {
         if (d.unused.is_some() || !d.matches.is_empty()) && !supports_unused_timeout() {
@@ -321,21 +331,37 @@ fn apply(config: &Path, args: &KeepaliveArgs) -> Result<u8, String> {
             main.display()
         ));
     }
+    match check_candidate(&main, &plan) {
+        Candidate::Valid => {}
+        Candidate::Invalid(e) => {
+            return Err(format!(
+                "the new configuration would fail `sshd -t -f {}` (checked before writing anything):\n{e}\nnothing was changed",
+                main.display()
+            ))
+        }
+        // Still checked right after the write, and restored on failure.
+        Candidate::Unchecked(why) => say(&format!("note: cannot check the new files before writing them ({why})")),
+    }
     // Mode and owner of every file before the change, for the restore.
     let modes: Vec<FileMode> = plan.changes.iter().map(|c| sshd_config::mode_of(&c.path)).collect();
+    let journal = Rollback::write(&main, &plan, &modes)?;
     write_plan(&plan, &modes)?;
     let result = check_and_reload(&main, desired.as_ref(), args, &plan);
+    let result = result.inspect(|_| journal.done()).map_err(|f| (f, journal));
     match result {
         Ok(summary) => {
             say(&summary);
             crate::syslog::to_syslog(Level::Notice, &format!("keepalive: {}", summary.replace('\n', "; ")));
             Ok(EXIT_OK)
         }
-        Err(Failure { message, reloaded, died }) => {
+        Err((Failure { message, reloaded, died }, journal)) => {
             let restored = restore(&plan, &modes);
             let mut msg = message;
             match restored {
-                Ok(()) => msg.push_str("\nrestored the previous files byte for byte"),
+                Ok(()) => {
+                    journal.done();
+                    msg.push_str("\nrestored the previous files byte for byte")
+                }
                 Err(e) => msg.push_str(&format!("\nRESTORING THE PREVIOUS FILES FAILED: {e}")),
             }
             if let Some(argv) = died {
@@ -350,6 +376,194 @@ fn apply(config: &Path, args: &KeepaliveArgs) -> Result<u8, String> {
                 }
             }
             Err(msg)
+        }
+    }
+}
+
+/// What `sshd -t` says of the new files before they are written.
+enum Candidate {
+    Valid,
+    Invalid(String),
+    /// No private mount namespace here (no CAP_SYS_ADMIN, no unshare).
+    Unchecked(String),
+}
+
+/// Runs `sshd -t` on the configuration as it would be after `plan`, without
+/// writing it: in a private mount namespace (`unshare --mount`), the new
+/// files are bind-mounted over the real ones (a whole directory, copied,
+/// where a file is created or removed), so sshd reads the complete candidate
+/// with every `Include` where it really is.
+fn check_candidate(main: &Path, plan: &Plan) -> Candidate {
+    let work = std::env::temp_dir().join(format!("sshidle-candidate-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    let result = stage_candidate(&work, plan).and_then(|binds| {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"]).arg(
+            "sshd=$1 main=$2; shift 2; while [ $# -ge 2 ]; do mount --bind -- \"$1\" \"$2\" || exit 97; shift 2; done; exec \"$sshd\" -t -f \"$main\"",
+        );
+        cmd.arg("sh").arg(sshd_binary()).arg(main);
+        for (from, to) in binds {
+            cmd.arg(from).arg(to);
+        }
+        cmd.output().map_err(|e| format!("unshare: {e}"))
+    });
+    let _ = fs::remove_dir_all(&work);
+    match result {
+        Ok(out) if out.status.success() => Candidate::Valid,
+        // sshd -t exits 255 on a bad configuration.
+        Ok(out) if out.status.code() == Some(255) => {
+            Candidate::Invalid(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+        Ok(out) => Candidate::Unchecked(format!(
+            "unshare/mount exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Candidate::Unchecked(e),
+    }
+}
+
+/// Writes the candidate files under `work`; returns the (copy, real path)
+/// pairs to bind-mount.
+fn stage_candidate(work: &Path, plan: &Plan) -> Result<Vec<(PathBuf, PathBuf)>, String> {
+    let err = |e: std::io::Error| format!("staging the candidate in {}: {e}", work.display());
+    fs::create_dir_all(work).map_err(err)?;
+    let mut binds = Vec::new();
+    let mut dirs: BTreeMap<PathBuf, Vec<&sshd_config::FileChange>> = BTreeMap::new();
+    for (i, c) in plan.changes.iter().enumerate() {
+        let real = fs::canonicalize(&c.path).unwrap_or_else(|_| c.path.clone());
+        match (&c.old, &c.new) {
+            // An existing file rewritten: the file alone.
+            (Some(_), Some(bytes)) if real.is_file() => {
+                let copy = work.join(format!("file{i}"));
+                fs::write(&copy, bytes).map_err(err)?;
+                binds.push((copy, real));
+            }
+            // Created or removed: the whole directory.
+            _ => dirs.entry(real.parent().unwrap_or(Path::new("/")).to_path_buf()).or_default().push(c),
+        }
+    }
+    for (i, (dir, changes)) in dirs.into_iter().enumerate() {
+        // An empty directory the real write would create anyway.
+        fs::create_dir_all(&dir).map_err(err)?;
+        let copy = work.join(format!("dir{i}"));
+        fs::create_dir_all(&copy).map_err(err)?;
+        for entry in fs::read_dir(&dir).map_err(err)?.flatten() {
+            // Files (through symlinks) are copied; anything else would be
+            // hidden by the bind mount, and the candidate would not be real.
+            if !entry.path().is_file() {
+                return Err(format!("{} holds more than files", dir.display()));
+            }
+            fs::copy(entry.path(), copy.join(entry.file_name())).map_err(err)?;
+        }
+        for c in changes {
+            let name = copy.join(c.path.file_name().unwrap_or_default());
+            match &c.new {
+                Some(bytes) => fs::write(&name, bytes).map_err(err)?,
+                None => {
+                    let _ = fs::remove_file(&name);
+                }
+            }
+        }
+        binds.push((copy, dir));
+    }
+    Ok(binds)
+}
+
+/// The old bytes of every file a run changes, written before the first
+/// change (`.sshidle-keepalive.rollback` beside the main config) and removed
+/// when the run ends: a run killed in between is undone by the next one.
+struct Rollback {
+    path: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RollbackEntry {
+    path: PathBuf,
+    old: Option<Vec<u8>>,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+fn rollback_path(main: &Path) -> PathBuf {
+    main.parent().unwrap_or(Path::new("/")).join(".sshidle-keepalive.rollback")
+}
+
+impl Rollback {
+    fn write(main: &Path, plan: &Plan, modes: &[FileMode]) -> Result<Rollback, String> {
+        let entries: Vec<RollbackEntry> = plan
+            .changes
+            .iter()
+            .zip(modes)
+            .map(|(c, m)| RollbackEntry {
+                path: c.path.clone(),
+                old: c.old.clone(),
+                mode: m.mode,
+                uid: m.uid,
+                gid: m.gid,
+            })
+            .collect();
+        let path = rollback_path(main);
+        let json = serde_json::to_vec(&entries).map_err(|e| e.to_string())?;
+        sshidle::files::write_atomic(&path, &json, &sshidle::files::Replace::synced(0o600, None))
+            .map_err(|e| format!("cannot write {}: {e}; nothing was changed", path.display()))?;
+        Ok(Rollback { path })
+    }
+
+    fn done(&self) {
+        let _ = sshd_config::remove_file(&self.path);
+    }
+}
+
+/// Puts back what an earlier run changed when it was killed before it
+/// finished (its rollback journal is still there).
+fn recover_interrupted(main: &Path) -> Result<(), String> {
+    let path = rollback_path(main);
+    remove_stale_temp(&path);
+    let Ok(bytes) = fs::read(&path) else { return Ok(()) };
+    let entries: Vec<RollbackEntry> = match serde_json::from_slice(&bytes) {
+        Ok(entries) => entries,
+        Err(e) => {
+            // Killed while writing the journal itself: nothing was changed yet.
+            say(&format!("note: ignoring an unreadable {} ({e})", path.display()));
+            let _ = sshd_config::remove_file(&path);
+            return Ok(());
+        }
+    };
+    let plan = Plan {
+        changes: entries
+            .iter()
+            .map(|e| sshd_config::FileChange { path: e.path.clone(), old: e.old.clone(), new: None })
+            .collect(),
+        ..Plan::default()
+    };
+    let modes: Vec<FileMode> = entries.iter().map(|e| FileMode { mode: e.mode, uid: e.uid, gid: e.gid }).collect();
+    for e in &entries {
+        remove_stale_temp(&e.path);
+    }
+    restore(&plan, &modes)
+        .map_err(|e| format!("an interrupted earlier run left {}; restoring it failed: {e}", path.display()))?;
+    let _ = sshd_config::remove_file(&path);
+    let files: Vec<String> = entries.iter().map(|e| e.path.display().to_string()).collect();
+    say(&format!("an earlier run was interrupted; restored {} as they were before it", files.join(", ")));
+    crate::syslog::to_syslog(
+        Level::Warning,
+        &format!("keepalive: an interrupted run was rolled back ({})", files.join(", ")),
+    );
+    Ok(())
+}
+
+/// Removes the temporary files a killed `write_atomic` of `path` left
+/// (`.NAME.sshidle-PID.tmp`, see `sshidle::files`); called with the config
+/// lock held, so no other run is writing them.
+fn remove_stale_temp(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
+    let prefix = format!(".{}.sshidle-", name.to_string_lossy());
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&prefix) && file.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
         }
     }
 }
@@ -537,6 +751,115 @@ fn show(args: &KeepaliveArgs) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A private sshd configuration tree: main (Include conf.d/*.conf), a
+    /// host key, an admin's drop-in.
+    fn tree(tag: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sshidle-cand-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("conf.d")).unwrap();
+        let key = dir.join("host_key");
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ssh-keygen");
+        let main = dir.join("sshd_config");
+        fs::write(&main, format!("Include {}/conf.d/*.conf\nHostKey {}\nPort 22\n", dir.display(), key.display()))
+            .unwrap();
+        fs::write(dir.join("conf.d/50-admin.conf"), "PermitRootLogin no\n").unwrap();
+        (dir, main)
+    }
+
+    #[test]
+    fn the_candidate_is_checked_before_anything_is_written() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 || !Path::new(sshd_binary()).exists() {
+            return; // a private mount namespace needs root
+        }
+        let (dir, main) = tree("check");
+        let before: Vec<(PathBuf, Vec<u8>)> = ["sshd_config", "conf.d/50-admin.conf"]
+            .iter()
+            .map(|f| (dir.join(f), fs::read(dir.join(f)).unwrap()))
+            .collect();
+        let change = |path: PathBuf, old: Option<Vec<u8>>, new: Option<&str>| sshd_config::FileChange {
+            path,
+            old,
+            new: new.map(|s| s.as_bytes().to_vec()),
+        };
+        // A new drop-in sshd rejects, and a valid rewrite of the main file.
+        let bad = Plan {
+            changes: vec![
+                change(dir.join("conf.d/10-sshidle.conf"), None, Some("ClientAliveInterval 60\nNoSuchKeyword yes\n")),
+                sshd_config::FileChange {
+                    path: main.clone(),
+                    old: Some(before[0].1.clone()),
+                    new: Some([before[0].1.as_slice(), b"# x\n"].concat()),
+                },
+            ],
+            ..Plan::default()
+        };
+        match check_candidate(&main, &bad) {
+            Candidate::Invalid(e) => assert!(e.contains("NoSuchKeyword") || e.contains("Bad configuration"), "{e}"),
+            Candidate::Valid => panic!("an invalid candidate passed"),
+            Candidate::Unchecked(why) => panic!("not checked: {why}"),
+        }
+        let good = Plan {
+            changes: vec![change(dir.join("conf.d/10-sshidle.conf"), None, Some("ClientAliveInterval 60\n"))],
+            ..Plan::default()
+        };
+        assert!(matches!(check_candidate(&main, &good), Candidate::Valid));
+        // Removing the admin's file is checked the same way.
+        let removal = Plan {
+            changes: vec![change(dir.join("conf.d/50-admin.conf"), Some(before[1].1.clone()), None)],
+            ..Plan::default()
+        };
+        assert!(matches!(check_candidate(&main, &removal), Candidate::Valid));
+        // Nothing was written or left mounted.
+        for (path, bytes) in &before {
+            assert_eq!(&fs::read(path).unwrap(), bytes, "{}", path.display());
+        }
+        assert!(!dir.join("conf.d/10-sshidle.conf").exists());
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(!mounts.contains(&dir.display().to_string()), "{mounts}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_interrupted_run_is_rolled_back_by_the_next() {
+        let (dir, main) = tree("rollback");
+        let admin = dir.join("conf.d/50-admin.conf");
+        let dropin = dir.join("conf.d/10-sshidle.conf");
+        let old_main = fs::read(&main).unwrap();
+        let plan = Plan {
+            changes: vec![
+                sshd_config::FileChange {
+                    path: dropin.clone(),
+                    old: None,
+                    new: Some(b"ClientAliveInterval 60\n".to_vec()),
+                },
+                sshd_config::FileChange {
+                    path: main.clone(),
+                    old: Some(old_main.clone()),
+                    new: Some(b"# new\n".to_vec()),
+                },
+            ],
+            ..Plan::default()
+        };
+        let modes: Vec<FileMode> = plan.changes.iter().map(|c| sshd_config::mode_of(&c.path)).collect();
+        // Killed after the journal and the first of two files.
+        let _journal = Rollback::write(&main, &plan, &modes).unwrap();
+        fs::write(&dropin, "ClientAliveInterval 60\n").unwrap();
+        recover_interrupted(&main).unwrap();
+        assert!(!dropin.exists());
+        assert_eq!(fs::read(&main).unwrap(), old_main);
+        assert_eq!(fs::read(&admin).unwrap(), b"PermitRootLogin no\n");
+        assert!(!rollback_path(&main).exists());
+        // Nothing to do the next time.
+        recover_interrupted(&main).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn interval_values() {
