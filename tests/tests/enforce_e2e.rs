@@ -148,10 +148,17 @@ fn idle_notty_is_disconnected_with_nothing_left_and_busy_one_kept() {
     }
     let idle = TestUser::create("eni", &[]);
     let busy = TestUser::create("enb", &[]);
-    let policy = format!("user {} idle=12s warn=4s\nuser {} idle=12s warn=4s\n", idle.name, busy.name);
+    // Starts a process every 2 s and does no I/O of its own: processes
+    // starting and exiting are not activity, so it is ended like the quiet one.
+    let forker = TestUser::create("enf", &[]);
+    let policy = format!(
+        "user {} idle=12s warn=4s\nuser {} idle=12s warn=4s\nuser {} idle=12s warn=4s\n",
+        idle.name, busy.name, forker.name
+    );
     let sshd = Sshd::start("enotty", SshdOptions { policy, ..Default::default() });
     sshd.authorize(&idle);
     sshd.authorize(&busy);
+    sshd.authorize(&forker);
     let journal = JournalWatch::start(&sshd.state_dir);
     let mut enforcer = Enforcer::start(&sshd, &[]);
     let started = Instant::now();
@@ -159,8 +166,10 @@ fn idle_notty_is_disconnected_with_nothing_left_and_busy_one_kept() {
     // and would outlive a naive kill of the connection.
     let mut quiet = spawn_ssh(&sshd, &idle.name, "sleep 1000 & exec sleep 1001");
     let mut chatty = spawn_ssh(&sshd, &busy.name, CHATTY_WITHOUT_FORKS);
+    let mut forking = spawn_ssh(&sshd, &forker.name, "while :; do sleep 2; done");
     let quiet_row = wait_recorded(&sshd, &idle.name, 1).remove(0);
     wait_recorded(&sshd, &busy.name, 1);
+    let forker_row = wait_recorded(&sshd, &forker.name, 1).remove(0);
     let ended = wait_until(Duration::from_secs(30), || exited(&mut quiet));
     let took = started.elapsed();
     let since_login = since_recorded_login(&quiet_row);
@@ -177,6 +186,13 @@ fn idle_notty_is_disconnected_with_nothing_left_and_busy_one_kept() {
         user_processes(&idle)
     );
     journal.assert_closed(quiet_row["pid"].as_i64().unwrap() as i32, Duration::from_secs(5));
+    // The forker: ended too, within the same window from its login.
+    let ended = wait_until(Duration::from_secs(10), || exited(&mut forking));
+    let since_login = since_recorded_login(&forker_row);
+    assert!(ended, "a session that only starts processes was kept:\n{}", enforcer.output());
+    assert!(since_login >= 12, "the forker was ended {since_login} s after its login");
+    assert!(since_login <= 12 + 3 + 2, "the forker was ended {since_login} s after its login");
+    assert!(wait_until(Duration::from_secs(8), || user_processes(&forker).is_empty()), "{:?}", user_processes(&forker));
     // The chatty one lives on well past its limit, on its output alone.
     while started.elapsed() < Duration::from_secs(25) {
         assert!(!exited(&mut chatty), "a session printing every 2 s was disconnected:\n{}", enforcer.output());
