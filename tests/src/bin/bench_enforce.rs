@@ -60,6 +60,8 @@ struct Fake {
     shell: i32,
     tty: Option<String>,
     made: i64,
+    /// When the pty was made (its last input), unix seconds with fraction.
+    made_at: f64,
     uid: u32,
     user: String,
 }
@@ -195,7 +197,7 @@ fn spawn_fake(owner: &Owner, pty: bool) -> Fake {
         }
         None => sshidle::now_unix(),
     };
-    Fake { master, monitor, shell, tty, made, uid: owner.uid, user: owner.name.clone() }
+    Fake { master, monitor, shell, tty, made, made_at: unix_now_f64(), uid: owner.uid, user: owner.name.clone() }
 }
 
 /// In a forked child: drop root for `uid`/`gid`.
@@ -249,6 +251,10 @@ fn record(f: &Fake, limits: Limits, rule: &str) -> SessionRecord {
         rule: rule.into(),
         warned_at: None,
     }
+}
+
+fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// CPU time of the calling thread, in seconds (user + system).
@@ -614,8 +620,15 @@ fn compare_with_autolog(n: usize) {
     // Become the subreaper, so autolog's own children are ours to reap.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    let ours: Vec<Fake> = users.iter().map(|u| spawn_fake(&Owner::of(u), true)).collect();
-    let theirs: Vec<Fake> = users.iter().map(|u| spawn_fake(&Owner::of(u), true)).collect();
+    // Made 0.4 s apart, so that the sessions' last input falls at every
+    // point of the kernel's 8-second tty timestamp block (one of sshidle's
+    // and one of autolog's at each point).
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for u in &users {
+        ours.push(spawn_fake(&Owner::of(u), true));
+        theirs.push(spawn_fake(&Owner::of(u), true));
+        std::thread::sleep(Duration::from_millis(8000 / n.max(1) as u64).min(Duration::from_millis(400)));
+    }
     let state = StateDir::open(&state_path, true).unwrap();
     let limits = Limits { idle: Some(LIMIT as u64), warn: Some(10), hard: None };
     for f in &ours {
@@ -640,12 +653,12 @@ fn compare_with_autolog(n: usize) {
         .spawn()
         .expect("autolog");
     let (epid, apid) = (enforcer.id() as i32, autolog.id() as i32);
-    let mut ended_ours: Vec<Option<i64>> = vec![None; n];
-    let mut ended_theirs: Vec<Option<i64>> = vec![None; n];
+    let mut ended_ours: Vec<Option<f64>> = vec![None; n];
+    let mut ended_theirs: Vec<Option<f64>> = vec![None; n];
     let deadline = Instant::now() + Duration::from_secs((LIMIT as u64) * 2 + 30 + 25 * n as u64);
     let mut cpu = (0.0, 0.0, 0.0);
     while Instant::now() < deadline && (ended_ours.contains(&None) || ended_theirs.contains(&None)) {
-        let now = sshidle::now_unix();
+        let now = unix_now_f64();
         for (slot, f) in ended_ours.iter_mut().zip(&ours).chain(ended_theirs.iter_mut().zip(&theirs)) {
             if slot.is_none() && !procfs::is_same_process(f.shell, procfs::start_time(f.shell).unwrap_or(0)) {
                 *slot = Some(now);
@@ -655,21 +668,22 @@ fn compare_with_autolog(n: usize) {
         std::thread::sleep(Duration::from_millis(100));
         reap_others(epid, apid);
     }
-    let show = |name: &str, ended: &[Option<i64>], fakes: &[Fake]| {
-        let late: Vec<Option<i64>> = ended.iter().zip(fakes).map(|(e, f)| e.map(|e| e - (f.made + LIMIT))).collect();
-        let seen: Vec<f64> = late.iter().flatten().map(|l| *l as f64).collect();
+    let show = |name: &str, ended: &[Option<f64>], fakes: &[Fake]| {
+        let late: Vec<Option<f64>> =
+            ended.iter().zip(fakes).map(|(e, f)| e.map(|e| e - (f.made_at + LIMIT as f64))).collect();
+        let seen: Vec<f64> = late.iter().flatten().copied().collect();
         let never = late.iter().filter(|l| l.is_none()).count();
         let summary = if seen.is_empty() {
             "none ended".to_string()
         } else {
             format!(
-                "median {:+.0}, max {:+.0}, min {:+.0}",
+                "median {:+.1}, max {:+.1}, min {:+.1}",
                 median(seen.clone()),
                 seen.iter().copied().fold(f64::MIN, f64::max),
                 seen.iter().copied().fold(f64::MAX, f64::min)
             )
         };
-        let each: Vec<String> = late.iter().map(|l| l.map_or_else(|| "never".into(), |l| format!("{l:+}"))).collect();
+        let each: Vec<String> = late.iter().map(|l| l.map_or_else(|| "never".into(), |l| format!("{l:+.1}"))).collect();
         println!("{name:<8} seconds past the limit: {summary}; {never} never ended; each: {}", each.join(" "));
     };
     show("sshidle", &ended_ours, &ours);
