@@ -27,6 +27,10 @@ use crate::report::SessionRow;
 use crate::syslog::Logger;
 use crate::{Failure, Outcome, Paths};
 use clap::Args;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sshidle::activity::{self, Activity, IoMemo, Members, Memory};
 use sshidle::audit::{AuditLine, Event};
 use sshidle::lifecycle::{Cause, Lifecycle, Observation, Step};
@@ -37,7 +41,7 @@ use sshidle::terminate::{self, Termination, GRACE};
 use sshidle::{discover, format_duration, now_unix, users, utmp, Level, Limits, LogSink};
 use std::collections::HashSet;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -978,75 +982,56 @@ pub fn run(paths: &Paths, args: &EnforceArgs) -> Outcome {
     })
 }
 
-fn cvt(rc: libc::c_int, what: &str) -> std::io::Result<libc::c_int> {
-    if rc < 0 {
-        let err = std::io::Error::last_os_error();
-        Err(std::io::Error::new(err.kind(), format!("{what}: {err}")))
-    } else {
-        Ok(rc)
-    }
-}
-
-fn add_watch(inotify: &OwnedFd, dir: &Path, mask: u32) -> Option<libc::c_int> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: valid fd and C string.
-    let wd = unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), c.as_ptr(), mask) };
-    (wd >= 0).then_some(wd)
+fn add_watch(inotify: &Inotify, dir: &Path, mask: AddWatchFlags) -> Option<WatchDescriptor> {
+    inotify.add_watch(dir, mask).ok()
 }
 
 /// Reads pending inotify events: (watch, file name).
-fn read_events(inotify: &OwnedFd) -> Vec<(libc::c_int, String)> {
+fn read_events(inotify: &Inotify) -> Vec<(WatchDescriptor, String)> {
     let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        // SAFETY: buf is writable for its length.
-        let n = unsafe { libc::read(inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
+    // Until EAGAIN: one read returns at most a buffer's worth.
+    while let Ok(events) = inotify.read_events() {
+        if events.is_empty() {
             break;
         }
-        let mut off = 0usize;
-        let header = std::mem::size_of::<libc::inotify_event>();
-        while off + header <= n as usize {
-            // SAFETY: the kernel wrote a whole event header here.
-            let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
-            let name_bytes = &buf[off + header..(off + header + ev.len as usize).min(n as usize)];
-            let name = String::from_utf8_lossy(name_bytes).trim_end_matches('\0').to_string();
-            out.push((ev.wd, name));
-            off += header + ev.len as usize;
-        }
+        out.extend(
+            events.into_iter().map(|ev| (ev.wd, ev.name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())),
+        );
     }
     out
 }
 
 fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
     // Signals arrive through a signalfd: no handler runs inside the loop.
-    // SAFETY: sigset manipulation on a local set; sigprocmask before any
-    // thread exists.
-    let sigfd = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(signal);
+    }
+    let nix_err = |what: &str| {
+        let what = what.to_string();
+        move |errno: nix::errno::Errno| {
+            std::io::Error::new(std::io::Error::from(errno).kind(), format!("{what}: {errno}"))
         }
-        cvt(libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()), "sigprocmask")?;
-        OwnedFd::from_raw_fd(cvt(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK), "signalfd")?)
     };
-    // SAFETY: plain syscall.
-    let inotify = unsafe {
-        OwnedFd::from_raw_fd(cvt(libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC), "inotify_init1")?)
-    };
-    let file_events = libc::IN_CLOSE_WRITE | libc::IN_MODIFY | libc::IN_MOVED_TO | libc::IN_CREATE | libc::IN_DELETE;
+    signals.thread_block().map_err(nix_err("sigprocmask"))?;
+    let sigfd =
+        SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(nix_err("signalfd"))?;
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(nix_err("inotify_init1"))?;
+    let file_events = AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE;
     let mut state_wd = add_watch(&inotify, &e.state_path, file_events);
     let policy_dir = e.config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let policy_name = e.config.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let policy_events = file_events | libc::IN_ATTRIB | libc::IN_MOVED_FROM;
+    let policy_events = file_events | AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_MOVED_FROM;
     let policy_wd = add_watch(&inotify, &policy_dir, policy_events);
     // The drop-in directory: watched when it exists, and from the moment it
     // appears in the policy's directory.
     let dropin_dir = policy::dropin_dir(&e.config);
     let dropin_name = dropin_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let dropin_events = policy_events | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF;
+    let dropin_events = policy_events | AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF;
     let mut dropin_wd = add_watch(&inotify, &dropin_dir, dropin_events);
     if policy_wd.is_none() {
         e.fx.log.log(
@@ -1078,25 +1063,20 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
             wake = wake.min(at);
         }
         let timeout = wake.saturating_duration_since(Instant::now()).min(MAX_SLEEP);
-        let mut fds = [
-            libc::pollfd { fd: sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: inotify.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
         // Round up so we do not wake a hair early and spin.
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32 + i32::from(!timeout.is_zero());
-        // SAFETY: two valid pollfds.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
-        if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return Err(std::io::Error::last_os_error());
-        }
-        if fds[0].revents & libc::POLLIN != 0 {
-            // SAFETY: plain data; all-zero is a valid value.
-            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: info is writable for its size.
-            while unsafe { libc::read(sigfd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) }
-                == size as isize
-            {
+        let ms = timeout.as_millis().min(i32::MAX as u128 - 1) as i32 + i32::from(!timeout.is_zero());
+        let (signalled, changed) = {
+            let mut fds =
+                [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN), PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(errno) => return Err(std::io::Error::from(errno)),
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        if signalled {
+            while let Ok(Some(info)) = sigfd.read_signal() {
                 match info.ssi_signo as libc::c_int {
                     libc::SIGHUP => {
                         e.fx.log.log(Level::Info, "SIGHUP: re-reading the policy, the sessions and utmp");
@@ -1128,7 +1108,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
                 }
             }
         }
-        if fds[1].revents & libc::POLLIN != 0 {
+        if changed {
             for (wd, name) in read_events(&inotify) {
                 if Some(wd) == state_wd && name == sshidle::state::STATE_FILE {
                     reload_at.get_or_insert_with(|| Instant::now() + RELOAD_DELAY);

@@ -873,82 +873,40 @@ pub fn remove_file(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A unified diff of two versions of a file (3 lines of context).
+/// A unified diff of two versions of a file (3 lines of context), by
+/// `similar`'s Myers diff: linear memory, so an 8,000-line config costs no
+/// more than it should.
 pub fn unified_diff(path: &Path, old: Option<&[u8]>, new: Option<&[u8]>) -> String {
-    let a = split_lines(old.unwrap_or_default());
-    let b = split_lines(new.unwrap_or_default());
+    let a = line_text(old.unwrap_or_default());
+    let b = line_text(new.unwrap_or_default());
     let label_a = if old.is_some() { format!("a{}", path.display()) } else { "/dev/null".to_string() };
     let label_b = if new.is_some() { format!("b{}", path.display()) } else { "/dev/null".to_string() };
-    // Line-level LCS after trimming the common prefix and suffix.
-    let mut pre = 0;
-    while pre < a.len() && pre < b.len() && a[pre] == b[pre] {
-        pre += 1;
-    }
-    let mut suf = 0;
-    while suf < a.len() - pre && suf < b.len() - pre && a[a.len() - 1 - suf] == b[b.len() - 1 - suf] {
-        suf += 1;
-    }
-    let (am, bm) = (&a[pre..a.len() - suf], &b[pre..b.len() - suf]);
-    let (n, m) = (am.len(), bm.len());
-    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i][j] = if am[i] == bm[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
-        }
-    }
-    // ops: (' ' | '-' | '+', line, old index, new index)
-    let mut ops: Vec<(char, &[u8])> = a[..pre].iter().map(|l| (' ', *l)).collect();
-    let (mut i, mut j) = (0, 0);
-    while i < n || j < m {
-        if i < n && j < m && am[i] == bm[j] {
-            ops.push((' ', am[i]));
-            i += 1;
-            j += 1;
-        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            ops.push(('-', am[i]));
-            i += 1;
-        } else {
-            ops.push(('+', bm[j]));
-            j += 1;
-        }
-    }
-    ops.extend(a[a.len() - suf..].iter().map(|l| (' ', *l)));
-    let changed: Vec<usize> = ops.iter().enumerate().filter(|(_, (k, _))| *k != ' ').map(|(i, _)| i).collect();
-    if changed.is_empty() {
+    let diff = similar::TextDiff::configure().algorithm(similar::Algorithm::Myers).diff_lines(&a, &b);
+    let groups = diff.grouped_ops(3);
+    if groups.is_empty() {
         return String::new();
     }
     let mut out = format!("--- {label_a}\n+++ {label_b}\n");
-    const CTX: usize = 3;
-    let mut k = 0;
-    while k < changed.len() {
-        let start = changed[k].saturating_sub(CTX);
-        let mut end = changed[k];
-        while k < changed.len() && changed[k] <= end + 2 * CTX + 1 {
-            end = changed[k];
-            k += 1;
-        }
-        let end = (end + CTX).min(ops.len() - 1);
-        let (mut old_start, mut new_start) = (1, 1);
-        for (kind, _) in &ops[..start] {
-            if *kind != '+' {
-                old_start += 1;
-            }
-            if *kind != '-' {
-                new_start += 1;
-            }
-        }
-        let old_len = ops[start..=end].iter().filter(|(k, _)| *k != '+').count();
-        let new_len = ops[start..=end].iter().filter(|(k, _)| *k != '-').count();
-        let show = |s: usize, len: usize| if len == 0 { format!("{},0", s - 1) } else { format!("{s},{len}") };
+    let show = |start: usize, len: usize| if len == 0 { format!("{start},0") } else { format!("{},{len}", start + 1) };
+    for group in &groups {
+        let (Some(first), Some(last)) = (group.first(), group.last()) else { continue };
+        let (old_start, new_start) = (first.old_range().start, first.new_range().start);
+        let (old_len, new_len) = (last.old_range().end - old_start, last.new_range().end - new_start);
         out.push_str(&format!("@@ -{} +{} @@\n", show(old_start, old_len), show(new_start, new_len)));
-        for (kind, line) in &ops[start..=end] {
-            let text = line_text(line);
-            let body = text.strip_suffix('\n').unwrap_or(&text);
-            out.push(*kind);
-            out.push_str(body);
-            out.push('\n');
-            if !text.ends_with('\n') {
-                out.push_str("\\ No newline at end of file\n");
+        for op in group {
+            for change in diff.iter_changes(op) {
+                let kind = match change.tag() {
+                    similar::ChangeTag::Equal => ' ',
+                    similar::ChangeTag::Delete => '-',
+                    similar::ChangeTag::Insert => '+',
+                };
+                let text = change.value();
+                out.push(kind);
+                out.push_str(text.strip_suffix('\n').unwrap_or(text));
+                out.push('\n');
+                if !text.ends_with('\n') {
+                    out.push_str("\\ No newline at end of file\n");
+                }
             }
         }
     }
@@ -1430,6 +1388,11 @@ mod tests {
             unified_diff(p, Some(old), Some(new)),
             "--- a/etc/ssh/x\n+++ b/etc/ssh/x\n@@ -1,5 +1,6 @@\n 1\n 2\n+X\n 3\n 4\n 5\n@@ -10,6 +11,5 @@\n 10\n 11\n 12\n-13\n 14\n 15\n"
         );
+        // A big config (the old table needed 255 MB for 8,000 lines): one hunk.
+        let big: String = (0..8000).map(|i| format!("# line {i}\n")).collect();
+        let changed = big.replacen("# line 4000\n", "ClientAliveInterval 60\n", 1);
+        let diff = unified_diff(p, Some(big.as_bytes()), Some(changed.as_bytes()));
+        assert_eq!(diff.lines().filter(|l| l.starts_with("@@")).collect::<Vec<_>>(), ["@@ -3998,7 +3998,7 @@"]);
         assert_eq!(
             unified_diff(p, Some(b"a"), Some(b"a\n")),
             "--- a/etc/ssh/x\n+++ b/etc/ssh/x\n@@ -1,1 +1,1 @@\n-a\n\\ No newline at end of file\n+a\n"
