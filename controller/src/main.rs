@@ -127,6 +127,7 @@ fn exit_code(outcome: Outcome) -> u8 {
 }
 
 fn main() -> ExitCode {
+    syslog::init();
     let cli = Cli::parse();
     let paths = Paths { config: cli.config.clone(), state_dir: cli.state_dir.clone() };
     let outcome = match &cli.command {
