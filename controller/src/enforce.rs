@@ -53,6 +53,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(300);
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Bursts of state file changes are read once.
 const RELOAD_DELAY: Duration = Duration::from_millis(100);
+/// After a group lookup timed out, none is tried for this long.
+const GROUPS_RETRY: Duration = Duration::from_secs(60);
 /// The command memory is written at most this often.
 const MEMORY_SAVE_EVERY: Duration = Duration::from_secs(5);
 
@@ -234,6 +236,8 @@ struct Enforcer {
     resolved: std::collections::HashMap<String, Option<(Limits, String)>>,
     /// Bad fields of the state file already logged (each is logged once).
     bad_fields_told: HashSet<String>,
+    /// Group lookups timed out: none is tried again before this.
+    groups_down_until: Option<Instant>,
     /// `--textfile-dir`; else the policy's `metrics textfile-dir=`.
     textfile_flag: Option<PathBuf>,
     textfile: Option<Textfile>,
@@ -265,6 +269,7 @@ impl Enforcer {
             problems: 0,
             resolved: Default::default(),
             bad_fields_told: HashSet::new(),
+            groups_down_until: None,
             textfile_flag: args.textfile_dir.clone(),
             textfile: None,
             counters: Counters { started: now_unix(), ..Counters::default() },
@@ -339,13 +344,34 @@ impl Enforcer {
             return cached.clone();
         }
         let policy = self.policy.as_ref()?;
+        // Bounded as at a login; after one timeout the directory is taken as
+        // down for a while, so that a hundred users cost one wait, not a
+        // hundred, and the enforcer goes on enforcing.
+        let directory_down = self.groups_down_until.is_some_and(|until| Instant::now() < until);
+        let mut timed_out = false;
         let answer = users::lookup_user(user).map(|account| {
-            // Bounded as at a login: a directory that does not answer must
-            // not stall the enforcer.
-            let groups = &mut || users::group_names_within(&account, users::DEFAULT_NSS_TIMEOUT).ok();
+            let groups = &mut || {
+                if directory_down {
+                    return None;
+                }
+                let found = users::group_names_within(&account, users::DEFAULT_NSS_TIMEOUT);
+                timed_out = found.is_err();
+                found.ok()
+            };
             let resolution = policy.resolve_with(&account.name, groups);
             (resolution.limits, resolution.describe())
         });
+        if timed_out {
+            self.groups_down_until = Some(Instant::now() + GROUPS_RETRY);
+            self.fx.log.log(
+                Level::Warning,
+                &format!(
+                    "groups of {user} not read within {}s; group lookups paused for {}s",
+                    users::DEFAULT_NSS_TIMEOUT.as_secs(),
+                    GROUPS_RETRY.as_secs()
+                ),
+            );
+        }
         self.resolved.insert(user.to_string(), answer.clone());
         answer
     }
