@@ -27,7 +27,7 @@ const OVERLAID: [&str; 10] = ["/etc", "/usr", "/var", "/home", "/root", "/opt", 
 
 /// Whether this is the private system's run of the test.
 ///
-/// ```ignore
+/// ```text
 /// if !private_system::inside() {
 ///     private_system::run("my_test"); // the test again, in its own system
 ///     return;
