@@ -214,7 +214,9 @@ fn warning_reaches_a_raw_mode_tty() {
     let enforcer = Enforcer::start(&sshd, &[]);
     let login = tty_login_timed(&sshd, &user.name, &[]);
     let key = Instant::now();
-    login.tmux.type_line("stty raw -echo; sleep 1000");
+    // The cursor is left mid-line, as an editor's would be: in raw mode
+    // only a \r brings the warning to the first column.
+    login.tmux.type_line("stty raw -echo; printf 'editing...'; sleep 1000");
     assert!(wait_until(Duration::from_secs(5), || pgrep_user(&user, "^sleep 1000$").len() == 1));
     let raw = Command::new("ps").args(["-o", "tty=", "-p", &pgrep_user(&user, "^sleep 1000$")[0].to_string()]).output();
     let tty = String::from_utf8_lossy(&raw.unwrap().stdout).trim().to_string();
