@@ -244,6 +244,8 @@ struct Enforcer {
     counters: Counters,
     /// Something the textfile shows changed since it was written.
     metrics_dirty: bool,
+    /// The last write of the textfile failed (and was logged).
+    textfile_failing: bool,
     /// Unrecorded connections already looked at (adopted, or no limit).
     discovered: HashSet<SessionKey>,
     find_unrecorded: bool,
@@ -274,6 +276,7 @@ impl Enforcer {
             textfile: None,
             counters: Counters { started: now_unix(), ..Counters::default() },
             metrics_dirty: true,
+            textfile_failing: false,
             discovered: HashSet::new(),
             find_unrecorded: finds_unrecorded(&paths.state_dir, args.find_unrecorded),
         }
@@ -756,8 +759,14 @@ impl Enforcer {
         let text = metrics::render(&rows, adopted, &disconnects, &self.counters, up, now);
         let path = textfile.path().display().to_string();
         let textfile = self.textfile.as_mut().expect("checked");
-        if let Err(err) = textfile.write(&text, Instant::now()) {
-            self.fx.log.log(Level::Warning, &format!("{path}: {err}"));
+        match textfile.write(&text, Instant::now()) {
+            // Told once per failure streak, not at every change.
+            Err(err) if !self.textfile_failing => {
+                self.fx.log.log(Level::Warning, &format!("{path}: {err}; retried at every change"));
+                self.textfile_failing = true;
+            }
+            Err(_) => {}
+            Ok(()) => self.textfile_failing = false,
         }
         self.metrics_dirty = false;
     }
