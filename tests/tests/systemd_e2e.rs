@@ -9,6 +9,7 @@
 //! - `systemctl reload sshidle` and `restart` keep the open sessions known;
 //! - `sshidlectl keepalive` reloads sshd through systemctl, the listener
 //!   answers, and sshd logs no error for the check;
+//! - the enforcer's lines reach the journal once, with their priority;
 //! - `dpkg -r` takes the PAM line and the keepalive drop-in away (no phantom
 //!   LSB unit left), reinstalling works, `dpkg -P` removes the rest, and
 //!   `/etc/pam.d/sshd` and `/etc/ssh` end byte for byte as they began.
@@ -232,6 +233,21 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64()
 }
 
+/// The enforcer's journal entries: (message, priority, transport).
+fn enforcer_journal(c: &Container) -> Vec<(String, String, String)> {
+    c.ok("journalctl -u sshidle -o json --no-pager")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["_COMM"] == "sshidlectl" || e["SYSLOG_IDENTIFIER"].as_str().is_some_and(|s| s.contains("sshidle"))
+        })
+        .map(|e| {
+            let field = |k: &str| e[k].as_str().unwrap_or("").to_string();
+            (field("MESSAGE"), field("PRIORITY"), field("_TRANSPORT"))
+        })
+        .collect()
+}
+
 #[test]
 fn the_package_on_a_real_systemd() {
     if !e2e_enabled() {
@@ -352,6 +368,21 @@ fn the_package_on_a_real_systemd() {
     }
     assert_eq!(c.ok("cat /etc/pam.d/sshd"), pam_before, "/etc/pam.d/sshd ends as it began");
     assert_eq!(differences(&ssh_before, &c.tree("/etc/ssh")), Vec::<String>::new(), "/etc/ssh ends as it began");
+    // The journal (kept across remove and purge): each enforcer line once,
+    // with its priority.
+    let journal = enforcer_journal(&c);
+    let disconnecting: Vec<_> =
+        journal.iter().filter(|(m, _, _)| m.contains("disconnecting") && m.contains("idler")).collect();
+    assert_eq!(disconnecting.len(), 1, "the disconnect is in the journal once: {journal:#?}");
+    assert_eq!(disconnecting[0].1, "5", "logged as notice: {:?}", disconnecting[0]);
+    let mut seen = BTreeMap::new();
+    for (message, _, transport) in &journal {
+        seen.entry(message.clone()).or_insert_with(Vec::new).push(transport.clone());
+    }
+    let twice: Vec<_> =
+        seen.iter().filter(|(_, t)| t.iter().collect::<std::collections::BTreeSet<_>>().len() > 1).collect();
+    assert!(twice.is_empty(), "enforcer lines in the journal through two transports: {twice:#?}");
+
     let _ = std::io::stderr().flush();
     eprintln!("systemd e2e: {:?} in all", started.elapsed());
 }
