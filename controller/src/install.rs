@@ -709,7 +709,7 @@ fn remove_keepalive(config: &Path, dry_run: bool) -> u8 {
         return EXIT_OK;
     }
     println!("keepalive: removing what sshidlectl keepalive wrote into sshd's configuration");
-    let code = crate::keepalive::remove(config, dry_run);
+    let code = if crate::keepalive::remove(config, dry_run).is_ok() { EXIT_OK } else { EXIT_PROBLEM };
     if code != EXIT_OK {
         eprintln!(
             "sshidlectl: kept sshd's keepalive settings from sshidle (see above); \
@@ -1139,12 +1139,6 @@ fn undo(run: &mut Run, entry: &Entry) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// `sshidlectl completions SHELL`
-pub fn completions(shell: clap_complete::Shell) -> u8 {
-    clap_complete::generate(shell, &mut Cli::command(), "sshidlectl", &mut std::io::stdout());
-    EXIT_OK
 }
 
 #[cfg(test)]

@@ -137,21 +137,28 @@ pub fn dead_client_drop_secs(interval: u64, count_max: u64) -> Option<u64> {
     interval.checked_mul(2)?.checked_mul(count_max.checked_add(1)?)
 }
 
-pub fn run(config: &Path, args: &KeepaliveArgs) -> u8 {
-    if args.show {
-        return show(args);
-    }
-    match apply(config, args) {
-        Ok(code) => code,
-        Err(message) => {
-            error(&message);
-            EXIT_PROBLEM
+pub fn run(config: &Path, args: &KeepaliveArgs) -> crate::Outcome {
+    let code = if args.show {
+        show(args)
+    } else {
+        match apply(config, args) {
+            Ok(code) => code,
+            Err(message) => {
+                error(&message);
+                EXIT_PROBLEM
+            }
         }
+    };
+    // Every problem was told above, as it was found.
+    if code == EXIT_OK {
+        Ok(())
+    } else {
+        Err(crate::Failure::Reported)
     }
 }
 
 /// `keepalive --off` on the system's sshd configuration (for `uninstall`).
-pub fn remove(config: &Path, dry_run: bool) -> u8 {
+pub fn remove(config: &Path, dry_run: bool) -> crate::Outcome {
     let args = KeepaliveArgs {
         interval: None,
         count_max: None,

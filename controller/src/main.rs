@@ -99,7 +99,7 @@ impl From<sshidle::state::StateError> for Failure {
 
 impl Failure {
     /// The outcome of a command that still returns its exit status itself
-    /// (keepalive, install), having told the admin already.
+    /// (install, uninstall), having told the admin already.
     fn from_code(code: u8) -> Outcome {
         match code {
             EXIT_OK => Ok(()),
@@ -136,10 +136,14 @@ fn main() -> ExitCode {
         Command::Explain { user } => report::explain(&paths.config, user),
         Command::Enforce(args) => enforce::run(&paths, args),
         Command::Disconnect(args) => enforce::disconnect(&paths.state_dir, args),
-        Command::Keepalive(args) => Failure::from_code(keepalive::run(&paths.config, args)),
+        Command::Keepalive(args) => keepalive::run(&paths.config, args),
         Command::Install(args) => Failure::from_code(install::install(&paths, args)),
         Command::Uninstall(args) => Failure::from_code(install::uninstall(&paths, args)),
-        Command::Completions { shell } => Failure::from_code(install::completions(*shell)),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "sshidlectl", &mut std::io::stdout());
+            Ok(())
+        }
     };
     ExitCode::from(exit_code(outcome))
 }
