@@ -754,7 +754,19 @@ pub fn install_with(layout: &Layout, args: &InstallArgs) -> u8 {
             return EXIT_PROBLEM;
         }
     };
-    let result = if args.package { install_package_share(&mut run) } else { install_steps(&mut run, args) };
+    let result = if args.package {
+        install_package_share(&mut run)
+    } else if package_is_installed(layout) {
+        // One owner for the module, the PAM line and the service.
+        Err(format!(
+            "the sshidle Debian package is installed here (its record: {}); it already puts the module, \
+             the PAM line and the service in place. Nothing was changed; `dpkg -r sshidle` first to install \
+             from source instead",
+            layout.manifest_of(Owner::Package).display()
+        ))
+    } else {
+        install_steps(&mut run, args)
+    };
     if let Err(e) = result {
         run.fail(&e);
     }
@@ -773,6 +785,12 @@ pub fn install_with(layout: &Layout, args: &InstallArgs) -> u8 {
         );
     }
     EXIT_OK
+}
+
+/// The package's record, with the package's module in place: installed
+/// (after `dpkg -r` only the record of its policy is left, and no module).
+fn package_is_installed(layout: &Layout) -> bool {
+    layout.manifest_of(Owner::Package).is_file() && layout.module_path().exists()
 }
 
 fn install_steps(run: &mut Run, args: &InstallArgs) -> Result<(), String> {
@@ -1462,6 +1480,12 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
         assert_eq!(fs::read_to_string(&policy).unwrap(), DEFAULT_POLICY);
         let pam_with_line = fs::read(root.0.join("etc/pam.d/sshd")).unwrap();
         assert!(pam_has_module(&pam_with_line));
+        // The admin's install refuses while the package is installed.
+        fs::write(root.0.join("lib/security/pam_sshidle.so"), b"\x7fELF the package's module").unwrap();
+        let with_package = snapshot(&root.0);
+        assert_eq!(install_with(&admin, &args(false)), EXIT_PROBLEM);
+        assert_eq!(snapshot(&root.0), with_package, "a refused install changes nothing");
+        fs::remove_file(root.0.join("lib/security/pam_sshidle.so")).unwrap();
         // The admin's uninstall leaves the package's PAM line and policy alone.
         assert_eq!(uninstall_with(&admin, &args(false)), EXIT_OK);
         assert_eq!(fs::read(root.0.join("etc/pam.d/sshd")).unwrap(), pam_with_line, "the package's PAM line kept");

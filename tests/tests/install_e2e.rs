@@ -461,6 +461,28 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     );
     drop(sshd);
 
+    // One owner: the package does not install over an installation from
+    // source (its preinst stops, nothing is unpacked).
+    let deb = sshidle_tests::deb::built_deb();
+    let from_source = snapshot();
+    let refused = Command::new("dpkg")
+        .arg("-i")
+        .arg(&deb)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .output()
+        .expect("dpkg");
+    assert!(!refused.status.success(), "dpkg -i over an installation from source: {}", describe(&refused));
+    assert!(text(&refused.stderr).contains("sshidlectl uninstall"), "says what to do: {}", describe(&refused));
+    assert!(!package_installed(), "the package was installed over an installation from source");
+    let mut now = snapshot();
+    let mut from_source_cmp = from_source.clone();
+    for runtime in [STATE_DIR, PIDFILE] {
+        now.remove(runtime);
+        from_source_cmp.remove(runtime);
+    }
+    assert_eq!(differences(&from_source_cmp, &now), Vec::<String>::new(), "the refused dpkg -i changed files");
+
     // The admin edits /etc/pam.d/sshd after install, with bytes that are not
     // UTF-8 (a Latin-1 comment): uninstall takes out our two lines only.
     let installed_pam = std::fs::read(PAM_FILE).unwrap();
@@ -518,7 +540,6 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     // policy is not a conffile) and must leave it alone.
     let admins_policy = std::fs::read(POLICY).unwrap();
     let ssh_before = snapshot_of("/etc/ssh");
-    let deb = sshidle_tests::deb::built_deb();
     let dpkg = |args: &[&str]| {
         let out = Command::new("dpkg")
             .args(args)
@@ -534,6 +555,12 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     assert!(package_configured(), "dpkg -i left the package unconfigured");
     assert_pam_line_added(&guard.pam);
     assert_eq!(std::fs::read(POLICY).unwrap(), admins_policy, "the package changed the admin's policy");
+    // ... and an installation from source does not go over the package.
+    let with_package = snapshot();
+    let out = ctl(&built_ctl, &["install", "--module", &module_arg]);
+    assert_eq!(out.status.code(), Some(1), "sshidlectl install over the package: {}", describe(&out));
+    assert!(text(&out.stderr).contains("the sshidle Debian package is installed"), "{}", describe(&out));
+    assert_eq!(differences(&with_package, &snapshot()), Vec::<String>::new(), "the refused install changed files");
     // Reinstalling (prerm upgrade, postinst configure again) changes nothing.
     let installed = snapshot();
     dpkg(&["-i", &deb_arg]);

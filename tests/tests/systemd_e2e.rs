@@ -265,6 +265,7 @@ fn the_package_on_a_real_systemd() {
     let c = Container::boot(&pristine, deb.parent().expect("deb dir"));
     eprintln!("booted in {:?}", started.elapsed());
     let pam_before = c.ok("cat /etc/pam.d/sshd");
+    c.ok("cp -p /etc/pam.d/sshd /root/pam-before");
     let ssh_before = c.tree("/etc/ssh");
     assert_eq!(c.ok("systemctl is-active ssh").trim(), "active", "sshd runs in the container");
 
@@ -281,6 +282,12 @@ fn the_package_on_a_real_systemd() {
     assert!(out.contains("the sshidle package added"), "{out}");
     assert!(c.ok("cat /etc/pam.d/sshd").contains("pam_sshidle.so"), "the package's PAM line kept");
     assert_eq!(c.main_pid(), pid, "the package's service kept");
+
+    // /etc/pam.d/sshd replaced later (openssh-server installed or upgraded
+    // after sshidle): the package's file trigger puts the line back.
+    c.ok("cp -p /etc/pam.d/sshd /root/pam-with-line && cp -p /root/pam-before /etc/pam.d/sshd");
+    c.ok("dpkg-trigger --no-await /etc/pam.d/sshd && dpkg --triggers-only --pending");
+    assert_eq!(c.ok("cat /etc/pam.d/sshd"), c.ok("cat /root/pam-with-line"), "the trigger put the line back");
 
     // Two users: one idles on a pty, one runs a command with no limit.
     c.ok("useradd -m idler && useradd -m busy && ssh-keygen -q -t ed25519 -N '' -f /root/key && \
