@@ -347,33 +347,41 @@ impl Enforcer {
             return cached.clone();
         }
         let policy = self.policy.as_ref()?;
-        // Bounded as at a login; after one timeout the directory is taken as
-        // down for a while, so that a hundred users cost one wait, not a
-        // hundred, and the enforcer goes on enforcing.
-        let directory_down = self.groups_down_until.is_some_and(|until| Instant::now() < until);
-        let mut timed_out = false;
-        let answer = users::lookup_user(user).map(|account| {
-            let groups = &mut || {
-                if directory_down {
-                    return None;
-                }
-                let found = users::group_names_within(&account, users::DEFAULT_NSS_TIMEOUT);
-                timed_out = found.is_err();
-                found.ok()
-            };
-            let resolution = policy.resolve_with(&account.name, groups);
-            (resolution.limits, resolution.describe())
-        });
-        if timed_out {
+        // The user and the groups are looked up with the login's bound.
+        // After one timeout the directory is taken as down for a while and
+        // nothing is looked up (sessions keep their limits), so that a
+        // hundred users cost one wait, not a hundred, and the enforcer goes
+        // on enforcing.
+        if self.groups_down_until.is_some_and(|until| Instant::now() < until) {
+            return None;
+        }
+        let mut timed_out = None;
+        let answer = match users::lookup_user_within(user, users::DEFAULT_NSS_TIMEOUT) {
+            Err(why) => {
+                timed_out = Some(why);
+                None
+            }
+            Ok(account) => account.map(|account| {
+                let groups = &mut || {
+                    users::group_names_within(&account, users::DEFAULT_NSS_TIMEOUT)
+                        .map_err(|why| timed_out = Some(why))
+                        .ok()
+                };
+                let resolution = policy.resolve_with(&account.name, groups);
+                (resolution.limits, resolution.describe())
+            }),
+        };
+        if let Some(why) = timed_out {
             self.groups_down_until = Some(Instant::now() + GROUPS_RETRY);
             self.fx.log.log(
                 Level::Warning,
                 &format!(
-                    "groups of {user} not read within {}s; group lookups paused for {}s",
-                    users::DEFAULT_NSS_TIMEOUT.as_secs(),
+                    "{user}: {why}; no account or group lookups for {}s, sessions keep their limits",
                     GROUPS_RETRY.as_secs()
                 ),
             );
+            // A user not read is not cached as unknown.
+            answer.as_ref()?;
         }
         self.resolved.insert(user.to_string(), answer.clone());
         answer

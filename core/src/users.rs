@@ -133,13 +133,19 @@ const LOCAL_SOURCES: [&str; 4] = ["files", "compat", "systemd", "db"];
 /// sources. Unreadable or missing lines count as glibc's default
 /// (`files`); any source not known to be local makes it false.
 pub fn local_groups_only(nsswitch: &str) -> bool {
+    local_sources_only(nsswitch, &["initgroups", "group"])
+}
+
+/// Whether the first of `databases` that nsswitch.conf names (none: glibc's
+/// default, `files`) has only local sources.
+fn local_sources_only(nsswitch: &str, databases: &[&str]) -> bool {
     let sources = |db: &str| {
         nsswitch.lines().map(|l| l.split('#').next().unwrap_or("")).find_map(|l| {
             let (name, rest) = l.split_once(':')?;
             (name.trim() == db).then(|| rest.to_string())
         })
     };
-    let Some(line) = sources("initgroups").or_else(|| sources("group")) else { return true };
+    let Some(line) = databases.iter().find_map(|db| sources(db)) else { return true };
     // Actions like [NOTFOUND=return] are not sources.
     let mut depth = 0;
     let mut words = String::new();
@@ -156,6 +162,34 @@ pub fn local_groups_only(nsswitch: &str) -> bool {
 
 /// The forked, bounded lookup (see [`group_names_within`]).
 pub fn group_names_forked(account: &Account, timeout: Duration) -> Result<Vec<String>, GroupsUnknown> {
+    forked(timeout, || group_names(account))
+}
+
+/// [`lookup_user`], but never waiting longer than `timeout` (as
+/// [`group_names_within`]: in a forked child unless nsswitch.conf's `passwd`
+/// sources are all local). `Ok(None)`: no such user.
+pub fn lookup_user_within(name: &str, timeout: Duration) -> Result<Option<Account>, GroupsUnknown> {
+    let nsswitch = std::fs::read_to_string(NSSWITCH_CONF).unwrap_or_default();
+    if local_sources_only(&nsswitch, &["passwd"]) {
+        return Ok(lookup_user(name));
+    }
+    let fields = forked(timeout, || match lookup_user(name) {
+        Some(a) => vec![a.uid.to_string(), a.gid.to_string()],
+        None => Vec::new(),
+    })?;
+    match fields.as_slice() {
+        [] => Ok(None),
+        [uid, gid] => match (uid.parse(), gid.parse()) {
+            (Ok(uid), Ok(gid)) => Ok(Some(Account { name: name.to_string(), uid, gid })),
+            _ => Err(GroupsUnknown("the lookup process answered nonsense".into())),
+        },
+        _ => Err(GroupsUnknown("the lookup process answered nonsense".into())),
+    }
+}
+
+/// Runs `lookup` in a forked child and reads its answer (a list of
+/// strings) until `timeout`; past it the child is killed.
+fn forked(timeout: Duration, lookup: impl FnOnce() -> Vec<String>) -> Result<Vec<String>, GroupsUnknown> {
     let started = Instant::now();
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: fds has room for the two descriptors pipe2 writes.
@@ -171,7 +205,7 @@ pub fn group_names_forked(account: &Account, timeout: Duration) -> Result<Vec<St
     }
     if pid == 0 {
         drop(reader);
-        lookup_child(account, &writer, timeout);
+        lookup_child(lookup, &writer, timeout);
     }
     drop(writer);
     let answer = read_until(&reader, started + timeout);
@@ -187,7 +221,7 @@ pub fn group_names_forked(account: &Account, timeout: Duration) -> Result<Vec<St
 
 /// In the forked child: look up, write `name\0name\0...\n`, `_exit`. Never
 /// returns and never unwinds into the parent's code.
-fn lookup_child(account: &Account, writer: &OwnedFd, timeout: Duration) -> ! {
+fn lookup_child(lookup: impl FnOnce() -> Vec<String>, writer: &OwnedFd, timeout: Duration) -> ! {
     // SAFETY: plain syscalls on our own process.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -196,7 +230,7 @@ fn lookup_child(account: &Account, writer: &OwnedFd, timeout: Duration) -> ! {
     }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut answer = Vec::new();
-        for name in group_names(account) {
+        for name in lookup() {
             if answer.len() + name.len() + 2 > MAX_GROUPS_BYTES {
                 break;
             }
@@ -361,6 +395,19 @@ mod tests {
         assert!(local_groups_only("group: files ldap\ninitgroups: files\n"));
         assert!(!local_groups_only("group: files\ninitgroups: files winbind\n"));
         assert!(local_groups_only("groups: ldap\ngroup: files\n"), "only the exact database name counts");
+    }
+
+    #[test]
+    fn bounded_user_lookup() {
+        let forked = |name: &str| {
+            forked(Duration::from_secs(10), || lookup_user(name).map(|a| vec![a.uid.to_string()]).unwrap_or_default())
+        };
+        assert_eq!(forked("root").unwrap(), vec!["0".to_string()]);
+        assert_eq!(forked("no-such-user-sshidle").unwrap(), Vec::<String>::new());
+        assert_eq!(lookup_user_within("root", Duration::from_secs(10)).unwrap().map(|a| a.uid), Some(0));
+        assert_eq!(lookup_user_within("no-such-user-sshidle", Duration::from_secs(10)).unwrap(), None);
+        assert!(local_sources_only("passwd: files systemd\n", &["passwd"]));
+        assert!(!local_sources_only("passwd: files ldap\n", &["passwd"]));
     }
 
     #[test]

@@ -180,6 +180,16 @@ impl Drop for NssNamespace {
     }
 }
 
+/// A child killed and reaped on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn ldif(user: &str, uid: u32, primary: &str, team: &str, home: &Path) -> String {
     format!(
         "dn: {BASE}\nobjectClass: dcObject\nobjectClass: organization\no: sshidle test\ndc: sshidle\n\n\
@@ -307,10 +317,24 @@ fn directory_users_and_groups_and_a_directory_that_does_not_answer() {
 
     // The directory answers: the directory-only user gets the rule of a
     // directory-only group that is one of its supplementary groups.
-    let (client, row) = login_recorded(&sshd, &ldap_user, Duration::from_secs(20));
-    assert_eq!(row["rule"], format!("{policy}:1: group {team}"), "{row:#}");
-    assert_eq!(row["idle_limit_secs"], 420, "{row:#}");
-    end(&sshd, client, &row);
+    // An enforcer in the namespace too (its NSS reads the directory).
+    let enforcer_log = dir.join("enforcer.log");
+    let enforcer = Guard(
+        ns.command(sshidlectl_path())
+            .args(["--config", &policy, "--state-dir"])
+            .arg(&sshd.state_dir)
+            .args(["enforce", "--utmp", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&enforcer_log).unwrap())
+            .spawn()
+            .expect("enforcer"),
+    );
+    let enforcer_output = || std::fs::read_to_string(&enforcer_log).unwrap_or_default();
+    // Kept open: the enforcer looks at this session again while the directory is down.
+    let (ldap_client, ldap_row) = login_recorded(&sshd, &ldap_user, Duration::from_secs(20));
+    assert_eq!(ldap_row["rule"], format!("{policy}:1: group {team}"), "{ldap_row:#}");
+    assert_eq!(ldap_row["idle_limit_secs"], 420, "{ldap_row:#}");
     let explain = ns.command(sshidlectl_path()).args(["--config", &policy, "explain", &ldap_user]).output().unwrap();
     let text = String::from_utf8_lossy(&explain.stdout).into_owned();
     assert!(
@@ -364,6 +388,26 @@ fn directory_users_and_groups_and_a_directory_that_does_not_answer() {
     assert!(waited >= bound - 0.05, "the module gave up before its bound: {waited:.3}s");
     assert!(waited <= bound + 1.5, "the module delayed the session by {waited:.3}s, bound {bound}s");
 
+    // The policy changes while the directory is down: the enforcer waits for
+    // the directory user's account once (its bound, 2 s), keeps the
+    // session's limits, stops asking for a minute, and stays responsive.
+    let policy_text = std::fs::read_to_string(&sshd.policy_path).unwrap();
+    let touched = Instant::now();
+    std::fs::write(&sshd.policy_path, format!("{policy_text}# changed\n")).unwrap();
+    let told =
+        wait_until(Duration::from_secs(10), || enforcer_output().contains("no account or group lookups for 60s"));
+    let took = touched.elapsed();
+    assert!(told, "the enforcer did not give up on the directory:\n{}", enforcer_output());
+    assert!(took <= Duration::from_secs(6), "the enforcer waited {took:?} for the directory");
+    let row = sshd.status_json().as_array().unwrap().iter().find(|r| r["id"] == ldap_row["id"]).cloned();
+    let row = row.unwrap_or_else(|| panic!("the directory user's session is gone:\n{}", enforcer_output()));
+    assert_eq!(
+        (row["idle_limit_secs"].as_u64(), row["rule"].as_str()),
+        (Some(420), ldap_row["rule"].as_str()),
+        "{row:#}"
+    );
+    eprintln!("directory stopped: the enforcer gave up on it after {took:?}");
+
     // A real ssh login of the local user meanwhile: sshd's own lookups wait
     // for nslcd (not sshidle's to bound); the module adds at most BOUND, and
     // the login is recorded, with its group rule if NSS answered by then
@@ -380,6 +424,9 @@ fn directory_users_and_groups_and_a_directory_that_does_not_answer() {
     );
     assert!(waited <= bound + 1.5, "the module delayed the login by {waited:.3}s, bound {bound}s");
     end(&sshd, client, &row);
+    slapd.signal(libc::SIGCONT);
+    end(&sshd, ldap_client, &ldap_row);
+    drop(enforcer);
     drop(sshd);
     drop(ns);
     drop(slapd);
