@@ -1179,6 +1179,8 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
         if reload_at.is_some_and(|at| at <= Instant::now()) {
             reload_at = None;
             e.reload_sessions(now);
+            // A login or logout is in the textfile before any /proc scan.
+            e.write_metrics(true);
         }
         if policy_at.is_some_and(|at| at <= Instant::now()) {
             policy_at = None;
@@ -1199,6 +1201,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
             e.adopt_from_utmp(now);
             e.drop_dead();
         }
+        e.write_metrics(true);
         e.sweep(now, false);
         e.write_metrics(true);
     }
