@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod login;
 pub mod policy;
 pub mod procfs;
+pub mod props;
 pub mod state;
 pub mod terminate;
 pub mod users;

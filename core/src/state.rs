@@ -624,6 +624,17 @@ fn parse_header(bytes: &[u8]) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// A compacted journal holding `sessions` (what the enforcer writes), for
+/// the round-trip properties of `crate::props`.
+#[doc(hidden)]
+pub fn encode_sessions(sessions: &[SessionRecord]) -> Vec<u8> {
+    let mut out = header(0);
+    for record in sessions {
+        out.push_str(&encode_open(record));
+    }
+    out.into_bytes()
+}
+
 /// Replays a journal into the set of open sessions.
 pub fn parse_journal(bytes: &[u8]) -> Snapshot {
     let mut snapshot = Snapshot::default();

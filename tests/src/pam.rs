@@ -91,6 +91,14 @@ impl PamSession {
         Ok(session)
     }
 
+    /// Sets PAM_RHOST to arbitrary bytes (up to a NUL), as a hostile
+    /// client's reverse DNS could make it.
+    pub fn set_rhost_bytes(&mut self, rhost: &[u8]) -> c_int {
+        let rhost = CString::new(rhost.iter().copied().take_while(|b| *b != 0).collect::<Vec<u8>>()).unwrap();
+        // SAFETY: valid handle; libpam copies the string.
+        unsafe { pam_set_item(self.handle, PAM_RHOST, rhost.as_ptr().cast()) }
+    }
+
     pub fn open_session(&mut self) -> c_int {
         // SAFETY: valid handle.
         unsafe { pam_open_session(self.handle, 0) }
