@@ -492,6 +492,9 @@ fn daemon_cost(fakes: &[Fake], policy: &Path, state: &Path, utmp: &str, phases: 
             typical * 1e3,
             top * 1e3
         );
+        let busy: Vec<String> =
+            slices.iter().filter(|s| s.1 > 0.0).map(|(at, cpu)| format!("{at}s:{:.0}ms", cpu * 1e3)).collect();
+        println!("  slices with CPU (end of slice: CPU, 10 ms ticks): {}", busy.join(" "));
     }
     if phases.typing_window > 0 {
         let masters: Vec<i32> = fakes.iter().filter_map(|f| f.master.as_ref().map(|m| m.as_raw_fd())).collect();
