@@ -238,7 +238,8 @@ fn read_policy_file(path: &Path) -> std::io::Result<String> {
             format!("larger than {} KiB", MAX_FILE_BYTES / 1024),
         ));
     }
-    let mut bytes = Vec::new();
+    // Sized from the fstat: one read(2) for the file (it is read at every login).
+    let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
