@@ -537,7 +537,7 @@ impl Enforcer {
                 key,
                 uid: c.uid,
                 user: user.clone(),
-                rhost: String::new(),
+                rhost: crate::sshd_control::peer_of(key.pid).unwrap_or_default(),
                 service: DISCOVERED.into(),
                 login_time: procfs::start_unix(key.start).unwrap_or(now),
                 limits,

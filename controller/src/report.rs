@@ -112,7 +112,7 @@ pub fn unrecorded_sessions(recorded: &[SessionRecord], config: &Path) -> Vec<Ses
                 key: c.key,
                 uid: c.uid,
                 user,
-                rhost: String::new(),
+                rhost: crate::sshd_control::peer_of(c.key.pid).unwrap_or_default(),
                 service: UNRECORDED.into(),
                 login_time: procfs::start_unix(c.key.start).unwrap_or_else(sshidle::now_unix),
                 limits,

@@ -161,6 +161,36 @@ pub fn socket_inodes(pid: i32) -> BTreeSet<u64> {
     out
 }
 
+/// The remote address of `pid`'s established TCP connection (an sshd
+/// monitor's client), from its sockets and its network namespace's
+/// `/proc/PID/net/tcp*`; for a connection found without a record.
+pub fn peer_of(pid: i32) -> Option<String> {
+    let sockets = socket_inodes(pid);
+    for (file, v6) in [("tcp", false), ("tcp6", true)] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
+        if let Some(addr) = established_peer(&text, v6, &sockets) {
+            return Some(addr);
+        }
+    }
+    None
+}
+
+/// The remote address of the first ESTABLISHED line of a /proc/net/tcp*
+/// text whose socket is one of `sockets` (an IPv4-mapped address as IPv4).
+pub fn established_peer(text: &str, v6: bool, sockets: &BTreeSet<u64>) -> Option<String> {
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || f[3] != "01" || !f[9].parse::<u64>().is_ok_and(|i| sockets.contains(&i)) {
+            return None;
+        }
+        let ip = parse_proc_addr(f[2], v6)?.ip();
+        Some(match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+            v4 => v4.to_string(),
+        })
+    })
+}
+
 /// Listening TCP sockets of this network namespace: inode → local address.
 pub fn listening_sockets() -> BTreeMap<u64, SocketAddr> {
     let mut out = BTreeMap::new();
@@ -518,6 +548,22 @@ mod tests {
         let reason_len = u32::from_be_bytes(payload[5..9].try_into().unwrap()) as usize;
         assert_eq!(&payload[9..9 + reason_len], b"sshidlectl keepalive: listener check");
         assert_eq!(&payload[9 + reason_len..], &[0, 0, 0, 0], "empty language tag");
+    }
+
+    #[test]
+    fn the_peer_of_an_established_socket() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1
+   1: 0100007F:0016 0500000A:D431 01 00000000:00000000 02:000A7D6D 00000000     0        0 222 2
+   2: 0100007F:0016 0600000A:D432 01 00000000:00000000 02:000A7D6D 00000000     0        0 333 2
+";
+        assert_eq!(established_peer(text, false, &BTreeSet::from([333])), Some("10.0.0.6".into()));
+        assert_eq!(established_peer(text, false, &BTreeSet::from([111])), None, "listening, not established");
+        assert_eq!(established_peer(text, false, &BTreeSet::from([9])), None);
+        let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:0016 0000000000000000FFFF00000500000A:D431 01 00000000:00000000 00:00000000 00000000     0        0 444 1
+";
+        assert_eq!(established_peer(v6, true, &BTreeSet::from([444])), Some("10.0.0.5".into()));
     }
 
     #[test]

@@ -100,6 +100,8 @@ fn logins_go_through_and_are_enforced(sshd: &Sshd, pty_user: &TestUser, notty_us
             rows_of(sshd, &user.name).first().is_some_and(|r| r["adopted"] == true && r["idle_limit_secs"] == 12)
         });
         assert!(adopted, "{} not found/adopted: {:#?}\n{}", user.name, status(sshd), enforcer.output());
+        // The client's address, from the monitor's socket.
+        assert_eq!(rows_of(sshd, &user.name)[0]["from"], "127.0.0.1", "{:#?}", status(sshd));
     }
     let table = String::from_utf8_lossy(&sshd.ctl(&["status", "--find-unrecorded"]).stdout).into_owned();
     assert!(table.contains("* not recorded at login"), "{table}");
