@@ -1207,7 +1207,8 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
     }
 }
 
-/// A session `disconnect` can name: recorded, or only in utmp.
+/// A session `disconnect` can name: recorded, only in utmp, or (with the
+/// default state directory) an sshd connection with no record.
 fn known_sessions(
     state_dir: &Path,
     utmp_path: Option<&Path>,
@@ -1237,6 +1238,24 @@ fn known_sessions(
             rule: "none".into(),
             warned_at: None,
         });
+    }
+    if finds_unrecorded(state_dir, false) {
+        // sshd connections whose login was not recorded.
+        let privsep = users::lookup_user("sshd").map(|a| a.uid);
+        for c in discover::scan(&ProcTable::scan(), privsep) {
+            let Some(user) = users::user_name(c.uid).filter(|_| seen.insert(c.key.pid)) else { continue };
+            sessions.push(SessionRecord {
+                key: c.key,
+                uid: c.uid,
+                user,
+                rhost: crate::sshd_control::peer_of(c.key.pid).unwrap_or_default(),
+                service: DISCOVERED.into(),
+                login_time: procfs::start_unix(c.key.start).unwrap_or_else(now_unix),
+                limits: Limits::default(),
+                rule: "none".into(),
+                warned_at: None,
+            });
+        }
     }
     Ok((state, sessions))
 }
