@@ -150,7 +150,9 @@ fn limit_loosened_during_a_warning_keeps_the_session() {
         enforcer.output()
     );
     let temp = sshd.policy_path.with_extension("new");
-    std::fs::write(&temp, format!("user {} idle=10m warn=1m\n", user.name)).unwrap();
+    // A short new warning: a product that kept the standing warning would
+    // end the session 5 s after it, inside the window watched below.
+    std::fs::write(&temp, format!("user {} idle=10m warn=5s\n", user.name)).unwrap();
     std::fs::rename(&temp, &sshd.policy_path).unwrap();
     assert!(
         wait_until(Duration::from_secs(5), || sessions_of(&sshd, &user.name)
