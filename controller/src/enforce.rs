@@ -25,6 +25,7 @@
 use crate::metrics::{self, Counters, Textfile};
 use crate::report::SessionRow;
 use crate::syslog::Logger;
+use crate::ttywatch::TtyWatch;
 use crate::{Failure, Outcome, Paths};
 use clap::Args;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -228,6 +229,12 @@ struct Enforcer {
     policy: Option<Policy>,
     policy_stamp: Option<policy::Fingerprint>,
     life: Lifecycle<Seen>,
+    /// The input on sshd's ptys, to the moment it was read.
+    ttys: TtyWatch,
+    /// When the watched ptys are next matched to the sessions again (a pty
+    /// appeared).
+    ptys_refresh_at: Option<Instant>,
+    ptys_refreshed: Instant,
     memory_dirty: bool,
     memory_saved: Instant,
     terminations: Vec<Termination>,
@@ -265,6 +272,9 @@ impl Enforcer {
             policy: None,
             policy_stamp: None,
             life: Lifecycle::new(),
+            ttys: TtyWatch::new(false, Default::default()),
+            ptys_refresh_at: None,
+            ptys_refreshed: Instant::now(),
             memory_dirty: false,
             memory_saved: Instant::now(),
             terminations: Vec::new(),
@@ -577,6 +587,40 @@ impl Enforcer {
         if !dead.is_empty() {
             self.fx.drop_dead(&dead);
             self.metrics_dirty = true;
+            self.retain_ptys();
+        }
+    }
+
+    /// Stops watching the ptys no tracked session has.
+    fn retain_ptys(&mut self) {
+        let keep = self.life.iter().filter_map(|(_, t)| t.seen.members.as_ref()).flat_map(|m| m.ttys.iter().copied());
+        self.ttys.retain(&keep.collect());
+    }
+
+    /// A pty appeared: the sessions' processes are looked at again (at most
+    /// once a second), so a new session's pty is watched from its first key.
+    fn refresh_ptys(&mut self) {
+        self.ptys_refresh_at = None;
+        self.ptys_refreshed = Instant::now();
+        let table = ProcTable::scan();
+        let now_ms = now_millis();
+        for key in self.life.keys() {
+            let Some(t) = self.life.get_mut(&key) else { continue };
+            if let Some(m) = activity::members(&table, key) {
+                for dev in &m.ttys {
+                    self.ttys.watch(*dev, now_ms, t.session.record.login_time);
+                }
+                t.seen.members = Some(m);
+            }
+        }
+        self.retain_ptys();
+    }
+
+    /// Reads the tty watch; a new pty schedules a refresh.
+    fn ttys_readable(&mut self) {
+        self.ttys.read(Instant::now(), now_millis());
+        if self.ttys.take_created() && self.ptys_refresh_at.is_none() {
+            self.ptys_refresh_at = Some((self.ptys_refreshed + Duration::from_secs(1)).max(Instant::now()));
         }
     }
 
@@ -596,7 +640,10 @@ impl Enforcer {
             let members = t.seen.members.as_ref().expect("scanned");
             let essence = |m: &Option<IoMemo>| m.as_ref().map(|m| (m.fingerprint, m.last_active));
             let had = essence(&t.seen.memo);
-            let act = activity::assess(&t.session.record, members, &mut t.seen.memo, now);
+            let now_ms = now_millis().max(now.saturating_mul(1000));
+            let login = t.session.record.login_time;
+            let tty_quiet = members.ttys.iter().filter_map(|dev| self.ttys.watch(*dev, now_ms, login)).max();
+            let act = activity::assess(&t.session.record, members, &mut t.seen.memo, tty_quiet, now);
             t.seen.quiet_since = act.quiet_since;
             // sampled_at alone is not worth a write.
             if essence(&t.seen.memo) != had {
@@ -780,6 +827,12 @@ impl Enforcer {
     }
 
     fn save_memory(&mut self, force: bool) {
+        self.memory_dirty |= self.ttys.dirty;
+        // When stopping, what is known of the ptys is saved as of now, so the
+        // next enforcer takes it up to the second.
+        if force && !self.ttys.is_empty() {
+            self.memory_dirty = true;
+        }
         if !self.memory_dirty || (!force && self.memory_saved.elapsed() < MEMORY_SAVE_EVERY) {
             return;
         }
@@ -791,7 +844,9 @@ impl Enforcer {
                     t.seen.memo.as_ref().map(|m| (*k, IoMemo::new(m.fingerprint, m.last_active, m.sampled_at)))
                 })
                 .collect(),
+            ptys: self.ttys.saved(Instant::now(), now_millis()),
         };
+        self.ttys.dirty = false;
         self.fx.save_memory(&memory);
         self.memory_dirty = false;
         self.memory_saved = Instant::now();
@@ -812,8 +867,11 @@ impl Enforcer {
             // Look at the processes being ended every 200 ms until the grace is over.
             consider((term.started + GRACE).min(Instant::now() + Duration::from_millis(200)));
         }
-        if self.memory_dirty {
+        if self.memory_dirty || self.ttys.dirty {
             consider(self.memory_saved + MEMORY_SAVE_EVERY);
+        }
+        for at in [self.ttys.resume_at(), self.ptys_refresh_at].into_iter().flatten() {
+            consider(at);
         }
         match &self.textfile {
             Some(_) if self.metrics_dirty => consider(Instant::now()),
@@ -1004,6 +1062,8 @@ pub fn run(paths: &Paths, args: &EnforceArgs) -> Outcome {
     let mut e = Enforcer::new(paths, args);
     let now = now_unix();
     e.open_state();
+    let saved = e.fx.state.as_ref().map(|s| Memory::load(s).ptys).unwrap_or_default();
+    e.ttys = TtyWatch::new(!args.once, saved);
     e.load_policy(true);
     e.reload_sessions(now);
     e.adopt_from_utmp(now);
@@ -1108,15 +1168,20 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
         let timeout = wake.saturating_duration_since(Instant::now()).min(MAX_SLEEP);
         // Round up so we do not wake a hair early and spin.
         let ms = timeout.as_millis().min(i32::MAX as u128 - 1) as i32 + i32::from(!timeout.is_zero());
-        let (signalled, changed) = {
+        e.ttys.rest_over(Instant::now());
+        let (signalled, changed, typed) = {
             let mut fds =
-                [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN), PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+                vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN), PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+            // The tty watch is not polled while a burst of keystrokes gathers.
+            if let Some(fd) = e.ttys.poll_fd(Instant::now()) {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
             match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(errno) => return Err(std::io::Error::from(errno)),
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
-            (ready(&fds[0]), ready(&fds[1]))
+            (ready(&fds[0]), ready(&fds[1]), fds.get(2).is_some_and(ready))
         };
         if signalled {
             while let Ok(Some(info)) = sigfd.read_signal() {
@@ -1166,6 +1231,12 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
                     policy_at.get_or_insert_with(|| Instant::now() + RELOAD_DELAY);
                 }
             }
+        }
+        if typed {
+            e.ttys_readable();
+        }
+        if e.ptys_refresh_at.is_some_and(|at| at <= Instant::now()) {
+            e.refresh_ptys();
         }
         let now = now_unix();
         if state_wd.is_none() && e.fx.state.is_none() {

@@ -8,6 +8,7 @@ mod report;
 mod sshd_config;
 mod sshd_control;
 mod syslog;
+mod ttywatch;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

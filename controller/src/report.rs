@@ -335,7 +335,7 @@ fn tiocsti_note(sysctl: Option<&str>) -> Option<String> {
     };
     Some(format!(
         "note: this kernel allows TIOCSTI ({how}): a program inside a session can push bytes into its \
-         own terminal's input, which then count as typed input; see sshidle.conf(5), WHAT COUNTS AS INPUT"
+         own terminal's input, which then count as typed input; see \"What counts as input\" in sshidle.conf(5)"
     ))
 }
 

@@ -19,12 +19,10 @@
 //!   The others are commands without a terminal: they and their descendants
 //!   are judged by their I/O.
 //!
-//! - **Terminals**: the last input is the newest atime of the session's ttys
-//!   (as `w` shows). The kernel only moves a tty's timestamps when they cross
-//!   an 8-second boundary, so the last keystroke may be up to 7 s after the
-//!   atime: the session counts as quiet only from the end of that 8-second
-//!   block ([`quiet_since_tty`]), and nobody who typed within the limit is
-//!   disconnected.
+//! - **Terminals**: what the tty watcher of the enforcer knows of the input
+//!   on sshd's ptys ([`crate::input::PtyInput`]); without it (`status`), what
+//!   the enforcer saved of them while that still holds, else their
+//!   timestamps ([`ptys_quiet_since`]).
 //! - **Commands without a terminal**: the I/O counters of `/proc/PID/io`,
 //!   judged by [`input::did_io`]: a process seen before that wrote or read is
 //!   activity, credited to the moment it is seen; processes starting or
@@ -36,7 +34,7 @@
 //!   here; sshd's `UnusedConnectionTimeout` covers it. `hard=` still applies.
 
 use crate::files::Fnv;
-use crate::input::{self, IoSample};
+use crate::input::{self, IoSample, PtyInput, PtySaved, PtyTimes, Stamp};
 use crate::procfs::{self, ProcTable};
 use crate::state::{SessionKey, SessionRecord, StateDir, StateError};
 use std::collections::{HashMap, HashSet};
@@ -60,13 +58,6 @@ pub struct Activity {
     /// any input it had). `None` when sshidle does not judge its idleness (no
     /// terminal and no command).
     pub quiet_since: Option<i64>,
-}
-
-/// The end of the 8-second block holding `atime`: input after `atime` in the
-/// same block does not move the timestamp, so only from here on is the tty
-/// certainly quiet.
-pub fn quiet_since_tty(atime: i64) -> i64 {
-    input::block_end(atime)
 }
 
 /// The processes of one session.
@@ -194,13 +185,6 @@ fn is_internal_sftp(pid: i32) -> bool {
     procfs::title(pid).is_some_and(|t| t.ends_with("@internal-sftp"))
 }
 
-/// The atime (unix seconds) of a pty, or `None` when it is gone.
-pub fn tty_atime(tty_nr: u32) -> Option<i64> {
-    let name = procfs::pts_name(tty_nr)?;
-    let meta = std::fs::metadata(format!("/dev/{name}")).ok()?;
-    Some(meta.atime())
-}
-
 /// The I/O counters of the session's commands now.
 pub fn io_sample(commands: &[(i32, u64)]) -> IoSample {
     commands.iter().filter_map(|(pid, start)| Some(((*pid, *start), procfs::io_counters(*pid, *start)?))).collect()
@@ -240,7 +224,14 @@ impl IoMemo {
 
 /// Judges a session from its members, updating `memo` with what is seen now
 /// (the enforcer's view: I/O seen is activity now).
-pub fn assess(record: &SessionRecord, members: &Members, memo: &mut Option<IoMemo>, now: i64) -> Activity {
+/// `tty_quiet`: what the tty watcher says of the session's ptys.
+pub fn assess(
+    record: &SessionRecord,
+    members: &Members,
+    memo: &mut Option<IoMemo>,
+    tty_quiet: Option<i64>,
+    now: i64,
+) -> Activity {
     if !members.commands.is_empty() || memo.is_some() {
         let sample = io_sample(&members.commands);
         let fingerprint = io_fingerprint(&sample);
@@ -263,43 +254,97 @@ pub fn assess(record: &SessionRecord, members: &Members, memo: &mut Option<IoMem
             None => *memo = Some(IoMemo { fingerprint, last_active: now, sampled_at: now, sample: Some(sample) }),
         }
     }
-    combine(record, members, memo.as_ref().map(|m| m.last_active), now)
+    combine(record, members, tty_quiet, memo.as_ref().map(|m| m.last_active), now)
 }
 
 /// Judges a session without changing anything (`status`): the enforcer's
 /// last judgement of its commands; commands the enforcer has not seen yet
 /// count from the login (nothing better is known).
-pub fn peek(record: &SessionRecord, members: &Members, memo: Option<&IoMemo>, now: i64) -> Activity {
+pub fn peek(
+    record: &SessionRecord,
+    members: &Members,
+    memo: Option<&IoMemo>,
+    tty_quiet: Option<i64>,
+    now: i64,
+) -> Activity {
     let io_active = match memo {
         Some(m) => Some(m.last_active),
         None if members.commands.is_empty() => None,
         None => Some(record.login_time),
     };
-    combine(record, members, io_active, now)
+    combine(record, members, tty_quiet, io_active, now)
 }
 
-fn combine(record: &SessionRecord, members: &Members, io_active: Option<i64>, now: i64) -> Activity {
-    let newest_input = members.ttys.iter().filter_map(|t| tty_atime(*t)).max();
+/// Puts together what is known of the session's terminals (`tty_quiet`: from
+/// when on all its sshd ptys have had no input) and commands (`io_active`:
+/// when they last did I/O). The idle time is the one the enforcer acts on:
+/// since the session became quiet.
+fn combine(
+    record: &SessionRecord,
+    members: &Members,
+    tty_quiet: Option<i64>,
+    io_active: Option<i64>,
+    now: i64,
+) -> Activity {
     let ttys = members.ttys.iter().filter_map(|t| procfs::pts_name(*t)).collect();
-    let last = [newest_input, io_active, Some(record.login_time)].into_iter().flatten().max().unwrap_or(now);
+    let tty_quiet = tty_quiet.filter(|_| !members.ttys.is_empty());
     let quiet_since = if members.ttys.is_empty() && members.commands.is_empty() {
         None
     } else {
         // The login time is recorded in whole seconds, rounded down.
-        [newest_input.map(quiet_since_tty), io_active, Some(record.login_time.saturating_add(1))]
-            .into_iter()
-            .flatten()
-            .max()
+        [tty_quiet, io_active, Some(record.login_time.saturating_add(1))].into_iter().flatten().max()
     };
-    Activity { ttys, idle_secs: (now - last).max(0) as u64, quiet_since }
+    let since = quiet_since.unwrap_or(record.login_time);
+    Activity { ttys, idle_secs: (now - since).max(0) as u64, quiet_since }
 }
 
-/// The enforcer's memory of every session's commands, persisted in the state
-/// directory (`activity`), one line per session:
-/// `PID START FINGERPRINT LAST_ACTIVE SAMPLED_AT`.
+/// The timestamps of a pty slave now, or `None` when it is gone.
+pub fn pty_times(tty_nr: u32) -> Option<PtyTimes> {
+    let name = procfs::pts_name(tty_nr)?;
+    let meta = std::fs::metadata(format!("/dev/{name}")).ok()?;
+    Some(PtyTimes {
+        atime: Stamp::new(meta.atime(), meta.atime_nsec()),
+        ctime: Stamp::new(meta.ctime(), meta.ctime_nsec()),
+    })
+}
+
+/// From when on the session's sshd ptys have certainly had no input, judged
+/// without watching them: from what an enforcer saved of them where that
+/// still holds, else from their timestamps ([`PtyInput::restore`]).
+pub fn ptys_quiet_since(ttys: &[u32], saved: &HashMap<u32, PtySaved>, now_ms: i64, login_time: i64) -> Option<i64> {
+    ttys.iter()
+        .filter_map(|t| {
+            let times = pty_times(*t)?;
+            Some(match saved.get(t) {
+                Some(s) => PtyInput::restore(s, &times, now_ms, login_time).quiet_since(),
+                None => PtyInput::first_look(&times, now_ms, login_time).quiet_since(),
+            })
+        })
+        .max()
+}
+
+/// The enforcer's memory, persisted in the state directory (`activity`):
+/// per session, what it saw of its commands
+/// (`PID START FINGERPRINT LAST_ACTIVE SAMPLED_AT`), and per sshd pty, what it
+/// knew of its input (`pty DEV ATIME CTIME QUIET_SINCE_MS SAVED_MS`, times as
+/// `SEC.NSEC`), so that `status` and the next enforcer take it up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Memory {
     pub entries: HashMap<SessionKey, IoMemo>,
+    pub ptys: HashMap<u32, PtySaved>,
+}
+
+fn parse_stamp(text: &str) -> Option<Stamp> {
+    let (sec, nsec) = text.split_once('.')?;
+    Some(Stamp::new(sec.parse().ok()?, nsec.parse().ok()?))
+}
+
+fn parse_pty(fields: &mut std::str::Split<'_, char>) -> Option<(u32, PtySaved)> {
+    let dev = fields.next()?.parse().ok()?;
+    let times = PtyTimes { atime: parse_stamp(fields.next()?)?, ctime: parse_stamp(fields.next()?)? };
+    let saved =
+        PtySaved { times, quiet_since_ms: fields.next()?.parse().ok()?, saved_ms: fields.next()?.parse().ok()? };
+    Some((dev, saved))
 }
 
 impl Memory {
@@ -314,12 +359,20 @@ impl Memory {
 
     pub fn parse(text: &str) -> Memory {
         let mut lines = text.lines();
+        let mut memory = Memory::default();
         if lines.next() != Some(MEMORY_HEADER) {
-            return Memory::default();
+            return memory;
         }
-        let entries = lines
-            .filter_map(|line| {
-                let mut f = line.split(' ');
+        for line in lines {
+            let mut f = line.split(' ');
+            if line.starts_with("pty ") {
+                f.next();
+                if let Some((dev, saved)) = parse_pty(&mut f) {
+                    memory.ptys.insert(dev, saved);
+                }
+                continue;
+            }
+            let entry = (|| {
                 let key = SessionKey { pid: f.next()?.parse().ok()?, start: f.next()?.parse().ok()? };
                 let memo = IoMemo::new(
                     u64::from_str_radix(f.next()?, 16).ok()?,
@@ -327,9 +380,12 @@ impl Memory {
                     f.next()?.parse().ok()?,
                 );
                 Some((key, memo))
-            })
-            .collect();
-        Memory { entries }
+            })();
+            if let Some((key, memo)) = entry {
+                memory.entries.insert(key, memo);
+            }
+        }
+        memory
     }
 
     pub fn render(&self) -> String {
@@ -341,6 +397,16 @@ impl Memory {
             out.push_str(&format!(
                 "{} {} {:x} {} {}\n",
                 key.pid, key.start, m.fingerprint, m.last_active, m.sampled_at
+            ));
+        }
+        let mut devs: Vec<_> = self.ptys.keys().collect();
+        devs.sort();
+        for dev in devs {
+            let p = &self.ptys[dev];
+            let (a, c) = (p.times.atime, p.times.ctime);
+            out.push_str(&format!(
+                "pty {dev} {}.{} {}.{} {} {}\n",
+                a.sec, a.nsec, c.sec, c.nsec, p.quiet_since_ms, p.saved_ms
             ));
         }
         out
@@ -368,7 +434,10 @@ impl Observer {
 
     pub fn observe(&self, record: &SessionRecord, now: i64) -> Activity {
         match members(&self.table, record.key) {
-            Some(m) => peek(record, &m, self.memory.entries.get(&record.key), now),
+            Some(m) => {
+                let ttys = ptys_quiet_since(&m.ttys, &self.memory.ptys, now.saturating_mul(1000), record.login_time);
+                peek(record, &m, self.memory.entries.get(&record.key), ttys, now)
+            }
             None => {
                 Activity { ttys: Vec::new(), idle_secs: (now - record.login_time).max(0) as u64, quiet_since: None }
             }
@@ -387,30 +456,14 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn tty_granularity() {
-        assert_eq!(quiet_since_tty(800), 808);
-        assert_eq!(quiet_since_tty(807), 808);
-        assert_eq!(quiet_since_tty(808), 816);
-        // Whatever second in the block the last key was typed, the computed
-        // quiet start is never before it.
-        for atime in 800..808 {
-            for typed in atime..808 {
-                assert!(quiet_since_tty(atime) > typed);
-                assert!(quiet_since_tty(atime) - atime <= TTY_TIME_GRANULARITY);
-            }
-        }
-        // An atime pushed to the end of time (`touch -a -d @...`) saturates.
-        assert_eq!(quiet_since_tty(i64::MAX), i64::MAX);
-        assert_eq!(quiet_since_tty(i64::MAX - 3), i64::MAX);
-        assert_eq!(quiet_since_tty(i64::MIN), i64::MIN + TTY_TIME_GRANULARITY);
-    }
-
-    #[test]
     fn memory_round_trip() {
         let mut memory = Memory::default();
         memory.entries.insert(SessionKey { pid: 42, start: 7 }, IoMemo::new(0xdead_beef, 100, 120));
         memory.entries.insert(SessionKey { pid: 1, start: 2 }, IoMemo::new(0, 3, 4));
+        let times = PtyTimes { atime: Stamp::new(1000, 0), ctime: Stamp::new(990, 123_456_789) };
+        memory.ptys.insert(34816, PtySaved { times, quiet_since_ms: 1_002_300, saved_ms: 1_030_000 });
         assert_eq!(Memory::parse(&memory.render()), memory);
+        assert!(memory.render().contains("\npty 34816 1000.0 990.123456789 1002300 1030000\n"), "{}", memory.render());
         assert_eq!(Memory::parse("garbage\n1 2 3 4 5\n"), Memory::default());
         let dir = std::env::temp_dir().join(format!("sshidle-activity-{}", std::process::id()));
         let state = StateDir::open(&dir, true).unwrap();
@@ -471,11 +524,11 @@ mod tests {
         let rec = record(key, 500);
         let mut memo = None;
         // First sight: activity now (conservative).
-        assert_eq!(assess(&rec, &m, &mut memo, 1000).quiet_since, Some(1000));
+        assert_eq!(assess(&rec, &m, &mut memo, None, 1000).quiet_since, Some(1000));
         // Nothing moved: quiet since then.
-        let a = assess(&rec, &m, &mut memo, 1010);
+        let a = assess(&rec, &m, &mut memo, None, 1010);
         assert_eq!((a.quiet_since, a.idle_secs), (Some(1000), 10));
-        assert_eq!(peek(&rec, &m, memo.as_ref(), 1015).idle_secs, 15);
+        assert_eq!(peek(&rec, &m, memo.as_ref(), None, 1015).idle_secs, 15);
         // The command reads and writes: activity, with the same processes.
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(b"hello\n").unwrap();
@@ -485,22 +538,22 @@ mod tests {
         assert!(procfs::io_bytes(pid) >= Some(before + 12), "the command did not read and write");
         assert!(procfs::is_same_process(pid, start), "the command exited: its I/O must be what counts");
         // `status` shows the enforcer's judgement, not its own.
-        assert_eq!(peek(&rec, &m, memo.as_ref(), 1020).idle_secs, 20);
-        assert_eq!(assess(&rec, &m, &mut memo, 1020).quiet_since, Some(1020));
-        assert_eq!(peek(&rec, &m, memo.as_ref(), 1020).idle_secs, 0);
+        assert_eq!(peek(&rec, &m, memo.as_ref(), None, 1020).idle_secs, 20);
+        assert_eq!(assess(&rec, &m, &mut memo, None, 1020).quiet_since, Some(1020));
+        assert_eq!(peek(&rec, &m, memo.as_ref(), None, 1020).idle_secs, 0);
         // Nothing moved since: quiet again from then on.
-        assert_eq!(assess(&rec, &m, &mut memo, 1030).quiet_since, Some(1020));
+        assert_eq!(assess(&rec, &m, &mut memo, None, 1030).quiet_since, Some(1020));
         drop(stdin);
         child.wait().unwrap();
         // It exited: that is not activity either.
-        assert_eq!(assess(&rec, &m, &mut memo, 1040).quiet_since, Some(1020));
+        assert_eq!(assess(&rec, &m, &mut memo, None, 1040).quiet_since, Some(1020));
         // A restarted enforcer (the memo without its sample): a change while
         // nobody looked counts from now, no change keeps the judgement.
         let restored = |m: &Option<IoMemo>, flip: u64| {
             m.as_ref().map(|m| IoMemo::new(m.fingerprint ^ flip, m.last_active, m.sampled_at))
         };
-        assert_eq!(assess(&rec, &m, &mut restored(&memo, 0), 1050).quiet_since, Some(1020));
-        assert_eq!(assess(&rec, &m, &mut restored(&memo, 1), 1050).quiet_since, Some(1050));
+        assert_eq!(assess(&rec, &m, &mut restored(&memo, 0), None, 1050).quiet_since, Some(1020));
+        assert_eq!(assess(&rec, &m, &mut restored(&memo, 1), None, 1050).quiet_since, Some(1050));
         // A PID that is not the recorded process has no members.
         assert_eq!(members(&ProcTable::scan(), SessionKey { pid: key.pid, start: key.start + 1 }), None);
     }
@@ -549,12 +602,12 @@ mod tests {
         assert_eq!(m.commands.len(), 1, "{m:?}");
         let rec = record(key, 500);
         let mut memo = None;
-        assert_eq!(assess(&rec, &m, &mut memo, 1000).quiet_since, Some(1000));
+        assert_eq!(assess(&rec, &m, &mut memo, None, 1000).quiet_since, Some(1000));
         // Children start, read their libraries, exit and are reaped below it
         // ten times a second.
         for now in 1001..1006 {
             std::thread::sleep(std::time::Duration::from_millis(300));
-            assert_eq!(assess(&rec, &m, &mut memo, now).quiet_since, Some(1000), "at {now}: {memo:?}");
+            assert_eq!(assess(&rec, &m, &mut memo, None, now).quiet_since, Some(1000), "at {now}: {memo:?}");
         }
     }
 
@@ -603,7 +656,7 @@ mod tests {
         let key = SessionKey::current_process().unwrap();
         let m = Members { sshd: vec![(key.pid, key.start)], ..Members::default() };
         let mut memo = None;
-        let a = assess(&record(key, 900), &m, &mut memo, 1000);
+        let a = assess(&record(key, 900), &m, &mut memo, None, 1000);
         assert_eq!((a.quiet_since, a.idle_secs, memo), (None, 100, None));
     }
 }

@@ -70,12 +70,23 @@ pub fn block_end(sec: i64) -> i64 {
     (sec.div_euclid(TTY_TIME_GRANULARITY) * TTY_TIME_GRANULARITY).saturating_add(TTY_TIME_GRANULARITY)
 }
 
-/// The atime (unix seconds) when only the kernel's read path can have set
-/// it: whole seconds, not older than the last attribute change, not after
-/// `now`.
-pub fn kernel_atime(times: &PtyTimes, now: i64) -> Option<i64> {
-    let a = times.atime;
-    (a.nsec == 0 && times.ctime <= a && a.sec <= now).then_some(a.sec)
+/// sshd sets the pty's owner and mode right after creating it, at the login:
+/// attribute changes until this long after the login time are its own.
+pub const PTY_SETTLE_SECS: i64 = 2;
+
+/// The atime (unix seconds) when it tells when input was last read, for a pty
+/// of a session logged in at `login_time`: not after `now`, and either
+/// set by the kernel's read path (whole seconds, not older than the last
+/// attribute change), or untouched since sshd set the pty up (the last
+/// attribute change within [`PTY_SETTLE_SECS`] of the login, and the atime
+/// not newer than it: the pty's creation, or a read before sshd's `chown`).
+/// Either way no read fell into a later 8-s block without moving it.
+pub fn kernel_atime(times: &PtyTimes, now: i64, login_time: i64) -> Option<i64> {
+    let (a, c) = (times.atime, times.ctime);
+    let read_since_change = a.nsec == 0 && c <= a;
+    let untouched =
+        c.sec <= login_time.saturating_add(PTY_SETTLE_SECS) && a <= c && a.sec >= login_time.saturating_sub(1);
+    (a.sec <= now && (read_since_change || untouched)).then_some(a.sec)
 }
 
 /// Milliseconds to the whole second at or after them.
@@ -92,18 +103,20 @@ pub struct PtyInput {
     quiet_since_ms: i64,
     /// When input was last seen as it happened (unix ms); `None` until then.
     last_input_ms: Option<i64>,
+    /// The login time of the session the pty belongs to.
+    login_time: i64,
 }
 
 impl PtyInput {
     /// The first look at a pty (its watch was just set up), from its
     /// timestamps alone.
-    pub fn first_look(times: &PtyTimes, now_ms: i64) -> PtyInput {
+    pub fn first_look(times: &PtyTimes, now_ms: i64, login_time: i64) -> PtyInput {
         let now = now_ms.div_euclid(1000);
-        let quiet_since_ms = match kernel_atime(times, now) {
+        let quiet_since_ms = match kernel_atime(times, now, login_time) {
             Some(a) => block_end(a).saturating_mul(1000).min(now_ms),
             None => now_ms,
         };
-        PtyInput { ctime: times.ctime, quiet_since_ms, last_input_ms: None }
+        PtyInput { ctime: times.ctime, quiet_since_ms, last_input_ms: None, login_time }
     }
 
     /// Takes one batch of inotify events on the pty: `access` when an
@@ -123,10 +136,36 @@ impl PtyInput {
     /// After events were lost (the inotify queue overflowed): only what the
     /// atime proves is credited, never more than now.
     pub fn events_lost(&mut self, times: &PtyTimes, now_ms: i64) {
-        if let Some(a) = kernel_atime(times, now_ms.div_euclid(1000)) {
+        if let Some(a) = kernel_atime(times, now_ms.div_euclid(1000), self.login_time) {
             self.quiet_since_ms = self.quiet_since_ms.max(block_end(a).saturating_mul(1000).min(now_ms));
         }
         self.ctime = times.ctime;
+    }
+
+    /// What the enforcer knew of the pty when it last saved it (`saved_ms`),
+    /// taken up again by the next enforcer. Sound only while nothing moved:
+    /// with the same ctime no attribute changed; with the same atime no read
+    /// fell into a later block than the atime's, so after the end of that
+    /// block nothing was read at all. Otherwise it is a [`first_look`].
+    ///
+    /// [`first_look`]: PtyInput::first_look
+    pub fn restore(saved: &PtySaved, times: &PtyTimes, now_ms: i64, login_time: i64) -> PtyInput {
+        if saved.times != *times || saved.saved_ms > now_ms {
+            return PtyInput::first_look(times, now_ms, login_time);
+        }
+        let block_end_ms = block_end(times.atime.sec).saturating_mul(1000);
+        let quiet_since_ms = if saved.saved_ms >= block_end_ms {
+            saved.quiet_since_ms
+        } else {
+            // Reads until the end of the block would not have shown.
+            saved.quiet_since_ms.max(block_end_ms.min(now_ms))
+        };
+        PtyInput { ctime: times.ctime, quiet_since_ms: quiet_since_ms.min(now_ms), last_input_ms: None, login_time }
+    }
+
+    /// What to save of the pty now, with its timestamps as they are.
+    pub fn saved(&self, times: &PtyTimes, now_ms: i64) -> PtySaved {
+        PtySaved { times: *times, quiet_since_ms: self.quiet_since_ms, saved_ms: now_ms }
     }
 
     /// Unix time (whole seconds, rounded up) from which on the pty has
@@ -139,6 +178,17 @@ impl PtyInput {
     pub fn last_input_ms(&self) -> Option<i64> {
         self.last_input_ms
     }
+}
+
+/// What an enforcer saved of a pty, for the next one ([`PtyInput::restore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PtySaved {
+    /// Its timestamps when saved.
+    pub times: PtyTimes,
+    /// Unix milliseconds from which on it had certainly had no input.
+    pub quiet_since_ms: i64,
+    /// When it was saved (unix milliseconds).
+    pub saved_ms: i64,
 }
 
 /// The I/O counters of a session's commands at one sample, by (PID, start).
@@ -192,37 +242,53 @@ mod tests {
     #[test]
     fn which_atimes_the_kernel_made() {
         // A read at 1000 after the pty was created at 990.25.
-        assert_eq!(kernel_atime(&times((1000, 0), (990, 250_000_000)), 1005), Some(1000));
+        assert_eq!(kernel_atime(&times((1000, 0), (990, 250_000_000)), 1005, 900), Some(1000));
         // Created (atime = ctime, with nanoseconds), never read since.
-        assert_eq!(kernel_atime(&times((990, 250_000_000), (990, 250_000_000)), 1005), None);
+        assert_eq!(kernel_atime(&times((990, 250_000_000), (990, 250_000_000)), 1005, 900), None);
         // `touch -a`: atime = ctime = now, to the nanosecond.
-        assert_eq!(kernel_atime(&times((1003, 5), (1003, 5)), 1005), None);
+        assert_eq!(kernel_atime(&times((1003, 5), (1003, 5)), 1005, 900), None);
         // `touch -a -d @1000` at 1003.5: whole seconds, but older than the ctime.
-        assert_eq!(kernel_atime(&times((1000, 0), (1003, 500)), 1005), None);
+        assert_eq!(kernel_atime(&times((1000, 0), (1003, 500)), 1005, 900), None);
         // `touch -a -d @2000` (the future): not trusted while it is ahead.
-        assert_eq!(kernel_atime(&times((2000, 0), (1003, 500)), 1005), None);
+        assert_eq!(kernel_atime(&times((2000, 0), (1003, 500)), 1005, 900), None);
         // A read at 1000.0, then `mesg n` at 1000.4: the atime could be a fake.
-        assert_eq!(kernel_atime(&times((1000, 0), (1000, 400)), 1005), None);
+        assert_eq!(kernel_atime(&times((1000, 0), (1000, 400)), 1005, 900), None);
+    }
+
+    #[test]
+    fn a_pty_untouched_since_sshd_set_it_up() {
+        // Logged in at 990: created at 990.25, chown-ed by sshd at 990.26,
+        // never read in a later block since.
+        let fresh = times((990, 250_000_000), (990, 260_000_000));
+        assert_eq!(kernel_atime(&fresh, 1005, 990), Some(990));
+        assert_eq!(PtyInput::first_look(&fresh, 1_030_000, 990).quiet_since(), 992);
+        // Created and chown-ed in the same instant.
+        assert_eq!(kernel_atime(&times((990, 5), (990, 5)), 1005, 990), Some(990));
+        // Attributes changed later (`mesg n`, `touch`): not any more.
+        assert_eq!(kernel_atime(&times((990, 5), (995, 1)), 1005, 990), None);
+        assert_eq!(kernel_atime(&times((993, 7), (993, 7)), 1005, 990), None);
+        // An atime from before the login is no creation.
+        assert_eq!(kernel_atime(&times((900, 0), (991, 0)), 1005, 990), None);
     }
 
     #[test]
     fn first_look_never_ends_early_and_grants_at_most_now() {
         // Trusted atime 1000 seen at 1005.5: input may have been read until
         // 1007.999, but certainly not after now.
-        let p = PtyInput::first_look(&times((1000, 0), (990, 1)), 1_005_500);
+        let p = PtyInput::first_look(&times((1000, 0), (990, 1)), 1_005_500, 900);
         assert_eq!(p.quiet_since(), 1006);
-        let p = PtyInput::first_look(&times((1000, 0), (990, 1)), 1_030_000);
+        let p = PtyInput::first_look(&times((1000, 0), (990, 1)), 1_030_000, 900);
         assert_eq!(p.quiet_since(), 1008);
         // Faked in any way: quiet only from now.
         for fake in [times((5000, 0), (1000, 1)), times((1000, 0), (1001, 0)), times((1029, 7), (1029, 7))] {
-            assert_eq!(PtyInput::first_look(&fake, 1_030_000).quiet_since(), 1030, "{fake:?}");
+            assert_eq!(PtyInput::first_look(&fake, 1_030_000, 900).quiet_since(), 1030, "{fake:?}");
         }
     }
 
     #[test]
     fn reads_are_input_attribute_changes_are_not() {
         let t0 = times((990, 1), (990, 1));
-        let mut p = PtyInput::first_look(&t0, 1_000_000);
+        let mut p = PtyInput::first_look(&t0, 1_000_000, 900);
         assert_eq!(p.quiet_since(), 1000);
         // A key read at 1002.3: the ctime did not move.
         assert!(p.events(true, &times((1002, 0), (990, 1)), 1_002_300));
@@ -246,7 +312,7 @@ mod tests {
 
     #[test]
     fn mesg_n_then_typing_counts() {
-        let mut p = PtyInput::first_look(&times((990, 1), (990, 1)), 1_000_000);
+        let mut p = PtyInput::first_look(&times((990, 1), (990, 1)), 1_000_000, 900);
         // `mesg n`: IN_ATTRIB only (the Enter before it came in the same batch
         // and is lost with it: the ctime moved).
         assert!(!p.events(false, &times((990, 1), (1001, 7)), 1_001_000));
@@ -259,7 +325,7 @@ mod tests {
 
     #[test]
     fn lost_events_credit_only_what_the_atime_proves() {
-        let mut p = PtyInput::first_look(&times((990, 1), (990, 1)), 1_000_000);
+        let mut p = PtyInput::first_look(&times((990, 1), (990, 1)), 1_000_000, 900);
         // A key was read at 1016 (atime moved, kernel-made) while events were lost.
         p.events_lost(&times((1016, 0), (990, 1)), 1_020_000);
         assert_eq!(p.quiet_since(), 1020);
@@ -267,6 +333,31 @@ mod tests {
         p.events_lost(&times((1030, 4), (1030, 4)), 1_040_000);
         assert_eq!(p.quiet_since(), 1020);
         assert!(p.events(true, &times((1030, 4), (1030, 4)), 1_041_000));
+    }
+
+    #[test]
+    fn a_restarted_enforcer_takes_up_what_still_holds() {
+        // Last key read at 1002.3 (atime 1000: same block as an earlier key),
+        // saved at 1030 when the enforcer stopped.
+        let t = times((1000, 0), (990, 1));
+        let mut p = PtyInput::first_look(&times((990, 1), (990, 1)), 995_000, 900);
+        assert!(p.events(true, &t, 1_002_300));
+        let saved = p.saved(&t, 1_030_000);
+        // Nothing moved when the next enforcer starts: to the second.
+        assert_eq!(PtyInput::restore(&saved, &t, 1_040_000, 900).quiet_since(), 1003);
+        // Saved within the atime's block: a read until its end would not show.
+        let early = p.saved(&t, 1_005_000);
+        assert_eq!(PtyInput::restore(&early, &t, 1_040_000, 900).quiet_since(), 1008);
+        assert_eq!(PtyInput::restore(&early, &t, 1_006_000, 900).quiet_since(), 1006);
+        // A key read since (atime moved, kernel-made): from the timestamps.
+        let read = times((1035, 0), (990, 1));
+        assert_eq!(PtyInput::restore(&saved, &read, 1_040_000, 900).quiet_since(), 1040);
+        assert_eq!(PtyInput::restore(&saved, &read, 1_060_000, 900).quiet_since(), 1040);
+        // Touched or chmod-ed since (ctime moved): from now.
+        let touched = times((1000, 0), (1031, 5));
+        assert_eq!(PtyInput::restore(&saved, &touched, 1_040_000, 900).quiet_since(), 1040);
+        // A memory from the future (clock set back): not trusted.
+        assert_eq!(PtyInput::restore(&saved, &t, 1_020_000, 900).quiet_since(), 1008);
     }
 
     fn io(r: u64, w: u64, c: u64) -> IoCounters {

@@ -398,7 +398,9 @@ fn sweep_cost(size: usize, owners: &[Owner], policy_text: &str, notty_every: usi
         let mut members = Vec::with_capacity(sessions.len());
         for r in &sessions {
             let m = activity::members(&table, r.key).expect("members");
-            let a = activity::assess(r, &m, memos.entry(r.key).or_default(), now);
+            // The ptys judged from their timestamps, as at an enforcer's start.
+            let ttys = activity::ptys_quiet_since(&m.ttys, &Default::default(), now * 1000, r.login_time);
+            let a = activity::assess(r, &m, memos.entry(r.key).or_default(), ttys, now);
             let _ = sshidle::lifecycle::decide(&resolved[&r.user], r.login_time, a.quiet_since, r.warned_at, now);
             members.push(m);
         }
@@ -408,7 +410,8 @@ fn sweep_cost(size: usize, owners: &[Owner], policy_text: &str, notty_every: usi
         // The cheap look at a deadline: known members only, no scan.
         let t = cpu_now();
         for (r, m) in sessions.iter().zip(&members) {
-            let a = activity::assess(r, m, memos.entry(r.key).or_default(), now);
+            let ttys = activity::ptys_quiet_since(&m.ttys, &Default::default(), now * 1000, r.login_time);
+            let a = activity::assess(r, m, memos.entry(r.key).or_default(), ttys, now);
             let _ = sshidle::lifecycle::decide(&resolved[&r.user], r.login_time, a.quiet_since, r.warned_at, now);
         }
         cheap.push(cpu_now() - t);

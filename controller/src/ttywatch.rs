@@ -1,0 +1,236 @@
+//! The enforcer's watch on the ptys sshd allocated: one inotify watch per
+//! `/dev/pts/N` for `IN_ACCESS` (a read that returned data) and `IN_ATTRIB`
+//! (an attribute change), judged by [`PtyInput`] (see `sshidle::input`), so
+//! the last input is known to the moment it was read, not to the kernel's
+//! 8-second block. A watch on `/dev/pts` itself tells when a pty appears, so
+//! a new session's pty is watched from its first key.
+//!
+//! Events are read as they come, so the timestamps read after them are
+//! those of the moment: a key read right after a `touch`/`chmod` of the same
+//! pty falls into the same look and is not counted (the ctime moved), so the
+//! look comes as soon as it can. Only when events come faster than every
+//! [`BUSY`] (hundreds of typing sessions) does the inotify fd rest for
+//! [`BATCH`] between reads (the kernel queues meanwhile): a few dozen reads a
+//! second instead of thousands of wake-ups.
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use sshidle::activity::pty_times;
+use sshidle::input::{PtyInput, PtySaved};
+use sshidle::procfs;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+/// How long events are left to gather when they come faster than [`BUSY`].
+pub const BATCH: Duration = Duration::from_millis(50);
+/// Reads closer together than this mean many typing sessions.
+pub const BUSY: Duration = Duration::from_millis(20);
+
+struct Pty {
+    wd: Option<WatchDescriptor>,
+    /// The inode watched: `/dev/pts/N` of a closed pty is another file when
+    /// the number comes back.
+    ino: u64,
+    input: PtyInput,
+}
+
+pub struct TtyWatch {
+    inotify: Option<Inotify>,
+    ptys: HashMap<u32, Pty>,
+    by_wd: HashMap<WatchDescriptor, u32>,
+    pts_dir: Option<WatchDescriptor>,
+    /// What the previous enforcer saved, taken up when a pty is first watched.
+    saved: HashMap<u32, PtySaved>,
+    /// A pty appeared in `/dev/pts` since [`TtyWatch::take_created`].
+    created: bool,
+    /// The inotify fd is not read before this.
+    resume: Option<Instant>,
+    /// When events were last read.
+    last_read: Option<Instant>,
+    /// Something changed that is worth saving.
+    pub dirty: bool,
+}
+
+impl TtyWatch {
+    /// A watch; without inotify (`--once`, or it failed) ptys are judged from
+    /// their timestamps only.
+    pub fn new(events: bool, saved: HashMap<u32, PtySaved>) -> TtyWatch {
+        let inotify = events.then(|| Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()).flatten();
+        let pts_dir = inotify.as_ref().and_then(|i| i.add_watch("/dev/pts", AddWatchFlags::IN_CREATE).ok());
+        TtyWatch {
+            inotify,
+            ptys: HashMap::new(),
+            by_wd: HashMap::new(),
+            pts_dir,
+            saved,
+            created: false,
+            resume: None,
+            last_read: None,
+            dirty: false,
+        }
+    }
+
+    /// The fd to poll, and whether to poll it now (not while a batch gathers).
+    pub fn poll_fd(&self, now: Instant) -> Option<BorrowedFd<'_>> {
+        let fd = self.inotify.as_ref()?.as_fd();
+        self.resume.is_none_or(|at| at <= now).then_some(fd)
+    }
+
+    /// When the fd is to be polled again, if it is resting.
+    pub fn resume_at(&self) -> Option<Instant> {
+        self.resume
+    }
+
+    /// Watches the pty `dev` (a `/dev/pts/N` device number) of a session
+    /// logged in at `login_time` if it is not yet; returns from when on it has certainly had no input (unix seconds),
+    /// `None` when it is gone. `now_ms`: unix milliseconds.
+    pub fn watch(&mut self, dev: u32, now_ms: i64, login_time: i64) -> Option<i64> {
+        let name = procfs::pts_name(dev)?;
+        let path = format!("/dev/{name}");
+        let meta = std::fs::metadata(&path).ok()?;
+        if meta.rdev() as u32 != dev {
+            return None;
+        }
+        if self.ptys.get(&dev).is_some_and(|p| p.ino == meta.ino()) {
+            return self.quiet_since(dev, now_ms);
+        }
+        self.forget(dev);
+        let times = pty_times(dev)?;
+        let input = match self.saved.remove(&dev) {
+            Some(saved) => PtyInput::restore(&saved, &times, now_ms, login_time),
+            None => PtyInput::first_look(&times, now_ms, login_time),
+        };
+        let wd = self.inotify.as_ref().and_then(|i| {
+            i.add_watch(
+                path.as_str(),
+                AddWatchFlags::IN_ACCESS | AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_DELETE_SELF,
+            )
+            .ok()
+        });
+        if let Some(wd) = wd {
+            self.by_wd.insert(wd, dev);
+        }
+        let quiet = input.quiet_since();
+        self.ptys.insert(dev, Pty { wd, ino: meta.ino(), input });
+        self.dirty = true;
+        Some(quiet)
+    }
+
+    /// From when on the pty has had no input, as far as the watch knows.
+    /// An unwatched pty (no inotify) is looked at again.
+    pub fn quiet_since(&mut self, dev: u32, now_ms: i64) -> Option<i64> {
+        let p = self.ptys.get_mut(&dev)?;
+        if p.wd.is_none() {
+            let times = pty_times(dev)?;
+            p.input.events_lost(&times, now_ms);
+        }
+        Some(p.input.quiet_since())
+    }
+
+    /// Stops watching the ptys not in `keep`.
+    pub fn retain(&mut self, keep: &HashSet<u32>) {
+        let gone: Vec<u32> = self.ptys.keys().filter(|d| !keep.contains(d)).copied().collect();
+        for dev in gone {
+            self.forget(dev);
+        }
+    }
+
+    fn forget(&mut self, dev: u32) {
+        if let Some(p) = self.ptys.remove(&dev) {
+            if let (Some(wd), Some(inotify)) = (p.wd, &self.inotify) {
+                self.by_wd.remove(&wd);
+                let _ = inotify.rm_watch(wd);
+            }
+            self.dirty = true;
+        }
+    }
+
+    /// No pty is watched.
+    pub fn is_empty(&self) -> bool {
+        self.ptys.is_empty()
+    }
+
+    /// True once after a pty appeared in `/dev/pts`.
+    pub fn take_created(&mut self) -> bool {
+        std::mem::take(&mut self.created)
+    }
+
+    /// Reads what inotify has (call when the fd is readable). Returns how many
+    /// ptys had input.
+    pub fn read(&mut self, now: Instant, now_ms: i64) -> usize {
+        let Some(inotify) = &self.inotify else { return 0 };
+        let mut access: HashMap<u32, bool> = HashMap::new();
+        let mut overflow = false;
+        let mut any = false;
+        while let Ok(events) = inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            any = true;
+            for ev in events {
+                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    overflow = true;
+                } else if Some(ev.wd) == self.pts_dir {
+                    self.created = true;
+                } else if let Some(dev) = self.by_wd.get(&ev.wd).copied() {
+                    if ev.mask.intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF) {
+                        // The pty was closed: its watch is gone with it.
+                        self.by_wd.remove(&ev.wd);
+                        if let Some(p) = self.ptys.get_mut(&dev) {
+                            p.wd = None;
+                        }
+                        continue;
+                    }
+                    *access.entry(dev).or_default() |= ev.mask.contains(AddWatchFlags::IN_ACCESS);
+                }
+            }
+        }
+        if any {
+            if self.last_read.is_some_and(|at| now.saturating_duration_since(at) < BUSY) {
+                self.resume = Some(now + BATCH);
+            }
+            self.last_read = Some(now);
+        }
+        let mut inputs = 0;
+        if overflow {
+            // Events were lost: only what the timestamps prove is credited.
+            for (dev, p) in &mut self.ptys {
+                if let Some(times) = pty_times(*dev) {
+                    p.input.events_lost(&times, now_ms);
+                }
+            }
+            self.dirty = true;
+        }
+        for (dev, access) in access {
+            let Some(p) = self.ptys.get_mut(&dev) else { continue };
+            let Some(times) = pty_times(dev) else { continue };
+            if p.input.events(access, &times, now_ms) {
+                inputs += 1;
+            }
+            self.dirty = true;
+        }
+        inputs
+    }
+
+    /// Lets the fd be polled again once the batch time is over.
+    pub fn rest_over(&mut self, now: Instant) {
+        if self.resume.is_some_and(|at| at <= now) {
+            self.resume = None;
+        }
+    }
+
+    /// What to save of every watched pty (for `status` and the next
+    /// enforcer). The time saved is taken before the timestamps and the
+    /// events pending are read after them, so a read the save does not
+    /// credit shows in the timestamps, or falls in the atime's block.
+    pub fn saved(&mut self, now: Instant, now_ms: i64) -> HashMap<u32, PtySaved> {
+        let times: Vec<_> = self.ptys.keys().filter_map(|dev| Some((*dev, pty_times(*dev)?))).collect();
+        self.read(now, wall_ms().max(now_ms));
+        times.into_iter().filter_map(|(dev, t)| Some((dev, self.ptys.get(&dev)?.input.saved(&t, now_ms)))).collect()
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
