@@ -17,6 +17,15 @@ use std::time::{Duration, Instant};
 /// The promise: ended within [limit, limit + SLACK] of the last key.
 const SLACK: Duration = Duration::from_millis(1500);
 
+/// The tests that measure to the second run one at a time: on a 2-core
+/// machine, a dozen sessions of another test starting and typing would
+/// delay the shells and the disconnects they measure.
+static TIMED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn timed() -> std::sync::MutexGuard<'static, ()> {
+    TIMED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A pty login whose last real key is known.
 struct Login {
     name: &'static str,
@@ -160,6 +169,7 @@ fn every_fake_is_disconnected_at_its_limit_and_typists_are_kept() {
     if !e2e_enabled() {
         return;
     }
+    let _timed = timed();
     // The issue's `(while sleep 3; do touch -a $(tty); done &)` as typed, and
     // as it works (in a subshell's background job, stdin is /dev/null, so
     // `tty` there names no tty: the pty's name is taken first).
@@ -196,39 +206,55 @@ fn every_fake_is_disconnected_at_its_limit_and_typists_are_kept() {
         .spawn()
         .expect("bystander");
     let mut enforcer = start_enforcer(&sshd);
-    let mut fakes: Vec<Login> =
-        FAKES.iter().zip(fake_users).map(|((name, _), user)| Login::new(&sshd, name, user, &[])).collect();
+    // The kept ones first: they type every 3 s from their login until past
+    // every fake's end.
     let kept_typist = Login::new(&sshd, "typist", typist, &[]);
     let kept_mesg = Login::new(&sshd, "mesg n, then typing", mesg, &[]);
+    kept_mesg.tmux.type_line("mesg n");
     let socket = sshd.dir.join("mux.sock");
     let path_opt = format!("ControlPath={}", socket.display());
     sshd.authorize(&muxer);
     let master = tty_login(&sshd, &muxer.name, &["-o", "ControlMaster=yes", "-o", &path_opt]);
     let second = tty_login(&sshd, &muxer.name, &["-o", "ControlMaster=no", "-o", &path_opt]);
-    // Every pty is watched (the enforcer notices new ptys within a second).
-    std::thread::sleep(Duration::from_millis(1500));
-    kept_mesg.tmux.type_line("mesg n");
-    for (l, (_, line)) in fakes.iter_mut().zip(FAKES) {
-        l.type_last(line);
-    }
-    // The kept ones type every 3 s, past every fake's end.
-    let typing_until = Instant::now() + limit + Duration::from_secs(6);
-    let typists = std::thread::scope(|scope| {
+    let stop_typing = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<(Login, Option<Instant>)> = std::thread::scope(|scope| {
         let kept = [&kept_typist.tmux, &kept_mesg.tmux, &second];
+        let stop = &stop_typing;
         let typing = scope.spawn(move || {
-            while Instant::now() < typing_until {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 for tmux in kept {
                     tmux.type_line("true");
                 }
                 std::thread::sleep(Duration::from_secs(3));
             }
         });
-        let refs: Vec<&Login> = fakes.iter().collect();
-        let ended = wait_ended(&refs, limit + Duration::from_secs(10));
+        // Each fake in a thread of its own (0.7 s apart): logged in, watched
+        // (the enforcer notices a new pty within a second), typed once, then
+        // watched until it ends.
+        let sshd = &sshd;
+        let threads: Vec<_> = FAKES
+            .iter()
+            .zip(fake_users)
+            .enumerate()
+            .map(|(i, ((name, line), user))| {
+                scope.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(700) * i as u32);
+                    let mut l = Login::new(sshd, name, user, &[]);
+                    std::thread::sleep(Duration::from_millis(1500));
+                    l.type_last(line);
+                    let ended = wait_ended(&[&l], limit + Duration::from_secs(10)).remove(0);
+                    (l, ended)
+                })
+            })
+            .collect();
+        let results = threads.into_iter().map(|t| t.join().expect("fake thread")).collect();
+        // Past the last fake's end, the kept ones are still typing.
+        std::thread::sleep(Duration::from_secs(4));
+        stop_typing.store(true, std::sync::atomic::Ordering::SeqCst);
         typing.join().expect("typing thread");
-        ended
+        results
     });
-    for (l, ended) in fakes.iter().zip(&typists) {
+    for (l, ended) in &results {
         assert_ended_on_time(l, *ended, limit, &enforcer);
         let screen = l.tmux.capture();
         assert!(screen.contains("will be disconnected in 4s"), "{}: no warning 4 s ahead:\n{screen}", l.name);
@@ -252,6 +278,7 @@ fn idle_ptys_end_within_a_second_and_a_half_wherever_in_the_8s_block() {
     if !e2e_enabled() {
         return;
     }
+    let _timed = timed();
     let users: Vec<TestUser> = (0..5).map(|_| TestUser::create("itb", &[])).collect();
     let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
     let limit = Duration::from_secs(10);
@@ -292,6 +319,7 @@ fn a_restarted_enforcer_keeps_both_promises() {
     if !e2e_enabled() {
         return;
     }
+    let _timed = timed();
     let users: Vec<TestUser> = (0..4).map(|_| TestUser::create("itr", &[])).collect();
     let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
     let limit = Duration::from_secs(12);
