@@ -56,6 +56,10 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 const RELOAD_DELAY: Duration = Duration::from_millis(100);
 /// After a group lookup timed out, none is tried for this long.
 const GROUPS_RETRY: Duration = Duration::from_secs(60);
+/// A session logged in this long ago without a pty is not waiting for one
+/// any more (a session without a terminal); its ptys are found when it is
+/// next looked at.
+const PTY_WAIT_SECS: i64 = 30;
 /// The command memory is written at most this often.
 const MEMORY_SAVE_EVERY: Duration = Duration::from_secs(5);
 
@@ -591,20 +595,38 @@ impl Enforcer {
         }
     }
 
-    /// Stops watching the ptys no tracked session has.
+    /// Stops watching the ptys no tracked session has (not while a session's
+    /// processes are not known: its ptys may be among them).
     fn retain_ptys(&mut self) {
+        if self.life.iter().any(|(_, t)| t.seen.members.is_none()) {
+            return;
+        }
         let keep = self.life.iter().filter_map(|(_, t)| t.seen.members.as_ref()).flat_map(|m| m.ttys.iter().copied());
         self.ttys.retain(&keep.collect());
     }
 
-    /// A pty appeared: the sessions' processes are looked at again (at most
-    /// once a second), so a new session's pty is watched from its first key.
+    /// A pty appeared: the sessions still waiting for theirs (logged in less
+    /// than [`PTY_WAIT_SECS`] ago, no pty yet) are looked at again, at most
+    /// once a second, so a new session's pty is watched from its first key.
+    /// Nothing is scanned when no session waits (ptys made inside sessions,
+    /// or by anything else on the machine, cost nothing).
     fn refresh_ptys(&mut self) {
         self.ptys_refresh_at = None;
+        let now = now_unix();
+        let waiting: Vec<SessionKey> = self
+            .life
+            .iter()
+            .filter(|(_, t)| now - t.session.record.login_time <= PTY_WAIT_SECS)
+            .filter(|(_, t)| t.seen.members.as_ref().is_none_or(|m| m.ttys.is_empty()))
+            .map(|(k, _)| *k)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
         self.ptys_refreshed = Instant::now();
         let table = ProcTable::scan();
         let now_ms = now_millis();
-        for key in self.life.keys() {
+        for key in waiting {
             let Some(t) = self.life.get_mut(&key) else { continue };
             if let Some(m) = activity::members(&table, key) {
                 for dev in &m.ttys {
@@ -613,7 +635,6 @@ impl Enforcer {
                 t.seen.members = Some(m);
             }
         }
-        self.retain_ptys();
     }
 
     /// Reads the tty watch; a new pty schedules a refresh.
