@@ -288,6 +288,11 @@ mod tests {
         dir
     }
 
+    /// The PAM line's arguments naming `conf=DIR/CONF` (explicitly) and `state=DIR/state`.
+    fn explicit_conf_in(dir: &std::path::Path, conf: &str) -> ModuleArgs {
+        ModuleArgs { conf: dir.join(conf), conf_explicit: true, state_dir: dir.join("state"), ..ModuleArgs::default() }
+    }
+
     #[test]
     fn args_parse_and_unknown_are_logged() {
         let log = Collect::default();
@@ -336,13 +341,7 @@ mod tests {
     fn a_login_on_a_scripted_host() {
         let dir = temp("host");
         std::fs::write(dir.join("policy"), "group team idle=10m\n* idle=1h\n").unwrap();
-        let args = ModuleArgs {
-            conf: dir.join("policy"),
-            conf_explicit: true,
-            state_dir: dir.join("state"),
-            debug: false,
-            nss_timeout: Duration::from_secs(1),
-        };
+        let args = explicit_conf_in(&dir, "policy");
         let items = LoginItems { user: "alice".into(), rhost: "192.0.2.1".into(), service: "sshd".into() };
         let log = Collect::default();
         let host = Fake { groups: Ok(vec!["team".into()]) };
@@ -371,13 +370,7 @@ mod tests {
     fn open_then_close_records_and_removes() {
         let dir = temp("cycle");
         std::fs::write(dir.join("policy"), "user root idle=5m warn=1m\n").unwrap();
-        let args = ModuleArgs {
-            conf: dir.join("policy"),
-            conf_explicit: true,
-            state_dir: dir.join("state"),
-            debug: false,
-            nss_timeout: users::DEFAULT_NSS_TIMEOUT,
-        };
+        let args = explicit_conf_in(&dir, "policy");
         let items = LoginItems { user: "root".into(), rhost: "127.0.0.1".into(), service: "sshd".into() };
         let log = Collect::default();
         let key = open_session(&args, &items, &log).expect("recorded");
@@ -395,13 +388,7 @@ mod tests {
     #[test]
     fn missing_explicit_conf_is_an_error_but_records_unlimited() {
         let dir = temp("noconf");
-        let args = ModuleArgs {
-            conf: dir.join("missing"),
-            conf_explicit: true,
-            state_dir: dir.join("state"),
-            debug: false,
-            nss_timeout: users::DEFAULT_NSS_TIMEOUT,
-        };
+        let args = explicit_conf_in(&dir, "missing");
         let items = LoginItems { user: "root".into(), ..Default::default() };
         let log = Collect::default();
         assert!(open_session(&args, &items, &log).is_some());
@@ -416,13 +403,7 @@ mod tests {
         let dir = temp("dropin");
         std::fs::create_dir(dir.join("policy.d")).unwrap();
         std::fs::write(dir.join("policy.d/10-root.conf"), "user root idle=7m\n").unwrap();
-        let args = ModuleArgs {
-            conf: dir.join("policy"),
-            conf_explicit: true,
-            state_dir: dir.join("state"),
-            debug: false,
-            nss_timeout: users::DEFAULT_NSS_TIMEOUT,
-        };
+        let args = explicit_conf_in(&dir, "policy");
         let items = LoginItems { user: "root".into(), ..Default::default() };
         let log = Collect::default();
         assert!(open_session(&args, &items, &log).is_some());
