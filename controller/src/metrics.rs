@@ -106,32 +106,12 @@ impl Textfile {
 mod tests {
     use super::*;
 
-    fn row(id: &str, user: &str) -> SessionRow {
-        SessionRow {
-            id: id.into(),
-            pid: id.parse().unwrap(),
-            user: user.into(),
-            uid: 1000,
-            ttys: vec![],
-            from: "10.0.0.7".into(),
-            service: "sshd".into(),
-            login_time: 1_795_811_294,
-            idle_secs: 30,
-            idle_limit_secs: Some(900),
-            warn_secs: Some(60),
-            hard_limit_secs: None,
-            time_left_secs: Some(870),
-            rule: "x:1: *".into(),
-            warned: false,
-            adopted: false,
-        }
-    }
-
     #[test]
     fn render_has_the_enforcer_families_then_the_sessions() {
         let counters = Counters { started: 1_795_811_000, warnings: 2, adoptions: 1 };
         let counts = [("idle".to_string(), 3)].into_iter().collect();
-        let text = render(&[row("42", "alice"), row("43", "bob")], 1, &counts, &counters, true, 1_795_811_300);
+        let rows = [SessionRow::example("42", "alice"), SessionRow::example("43", "bob")];
+        let text = render(&rows, 1, &counts, &counters, true, 1_795_811_300);
         for line in [
             "sshidle_enforcer_up 1\n",
             "sshidle_enforcer_start_time_seconds 1795811000\n",

@@ -382,26 +382,34 @@ mod tests {
         assert!(tiocsti_note(None).unwrap().contains("no dev.tty.legacy_tiocsti"));
     }
 
+    impl SessionRow {
+        /// A session 30 s idle out of 900 with no hard limit, for the tests
+        /// of this module and of `metrics`.
+        pub(crate) fn example(id: &str, user: &str) -> SessionRow {
+            SessionRow {
+                id: id.into(),
+                pid: id.parse().unwrap(),
+                user: user.into(),
+                uid: 1000,
+                ttys: vec![],
+                from: "10.0.0.7".into(),
+                service: "sshd".into(),
+                login_time: 1_795_811_294,
+                idle_secs: 30,
+                idle_limit_secs: Some(900),
+                warn_secs: Some(60),
+                hard_limit_secs: None,
+                time_left_secs: Some(870),
+                rule: "x:1: *".into(),
+                warned: false,
+                adopted: false,
+            }
+        }
+    }
+
     #[test]
     fn prometheus_text_format() {
-        let row = SessionRow {
-            id: "4242".into(),
-            pid: 4242,
-            user: "al\"ice".into(),
-            uid: 1000,
-            ttys: vec!["pts/0".into()],
-            from: "10.0.0.7".into(),
-            service: "sshd".into(),
-            login_time: 1_795_811_294,
-            idle_secs: 30,
-            idle_limit_secs: Some(900),
-            warn_secs: Some(60),
-            hard_limit_secs: None,
-            time_left_secs: Some(870),
-            rule: "x:1: *".into(),
-            warned: false,
-            adopted: false,
-        };
+        let row = SessionRow { ttys: vec!["pts/0".into()], ..SessionRow::example("4242", "al\"ice") };
         let counts = [("idle".to_string(), 3), ("other".to_string(), 1)].into_iter().collect();
         let text = prometheus_text(&[row], &counts);
         assert!(text.contains("sshidle_disconnects_total{cause=\"idle\"} 3\n"), "{text}");
