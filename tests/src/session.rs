@@ -17,6 +17,8 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
+    /// `sshidlectl enforce EXTRA...` on the test's sshd, e.g. with
+    /// `&["--find-unrecorded"]`; its stdout and stderr go to `log`.
     pub fn start(sshd: &Sshd, extra: &[&str]) -> Enforcer {
         let log = sshd.dir.join(format!("enforcer-{}.log", unique_name("e")));
         let child = sshidlectl(&sshd.policy_path, &sshd.state_dir)

@@ -3,44 +3,10 @@
 //! through `sudo`), real users, a real pty through tmux, real `sudo`.
 
 use sshidle::procfs;
+use sshidle_tests::session::Enforcer;
 use sshidle_tests::*;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::Duration;
-
-/// A running `sshidlectl enforce`, stopped on drop.
-struct Enforcer {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Enforcer {
-    fn start(sshd: &Sshd) -> Enforcer {
-        let log = sshd.dir.join(format!("enforcer-{}.log", unique_name("c")));
-        let child = sshidlectl(&sshd.policy_path, &sshd.state_dir)
-            .arg("enforce")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
-            .spawn()
-            .expect("start enforcer");
-        Enforcer { child, log }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Enforcer {
-    fn drop(&mut self) {
-        signal(self.child.id() as i32, libc::SIGTERM);
-        if !wait_until(Duration::from_secs(3), || matches!(self.child.try_wait(), Ok(Some(_)))) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
 
 /// `/etc/sudoers.d/NAME` letting one user run anything as root without a
 /// password; removed on drop.
@@ -108,7 +74,7 @@ fn root_daemon_started_with_sudo_survives_and_users_daemon_does_not() {
     let policy = format!("user {} idle=10s warn=off\n", user.name);
     let sshd = Sshd::start("collat", SshdOptions { policy, ..Default::default() });
     sshd.authorize(&user);
-    let enforcer = Enforcer::start(&sshd);
+    let enforcer = Enforcer::start(&sshd, &[]);
     let args = sshd.ssh_args(&user.name);
     let mut argv = vec![args[0].clone(), "-tt".to_string()];
     argv.extend(args[1..].iter().cloned());

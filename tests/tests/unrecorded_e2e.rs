@@ -4,45 +4,12 @@
 //! with its user's rule and enforces it; `status` marks it. Real sshd, real
 //! users, real ptys through tmux, a real tmpfs.
 
+use sshidle_tests::session::Enforcer;
 use sshidle_tests::*;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// `sshidlectl enforce --find-unrecorded` on the test's sshd, stopped on drop.
-struct Enforcer {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Enforcer {
-    fn start(sshd: &Sshd) -> Enforcer {
-        let log = sshd.dir.join(format!("enforcer-{}.log", unique_name("u")));
-        let child = sshidlectl(&sshd.policy_path, &sshd.state_dir)
-            .args(["enforce", "--find-unrecorded"])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
-            .spawn()
-            .expect("start enforcer");
-        Enforcer { child, log }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Enforcer {
-    fn drop(&mut self) {
-        signal(self.child.id() as i32, libc::SIGTERM);
-        if !wait_until(Duration::from_secs(3), || matches!(self.child.try_wait(), Ok(Some(_)))) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
 
 /// A tiny tmpfs mounted on `path`, filled up; unmounted on drop.
 struct FullTmpfs {
@@ -79,7 +46,7 @@ fn rows_of(sshd: &Sshd, user: &str) -> Vec<serde_json::Value> {
 /// A pty login and a notty one (a remote command), neither recorded: both
 /// work, both show in `status` as adopted, both are ended for idleness.
 fn logins_go_through_and_are_enforced(sshd: &Sshd, pty_user: &TestUser, notty_user: &TestUser) {
-    let enforcer = Enforcer::start(sshd);
+    let enforcer = Enforcer::start(sshd, &["--find-unrecorded"]);
     let started = Instant::now();
     let mut argv = sshd.ssh_args(&pty_user.name);
     argv.insert(1, "-tt".into());
