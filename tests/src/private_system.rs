@@ -17,8 +17,9 @@
 //! without sshidle.
 
 use crate::util::{describe, ensure_runtime_dirs, TempDir};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 /// Set in the inner run: the directory holding the overlays' upper layers.
 const PRIVATE_SYSTEM_VAR: &str = "SSHIDLE_PRIVATE_SYSTEM";
@@ -64,6 +65,27 @@ pub fn run(test: &str) {
     assert!(out.status.success(), "{test} failed in its private system (output above)");
     let ran = String::from_utf8_lossy(&out.stdout);
     assert!(ran.contains("test result: ok. 1 passed"), "{test} did not run in its private system:\n{ran}");
+}
+
+/// Starts `sh -c SCRIPT` in a new mount namespace whose mounts propagate
+/// nowhere (`unshare --mount --propagation private EXTRA...`): the script
+/// mounts what the test needs, prints one line when it is ready and then
+/// holds the namespace open (`exec sleep ...`). Returns the holder and that
+/// line (empty when the script failed first). Killing the holder (and
+/// whatever else runs inside) ends the namespace and its mounts.
+pub fn hold_namespace(extra: &[&str], script: &str) -> (Child, String) {
+    let mut holder = Command::new("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .args(extra)
+        .args(["sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("unshare (util-linux)");
+    let mut line = String::new();
+    let _ = BufReader::new(holder.stdout.take().expect("piped stdout")).read_line(&mut line);
+    (holder, line)
 }
 
 fn mount(args: &[&str]) {

@@ -8,10 +8,10 @@
 //! starts sees no other test's sessions. Everything goes with the namespace;
 //! the real /etc/pam.d/sshd is checked byte for byte afterwards.
 
+use sshidle_tests::private_system;
 use sshidle_tests::*;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 
 const OVERLAID: [&str; 6] =
     ["etc", "usr/local", "usr/lib/x86_64-linux-gnu/security", "lib/x86_64-linux-gnu/security", "var/lib", "var/cache"];
@@ -46,15 +46,7 @@ impl Namespace {
              /usr/local/sbin/sshidlectl uninstall >/dev/null 2>&1 || true\nfi\n",
         );
         script.push_str("echo ready\nexec sleep 100000\n");
-        let mut unshare = Command::new("unshare")
-            .args(["--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("unshare");
-        let mut line = String::new();
-        let _ = BufReader::new(unshare.stdout.take().unwrap()).read_line(&mut line);
+        let (unshare, line) = private_system::hold_namespace(&["--pid", "--fork", "--mount-proc"], &script);
         let pid = unshare.id();
         let init = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
             .ok()

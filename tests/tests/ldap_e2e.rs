@@ -8,6 +8,7 @@
 //! vanish with the namespace). The test checks that both files are byte for
 //! byte what they were, and that the directory's user is unknown outside.
 
+use sshidle_tests::private_system;
 use sshidle_tests::*;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -138,15 +139,7 @@ impl NssNamespace {
              exec sleep 100000\n",
             d = dir.display()
         );
-        let mut holder = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("unshare");
-        let mut line = String::new();
-        let _ = BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line);
+        let (holder, line) = private_system::hold_namespace(&[], &script);
         let nslcd = line.trim().strip_prefix("nslcd=").and_then(|p| p.parse().ok()).unwrap_or(0);
         let ns = NssNamespace { holder, nslcd, made_run_nslcd };
         assert!(ns.nslcd > 0, "namespace setup failed: {line:?}");
