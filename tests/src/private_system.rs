@@ -115,7 +115,8 @@ fn mount_overlays(upper: &Path) {
     ensure_runtime_dirs();
 }
 
-fn package_installed() -> bool {
+/// Whether dpkg has the sshidle package (installed, or removed but not purged).
+pub fn package_installed() -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f", "${db:Status-Status}", "sshidle"])
         .output()

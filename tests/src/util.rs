@@ -1,5 +1,6 @@
 //! Paths of the built artefacts, unique names and ports, waiting, temp dirs.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -199,4 +200,17 @@ pub fn ensure_runtime_dirs() {
         let _ =
             Command::new("install").args(["-m", "664", "-o", "root", "-g", "utmp", "/dev/null", "/run/utmp"]).status();
     }
+}
+
+/// What differs between two snapshots of a file tree (path to a description
+/// of its entry): one `PATH: BEFORE -> AFTER` line a path (either side
+/// `None` where the path is missing), sorted by path.
+pub fn differences(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {:?} -> {:?}", a.get(k), b.get(k)))
+        .collect()
 }

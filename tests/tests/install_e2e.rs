@@ -118,24 +118,6 @@ fn snapshot_of(dir: &str) -> BTreeMap<String, String> {
     out
 }
 
-fn differences(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| format!("{k}: {:?} -> {:?}", a.get(k), b.get(k)))
-        .collect()
-}
-
-fn package_installed() -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f", "${db:Status-Status}", "sshidle"])
-        .output()
-        .map(|o| o.status.success() && !o.stdout.is_empty() && o.stdout != b"not-installed")
-        .unwrap_or(false)
-}
-
 fn package_configured() -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f", "${Status}", "sshidle"])
@@ -170,7 +152,7 @@ impl Drop for SystemGuard {
             let ctl = if Path::new(INSTALLED_CTL).exists() { PathBuf::from(INSTALLED_CTL) } else { sshidlectl_path() };
             let _ = Command::new(ctl).arg("uninstall").output();
         }
-        if package_installed() {
+        if private_system::package_installed() {
             let _ = Command::new("dpkg").args(["-P", "sshidle"]).output();
         }
         if std::fs::read(PAM_FILE).ok().as_deref() != Some(&self.pam[..]) {
@@ -474,7 +456,7 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
         .expect("dpkg");
     assert!(!refused.status.success(), "dpkg -i over an installation from source: {}", describe(&refused));
     assert!(text(&refused.stderr).contains("sshidlectl uninstall"), "says what to do: {}", describe(&refused));
-    assert!(!package_installed(), "the package was installed over an installation from source");
+    assert!(!private_system::package_installed(), "the package was installed over an installation from source");
     let mut now = snapshot();
     let mut from_source_cmp = from_source.clone();
     for runtime in [STATE_DIR, PIDFILE] {
@@ -615,7 +597,7 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     let mode = std::fs::metadata("/etc/init.d/sshidle").unwrap().mode();
     assert_eq!(mode & 0o111, 0, "after dpkg -r the init script is not executable (no phantom service)");
     dpkg(&["-P", "sshidle"]);
-    assert!(!package_installed());
+    assert!(!private_system::package_installed());
     assert_eq!(std::fs::read(POLICY).unwrap(), admins_policy, "purge removed the admin's own policy");
     std::fs::remove_file(POLICY).unwrap();
     assert_eq!(differences(&before, &snapshot()), Vec::<String>::new(), "dpkg -P left something behind");
@@ -633,7 +615,7 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     let mode = std::fs::metadata("/etc/init.d/sshidle").unwrap().mode();
     assert_eq!(mode & 0o111, 0o111, "the init script is executable again after the reinstall");
     dpkg(&["-P", "sshidle"]);
-    assert!(!package_installed());
+    assert!(!private_system::package_installed());
     assert_eq!(std::fs::read(PAM_FILE).unwrap(), guard.pam);
     assert_eq!(differences(&ssh_before, &snapshot_of("/etc/ssh")), Vec::<String>::new(), "/etc/ssh changed");
     assert_eq!(differences(&before, &snapshot()), Vec::<String>::new(), "dpkg -P left something behind");

@@ -210,16 +210,6 @@ impl Drop for Container {
     }
 }
 
-fn differences(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| format!("{k}: {:?} -> {:?}", a.get(k), b.get(k)))
-        .collect()
-}
-
 /// The `login=` time the module recorded for `user` in the state journal.
 fn recorded_login(c: &Container, user: &str) -> Option<i64> {
     let journal = c.sh("cat /run/sshidle/sessions");
