@@ -162,21 +162,26 @@ impl StateDir {
     /// Refuses a symlink, a non-directory, or one owned by another user.
     pub fn open(path: &Path, create: bool) -> Result<StateDir> {
         let cpath = c_path(path)?;
-        if create {
+        // O_NOFOLLOW makes a symlinked directory fail with ELOOP/ENOTDIR.
+        let open_dir = || {
             // SAFETY: cpath is a valid C string.
-            let rc = unsafe { libc::mkdir(cpath.as_ptr(), 0o700) };
-            if rc != 0 {
+            unsafe {
+                libc::open(cpath.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            }
+        };
+        let mut fd = open_dir();
+        // Created only when missing (once per boot): every other login is
+        // spared the mkdir.
+        if fd < 0 && create && io::Error::last_os_error().kind() == io::ErrorKind::NotFound {
+            // SAFETY: cpath is a valid C string.
+            if unsafe { libc::mkdir(cpath.as_ptr(), 0o700) } != 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() != io::ErrorKind::AlreadyExists {
                     return Err(StateError::Io(format!("creating {}", path.display()), err));
                 }
             }
+            fd = open_dir();
         }
-        // O_NOFOLLOW makes a symlinked directory fail with ELOOP/ENOTDIR.
-        // SAFETY: cpath is a valid C string.
-        let fd = unsafe {
-            libc::open(cpath.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        };
         if fd < 0 {
             let err = io::Error::last_os_error();
             return Err(match err.raw_os_error() {

@@ -4,10 +4,11 @@
 //! `pam_permit` stack with the module against one without, with 0, 1,000,
 //! 10,000 and 100,000 sessions already recorded.
 //!
-//! Run: `cargo build --release --workspace && target/release/bench_pam [--load-only|--session-only] [CYCLES] [MODULE]`
+//! Run: `cargo build --release --workspace && target/release/bench_pam [--load-only|--session-only] [--fresh-process] [CYCLES] [MODULE]`
 //! (CYCLES per row, default 2,000; MODULE defaults to the built module;
 //! `--load-only`: pam_start + pam_end alone, what loading the module costs;
-//! `--session-only`: open + close alone, the module's own work).
+//! `--session-only`: open + close alone, the module's own work;
+//! `--fresh-process`: each cycle in a child forked for it).
 //!
 //! Measured as sshd pays it: this process has not loaded libgcc_s (it is
 //! linked with the static unwinder, tests/build.rs; checked below), as
@@ -19,6 +20,8 @@ use sshidle::state::{SessionKey, SessionRecord, StateDir};
 use sshidle_tests::pam::{PamSession, PAM_SUCCESS};
 use sshidle_tests::{module_path, PamConfDir};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn us(d: Duration) -> f64 {
@@ -49,6 +52,38 @@ enum Mode {
     LoadOnly,
     /// open + close on a handle already started: the module's own work.
     SessionOnly,
+}
+
+/// One cycle in a child forked for it, as sshd runs each connection in a
+/// process of its own (re-executed, so nothing of an earlier connection's
+/// stack is loaded): a module that stays mapped after `pam_end` gains
+/// nothing here. The time is measured in the child and sent through a pipe.
+fn cycle_in_child(conf: &Path, service: &str, mode: Mode) -> Duration {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the child only runs the cycle, writes 16 bytes and _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let took = cycle(conf, service, mode).as_nanos().to_ne_bytes();
+        // SAFETY: a valid descriptor and buffer; _exit skips atexit and destructors.
+        unsafe {
+            libc::write(fds[1], took.as_ptr().cast(), took.len());
+            libc::_exit(0);
+        }
+    }
+    let mut took = [0u8; 16];
+    // SAFETY: valid descriptors and buffer; the child is reaped once.
+    unsafe {
+        libc::close(fds[1]);
+        assert_eq!(libc::read(fds[0], took.as_mut_ptr().cast(), took.len()), 16, "the child's time");
+        libc::close(fds[0]);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        assert_eq!(status, 0, "cycle child failed");
+    }
+    Duration::from_nanos(u128::from_ne_bytes(took) as u64)
 }
 
 fn cycle(conf: &Path, service: &str, mode: Mode) -> Duration {
@@ -97,6 +132,12 @@ fn main() {
     } else {
         Mode::Full
     };
+    // Default: every cycle in this one process, the module loaded and
+    // unloaded again each time (issue 9's method). `--fresh-process`: each
+    // cycle in a child of its own, first touches and all.
+    let fresh = args.iter().any(|a| a == "--fresh-process");
+    let run: fn(&Path, &str, Mode) -> Duration = if fresh { cycle_in_child } else { cycle };
+    let syslog = SyslogSink::start();
     args.retain(|a| !a.starts_with("--"));
     let cycles: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(2_000);
     let module = args.get(1).map(std::path::PathBuf::from).unwrap_or_else(module_path);
@@ -119,7 +160,10 @@ fn main() {
             Mode::SessionOnly => "open_session + close_session only (the module's own work)",
         }
     );
-    println!("baseline (pam_permit only) interleaved; µs; added = with module - baseline\n");
+    println!(
+        "{}; baseline (pam_permit only) interleaved; µs; added = with module - baseline\n",
+        if fresh { "each cycle in a fresh child process" } else { "all cycles in this process" }
+    );
     println!(
         "{:>9}  {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8}  {:>9} {:>9}",
         "recorded", "base p50", "p99", "max", "mod p50", "p99", "max", "added p50", "added p99"
@@ -139,13 +183,13 @@ fn main() {
         );
         // Warm up the page cache and the policy file.
         for _ in 0..20 {
-            cycle(conf.path(), "permit", mode);
-            cycle(conf.path(), &service, mode);
+            run(conf.path(), "permit", mode);
+            run(conf.path(), &service, mode);
         }
         let (mut base, mut with) = (Vec::with_capacity(cycles), Vec::with_capacity(cycles));
         for _ in 0..cycles {
-            base.push(cycle(conf.path(), "permit", mode));
-            with.push(cycle(conf.path(), &service, mode));
+            base.push(run(conf.path(), "permit", mode));
+            with.push(run(conf.path(), &service, mode));
         }
         let (b, m) = (stats(base), stats(with));
         println!(
@@ -164,14 +208,62 @@ fn main() {
         let _ = std::fs::remove_dir_all(&state_dir);
     }
     if mode == Mode::Full {
-        overdue(&conf, &module, &policy);
+        overdue(&conf, &module, &policy, run);
     }
     assert!(!libgcc_s_loaded(), "libgcc_s stayed loaded after the module was unloaded");
+    if let Some(sink) = syslog {
+        let lines = sink.lines.load(Ordering::Relaxed);
+        println!("\nsyslog lines received on the private /dev/log: {lines}");
+        // Each module cycle with open_session logs the session's end.
+        assert!(mode == Mode::LoadOnly || lines >= cycles, "the module's close_session lines did not arrive");
+    }
+}
+
+/// A syslog daemon of the benchmark's own, as sshd has one: in a private
+/// mount namespace, a datagram socket bound at `/dev/log` (on a tmpfs over
+/// /dev) and drained by a thread. The socket is connected before the first
+/// cycle (`openlog(LOG_NDELAY)`), as sshd's is by its own earlier lines, so
+/// a log line costs the module a `sendto`, as it does inside sshd. Without
+/// it (no syslog daemon on this machine) every line would cost a failed
+/// socket + connect. `None` when not root (then nothing is replaced).
+struct SyslogSink {
+    lines: Arc<AtomicUsize>,
+}
+
+impl SyslogSink {
+    fn start() -> Option<SyslogSink> {
+        // SAFETY: plain syscalls; this process is still single-threaded,
+        // as unshare(CLONE_NEWNS) requires.
+        unsafe {
+            if libc::geteuid() != 0 || libc::unshare(libc::CLONE_NEWNS) != 0 {
+                eprintln!("not root or no mount namespace: log lines go to this machine's /dev/log");
+                return None;
+            }
+            let none = std::ptr::null();
+            assert_eq!(libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, none.cast()), 0);
+            assert_eq!(libc::mount(c"tmpfs".as_ptr(), c"/dev".as_ptr(), c"tmpfs".as_ptr(), 0, none.cast()), 0);
+            for (node, minor) in [(c"/dev/null", 3), (c"/dev/zero", 5), (c"/dev/random", 8), (c"/dev/urandom", 9)] {
+                libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, minor));
+            }
+        }
+        let socket = std::os::unix::net::UnixDatagram::bind("/dev/log").expect("bind /dev/log");
+        let lines = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while socket.recv(&mut buf).is_ok() {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // SAFETY: a static ident; LOG_NDELAY connects now.
+        unsafe { libc::openlog(c"bench_pam".as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, libc::LOG_AUTHPRIV) };
+        Some(SyslogSink { lines })
+    }
 }
 
 /// The worst login: 100,000 recorded sessions and the journal grown past its
 /// compaction threshold (a module that compacts does it inside this login).
-fn overdue(conf: &PamConfDir, module: &Path, policy: &Path) {
+fn overdue(conf: &PamConfDir, module: &Path, policy: &Path, run: fn(&Path, &str, Mode) -> Duration) {
     let state_dir = conf.dir.join("state-overdue");
     fill(&state_dir, 100_000, policy);
     let state = StateDir::open(&state_dir, false).unwrap();
@@ -192,7 +284,7 @@ fn overdue(conf: &PamConfDir, module: &Path, policy: &Path) {
         ),
     );
     let times: Vec<String> =
-        (0..5).map(|_| format!("{:.1}", us(cycle(conf.path(), "sshidle-overdue", Mode::Full)))).collect();
+        (0..5).map(|_| format!("{:.1}", us(run(conf.path(), "sshidle-overdue", Mode::Full)))).collect();
     println!("\n100000 recorded, journal overdue for compaction: 5 consecutive logins, µs: {}", times.join(", "));
     let _ = std::fs::remove_dir_all(&state_dir);
 }
