@@ -20,10 +20,16 @@ impl Enforcer {
     /// `sshidlectl enforce EXTRA...` on the test's sshd, e.g. with
     /// `&["--find-unrecorded"]`; its stdout and stderr go to `log`.
     pub fn start(sshd: &Sshd, extra: &[&str]) -> Enforcer {
+        let mut command = sshidlectl(&sshd.policy_path, &sshd.state_dir);
+        command.arg("enforce").args(extra);
+        Enforcer::spawn(sshd, command)
+    }
+
+    /// Runs an enforcer command the caller built (under `nice`, say), its
+    /// stdout and stderr to a log of its own in the sshd's directory.
+    pub fn spawn(sshd: &Sshd, mut command: Command) -> Enforcer {
         let log = sshd.dir.join(format!("enforcer-{}.log", unique_name("e")));
-        let child = sshidlectl(&sshd.policy_path, &sshd.state_dir)
-            .arg("enforce")
-            .args(extra)
+        let child = command
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).expect("log"))
             .stderr(std::fs::File::options().append(true).open(&log).expect("log"))

@@ -137,21 +137,10 @@ while True:
 /// its cores a normal-priority process reads it seconds late (a daemon of
 /// its own machine has no such competition).
 fn start_enforcer(sshd: &Sshd) -> Enforcer {
-    let log = sshd.dir.join(format!("enforcer-{}.log", unique_name("e")));
-    let child = Command::new("nice")
-        .args(["-n", "-10"])
-        .arg(sshidlectl_path())
-        .arg("--config")
-        .arg(&sshd.policy_path)
-        .arg("--state-dir")
-        .arg(&sshd.state_dir)
-        .arg("enforce")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).expect("log"))
-        .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
-        .spawn()
-        .expect("start enforcer");
-    Enforcer { child, log }
+    let mut nice = Command::new("nice");
+    nice.args(["-n", "-10"]).arg(sshidlectl_path());
+    nice.arg("--config").arg(&sshd.policy_path).arg("--state-dir").arg(&sshd.state_dir).arg("enforce");
+    Enforcer::spawn(sshd, nice)
 }
 
 fn policy_for(users: &[&str], settings: &str) -> String {
