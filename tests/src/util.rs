@@ -1,5 +1,8 @@
-//! Paths of the built artefacts, unique names and ports, waiting, temp dirs.
+//! Paths of the built artefacts, unique names and ports, waiting, temp dirs,
+//! and small fixtures: differences of file-tree snapshots, other logins' records.
 
+use sshidle::policy::Limits;
+use sshidle::state::{SessionKey, SessionRecord};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -213,4 +216,21 @@ pub fn differences(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -
         .filter(|k| a.get(*k) != b.get(*k))
         .map(|k| format!("{k}: {:?} -> {:?}", a.get(k), b.get(k)))
         .collect()
+}
+
+/// The record of an open session of another, non-existent process (the
+/// `i`-th: PID 4,000,000 + i), under `rule`: what fills a journal with
+/// other logins.
+pub fn stranger_record(i: usize, rule: &str) -> SessionRecord {
+    SessionRecord {
+        key: SessionKey { pid: 4_000_000 + i as i32, start: 123_456 + i as u64 },
+        uid: 1000,
+        user: format!("user{i}"),
+        rhost: "203.0.113.50".into(),
+        service: "sshd".into(),
+        login_time: sshidle::now_unix(),
+        limits: Limits { idle: Some(900), warn: Some(60), hard: None },
+        rule: rule.into(),
+        warned_at: None,
+    }
 }

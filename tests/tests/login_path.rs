@@ -1,8 +1,7 @@
 //! The login path inside a real libpam: bounded whatever the state, never
 //! refusing or crashing, and the module as sshd loads it (no libgcc_s).
 
-use sshidle::policy::Limits;
-use sshidle::state::{SessionKey, SessionRecord, StateDir};
+use sshidle::state::{SessionRecord, StateDir};
 use sshidle_tests::pam::{PAM_IGNORE, PAM_SUCCESS};
 use sshidle_tests::*;
 use std::os::fd::AsRawFd;
@@ -106,18 +105,7 @@ fn a_login_never_compacts_a_large_journal() {
     let stack = Stack::new("large", "");
     let state = StateDir::open(&stack.state_dir, true).unwrap();
     for i in 0..100_000 {
-        let record = SessionRecord {
-            key: SessionKey { pid: 4_000_000 + i, start: 7 + i as u64 },
-            uid: 1000,
-            user: format!("user{i}"),
-            rhost: "203.0.113.50".into(),
-            service: "sshd".into(),
-            login_time: sshidle::now_unix(),
-            limits: Limits { idle: Some(900), warn: Some(60), hard: None },
-            rule: "x:1: *".into(),
-            warned_at: None,
-        };
-        state.record_open(&record).unwrap();
+        state.record_open(&stranger_record(i, "x:1: *")).unwrap();
     }
     assert!(state.compaction_due(), "the journal should be overdue for compaction");
     let before = std::fs::metadata(state.file_path()).unwrap().len();

@@ -15,10 +15,9 @@
 //! sshd's connection child has not. The baseline cycle is interleaved with
 //! the module's, one each in turn, so load on the machine hits both alike.
 
-use sshidle::policy::Limits;
-use sshidle::state::{SessionKey, SessionRecord, StateDir};
+use sshidle::state::StateDir;
 use sshidle_tests::pam::{PamSession, PAM_SUCCESS};
-use sshidle_tests::{module_path, PamConfDir};
+use sshidle_tests::{module_path, stranger_record, PamConfDir};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -105,20 +104,9 @@ fn cycle(conf: &Path, service: &str, mode: Mode) -> Duration {
 /// `recorded` open sessions of other (non-existent) processes in `dir`.
 fn fill(dir: &Path, recorded: usize, policy: &Path) {
     let state = StateDir::open(dir, true).unwrap();
+    let rule = format!("{}:4: *", policy.display());
     for i in 0..recorded {
-        state
-            .record_open(&SessionRecord {
-                key: SessionKey { pid: 4_000_000 + i as i32, start: 123_456 + i as u64 },
-                uid: 1000,
-                user: format!("user{i}"),
-                rhost: "203.0.113.50".into(),
-                service: "sshd".into(),
-                login_time: sshidle::now_unix(),
-                limits: Limits { idle: Some(900), warn: Some(60), hard: None },
-                rule: format!("{}:4: *", policy.display()),
-                warned_at: None,
-            })
-            .unwrap();
+        state.record_open(&stranger_record(i, &rule)).unwrap();
     }
     state.compact(&|_| true).unwrap();
 }
