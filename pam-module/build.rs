@@ -10,6 +10,5 @@
 //! `-lgcc_s`, which `--as-needed` then drops as unused.
 fn main() {
     println!("cargo:rustc-link-lib=static:+whole-archive=gcc_eh");
-    println!("cargo:rustc-cdylib-link-arg=-Wl,--no-rosegment");
     println!("cargo:rerun-if-changed=build.rs");
 }
