@@ -9,6 +9,9 @@
 //! - a change of the policy file or of its drop-in directory (inotify on
 //!   both directories, so editors that replace a file are seen): the policy
 //!   is re-read and applied to the sessions already open;
+//! - a login the module could not record (it touches the state directory:
+//!   `IN_ATTRIB`): sshd's processes are searched for it every 2 s for 30 s
+//!   (otherwise only every 5 minutes, a safety net);
 //! - SIGHUP (re-read everything, look at every session) and SIGTERM/SIGINT
 //!   (exit), through a signalfd.
 //!
@@ -907,8 +910,15 @@ const ADOPTED: &str = "utmp";
 /// The service of a session the enforcer found among sshd's processes with
 /// no record (its login could not be written).
 pub const DISCOVERED: &str = "adopted";
-/// How often sshd's processes are searched for connections with no record.
-const DISCOVER_EVERY: Duration = Duration::from_secs(5);
+/// How often sshd's processes are searched for connections with no record
+/// when no login said it went unrecorded: a safety net only, since a search
+/// reads every process on the machine (~10 µs each).
+const DISCOVER_EVERY: Duration = Duration::from_secs(300);
+/// After a login that went unrecorded (the module touched the state
+/// directory: `state::nudge_enforcer`), searches this often for this long:
+/// the connection is found only once its user's process exists.
+const DISCOVER_AFTER_NUDGE: Duration = Duration::from_secs(2);
+const NUDGE_WINDOW: Duration = Duration::from_secs(30);
 
 /// The audit fields every event of a session has.
 fn audit_fields(r: &SessionRecord) -> AuditLine<'_> {
@@ -1146,7 +1156,9 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
         | AddWatchFlags::IN_MOVED_TO
         | AddWatchFlags::IN_CREATE
         | AddWatchFlags::IN_DELETE;
-    let mut state_wd = add_watch(&inotify, &e.state_path, file_events);
+    // IN_ATTRIB on the directory itself: a login that went unrecorded.
+    let state_events = file_events | AddWatchFlags::IN_ATTRIB;
+    let mut state_wd = add_watch(&inotify, &e.state_path, state_events);
     let policy_dir = e.config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let policy_name = e.config.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let policy_events = file_events | AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_MOVED_FROM;
@@ -1179,6 +1191,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
     let mut policy_at: Option<Instant> = None;
     let mut housekeeping_at = Instant::now() + HOUSEKEEPING;
     let mut discover_at = Instant::now() + DISCOVER_EVERY;
+    let mut nudged_until: Option<Instant> = None;
     loop {
         e.progress_terminations(false);
         e.save_memory(false);
@@ -1241,6 +1254,9 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
             for (wd, name) in read_events(&inotify) {
                 if Some(wd) == state_wd && name == sshidle::state::STATE_FILE {
                     reload_at.get_or_insert_with(|| Instant::now() + RELOAD_DELAY);
+                } else if Some(wd) == state_wd && name.is_empty() {
+                    nudged_until = Some(Instant::now() + NUDGE_WINDOW);
+                    discover_at = discover_at.min(Instant::now() + RELOAD_DELAY);
                 } else if Some(wd) == policy_wd && name == policy_name {
                     policy_at.get_or_insert_with(|| Instant::now() + RELOAD_DELAY);
                 } else if Some(wd) == policy_wd && name == dropin_name {
@@ -1264,7 +1280,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
             // The state directory appeared (first login after boot, --dry-run).
             e.open_state();
             if e.fx.state.is_some() {
-                state_wd = add_watch(&inotify, &e.state_path, file_events);
+                state_wd = add_watch(&inotify, &e.state_path, state_events);
                 reload_at = Some(Instant::now());
             }
         }
@@ -1285,7 +1301,8 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
             }
         }
         if discover_at <= Instant::now() {
-            discover_at = Instant::now() + DISCOVER_EVERY;
+            let nudged = nudged_until.is_some_and(|until| until > Instant::now());
+            discover_at = Instant::now() + if nudged { DISCOVER_AFTER_NUDGE } else { DISCOVER_EVERY };
             e.adopt_discovered(now);
         }
         if housekeeping_at <= Instant::now() {

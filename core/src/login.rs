@@ -113,6 +113,9 @@ pub trait Host {
     fn lookup_user(&self, name: &str) -> Option<users::Account>;
     /// The account's group names, or why they are not known within `timeout`.
     fn group_names(&self, account: &users::Account, timeout: Duration) -> Result<Vec<String>, users::GroupsUnknown>;
+    /// A login went unrecorded: the enforcer should look for it now
+    /// ([`crate::state::nudge_enforcer`]).
+    fn nudge_enforcer(&self, state_dir: &std::path::Path);
 }
 
 /// The real system: the wall clock, `/proc/self`, NSS.
@@ -131,6 +134,9 @@ impl Host for System {
     fn group_names(&self, account: &users::Account, timeout: Duration) -> Result<Vec<String>, users::GroupsUnknown> {
         users::group_names_within(account, timeout)
     }
+    fn nudge_enforcer(&self, state_dir: &std::path::Path) {
+        crate::state::nudge_enforcer(state_dir)
+    }
 }
 
 /// Records a new session for the calling process. Returns the key recorded,
@@ -148,10 +154,12 @@ pub fn open_session_on(
 ) -> Option<SessionKey> {
     let Some(account) = host.lookup_user(&items.user) else {
         log.log(Level::Error, &format!("user '{}' not found; session not recorded", items.user));
+        host.nudge_enforcer(&args.state_dir);
         return None;
     };
     let Some(key) = host.current_process() else {
         log.log(Level::Error, "cannot read own start time from /proc; session not recorded");
+        host.nudge_enforcer(&args.state_dir);
         return None;
     };
     let policy = load_policy(args, log);
@@ -185,6 +193,7 @@ pub fn open_session_on(
         Err(err) => {
             log.log(Level::Error, &format!("{err}; session of {} not recorded", items.user));
             log_unrecorded(&record, &err, log);
+            host.nudge_enforcer(&args.state_dir);
             return None;
         }
     };
@@ -197,6 +206,7 @@ pub fn open_session_on(
         Err(err) => {
             log.log(Level::Error, &format!("{err}; session of {} not recorded", items.user));
             log_unrecorded(&record, &err, log);
+            host.nudge_enforcer(&args.state_dir);
             return None;
         }
     }
@@ -320,6 +330,11 @@ mod tests {
     /// answer or time out.
     struct Fake {
         groups: Result<Vec<String>, users::GroupsUnknown>,
+        nudges: std::cell::Cell<u32>,
+    }
+
+    fn fake(groups: Result<Vec<String>, users::GroupsUnknown>) -> Fake {
+        Fake { groups, nudges: Default::default() }
     }
 
     impl Host for Fake {
@@ -335,6 +350,9 @@ mod tests {
         fn group_names(&self, _: &users::Account, _: Duration) -> Result<Vec<String>, users::GroupsUnknown> {
             self.groups.clone()
         }
+        fn nudge_enforcer(&self, _: &std::path::Path) {
+            self.nudges.set(self.nudges.get() + 1);
+        }
     }
 
     #[test]
@@ -344,7 +362,7 @@ mod tests {
         let args = explicit_conf_in(&dir, "policy");
         let items = LoginItems { user: "alice".into(), rhost: "192.0.2.1".into(), service: "sshd".into() };
         let log = Collect::default();
-        let host = Fake { groups: Ok(vec!["team".into()]) };
+        let host = fake(Ok(vec!["team".into()]));
         assert_eq!(open_session_on(&host, &args, &items, &log), Some(SessionKey { pid: 4242, start: 77 }));
         let state = StateDir::open(&args.state_dir, false).unwrap();
         let r = state.load().unwrap().sessions.remove(0);
@@ -354,7 +372,7 @@ mod tests {
         assert!(state.load().unwrap().sessions.is_empty());
 
         // Groups that cannot be read in time: group rules skipped, said so.
-        let host = Fake { groups: Err(users::GroupsUnknown("timed out".into())) };
+        let host = fake(Err(users::GroupsUnknown("timed out".into())));
         open_session_on(&host, &args, &items, &log).unwrap();
         assert_eq!(state.load().unwrap().sessions[0].limits.idle, Some(3600));
         assert!(log.0.borrow().iter().any(|(l, m)| *l == Level::Warning && m.contains("timed out")), "{:?}", log.0);
@@ -363,6 +381,8 @@ mod tests {
         let items = LoginItems { user: "mallory".into(), ..Default::default() };
         assert_eq!(open_session_on(&host, &args, &items, &log), None);
         assert!(log.0.borrow().iter().any(|(l, m)| *l == Level::Error && m.contains("'mallory' not found")));
+        // Only the unrecorded login asked the enforcer to look for it.
+        assert_eq!(host.nudges.get(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -425,7 +445,7 @@ mod tests {
         let items = LoginItems { user: "alice".into(), ..Default::default() };
         let log = Collect::default();
         let why = "NSS did not answer within 2.0s";
-        let host = Fake { groups: Err(users::GroupsUnknown(why.into())) };
+        let host = fake(Err(users::GroupsUnknown(why.into())));
         assert!(open_session_on(&host, &args, &items, &log).is_some());
         let state = StateDir::open(&args.state_dir, false).unwrap();
         let record = &state.load().unwrap().sessions[0];

@@ -579,6 +579,18 @@ fn check_owner(path: &Path, uid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Tells the enforcer that a login went unrecorded, so that it looks for
+/// sshd's connections now instead of at its next periodic search: touches
+/// the state directory's timestamps (`utimensat`, which needs no free space
+/// and no lock), an `IN_ATTRIB` on the directory the enforcer watches.
+/// Nothing happens when the directory is missing or a symlink.
+pub fn nudge_enforcer(dir: &Path) {
+    if let Ok(cpath) = c_path(dir) {
+        // SAFETY: a valid C string; NULL times mean "now".
+        unsafe { libc::utimensat(libc::AT_FDCWD, cpath.as_ptr(), std::ptr::null(), libc::AT_SYMLINK_NOFOLLOW) };
+    }
+}
+
 fn c_path(path: &Path) -> Result<CString> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(path.as_os_str().as_bytes()).map_err(|_| StateError::Unsafe(format!("bad path {}", path.display())))
@@ -842,6 +854,29 @@ mod tests {
             rule: "/etc/security/sshidle.conf:5: *".into(),
             warned_at: None,
         }
+    }
+
+    #[test]
+    fn a_nudge_touches_the_directory_and_never_a_symlinks_target() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = temp_dir("nudge");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (state, target) = (dir.join("state"), dir.join("target"));
+        std::fs::create_dir(&state).unwrap();
+        std::fs::create_dir(&target).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("link")).unwrap();
+        let old = [libc::timespec { tv_sec: 1000, tv_nsec: 0 }; 2];
+        for path in [&state, &target] {
+            let cpath = c_path(path).unwrap();
+            // SAFETY: a valid C string and two timespecs.
+            assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, cpath.as_ptr(), old.as_ptr(), 0) }, 0);
+        }
+        nudge_enforcer(&state);
+        nudge_enforcer(&dir.join("link"));
+        nudge_enforcer(&dir.join("missing"));
+        assert!(std::fs::metadata(&state).unwrap().mtime() > crate::now_unix() - 60);
+        assert_eq!(std::fs::metadata(&target).unwrap().mtime(), 1000);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
