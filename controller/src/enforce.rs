@@ -107,6 +107,10 @@ pub struct DisconnectArgs {
     /// Say what would be done; disconnect nobody
     #[arg(long)]
     pub dry_run: bool,
+    /// Also find sshd connections that have no record (default with the
+    /// default state directory), as `status --find-unrecorded` lists them
+    #[arg(long)]
+    pub find_unrecorded: bool,
 }
 
 /// What the enforcer keeps of a session's processes between looks (the
@@ -1321,6 +1325,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
 fn known_sessions(
     state_dir: &Path,
     utmp_path: Option<&Path>,
+    find_unrecorded: bool,
 ) -> Result<(Option<StateDir>, Vec<SessionRecord>), StateError> {
     let entries = utmp_path.and_then(|p| utmp::read(p).ok()).unwrap_or_default();
     let state = StateDir::open_existing(state_dir)?;
@@ -1348,7 +1353,7 @@ fn known_sessions(
             warned_at: None,
         });
     }
-    if finds_unrecorded(state_dir, false) {
+    if finds_unrecorded(state_dir, find_unrecorded) {
         // sshd connections whose login was not recorded.
         let privsep = users::lookup_user("sshd").map(|a| a.uid);
         for c in discover::scan(&ProcTable::scan(), privsep) {
@@ -1378,7 +1383,7 @@ pub fn disconnect(state_dir: &Path, args: &DisconnectArgs) -> Outcome {
         None => None,
     };
     let utmp_path = PathBuf::from(utmp::DEFAULT_UTMP);
-    let (state, sessions) = known_sessions(state_dir, Some(&utmp_path))?;
+    let (state, sessions) = known_sessions(state_dir, Some(&utmp_path), args.find_unrecorded)?;
     let targets: Vec<&SessionRecord> = match (pid, &args.user) {
         (Some(pid), _) => sessions.iter().filter(|r| r.key.pid == pid).collect(),
         (None, Some(user)) => sessions.iter().filter(|r| &r.user == user).collect(),

@@ -134,3 +134,50 @@ fn stuck_lock_holder_logins_work_and_are_enforced() {
     logins_go_through_and_are_enforced(&sshd, &pty_user, &notty_user);
     drop(holder);
 }
+
+/// An admin ends a session that has no record (the state directory full,
+/// no enforcer running) as `status` shows it: `disconnect --find-unrecorded`
+/// finds it among sshd's processes; without the flag, on a private state
+/// directory, it is not found and nothing is ended.
+#[test]
+fn an_unrecorded_session_is_disconnected_by_the_admin() {
+    if !e2e_enabled() {
+        return;
+    }
+    let user = TestUser::create("udc", &[]);
+    let sshd = Sshd::start("udisc", SshdOptions { policy: "* idle=1h\n".into(), ..Default::default() });
+    sshd.authorize(&user);
+    let _tmpfs = FullTmpfs::mount(&sshd.state_dir);
+    let args = sshd.ssh_args(&user.name);
+    let mut notty = Command::new(&args[0])
+        .args(&args[1..])
+        .arg("exec sleep 1002")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh");
+    let found = wait_until(Duration::from_secs(15), || {
+        rows_of(&sshd, &user.name).first().is_some_and(|r| r["adopted"] == true)
+    });
+    assert!(found, "{} not found: {:#?}", user.name, status(&sshd));
+    let out = sshd.ctl(&["disconnect", "--user", &user.name]);
+    assert!(!out.status.success(), "found without --find-unrecorded: {}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("no session of {}", user.name)),
+        "{}",
+        describe(&out)
+    );
+    assert!(matches!(notty.try_wait(), Ok(None)), "the session ended without a disconnect");
+    let out = sshd.ctl(&["disconnect", "--find-unrecorded", "--user", &user.name]);
+    assert!(out.status.success(), "disconnect: {}", describe(&out));
+    assert!(
+        wait_until(Duration::from_secs(15), || matches!(notty.try_wait(), Ok(Some(_)))),
+        "the unrecorded session was not disconnected: {}",
+        describe(&out)
+    );
+    let gone = wait_until(Duration::from_secs(10), || {
+        Command::new("pgrep").args(["-u", &user.name]).output().expect("pgrep").stdout.is_empty()
+    });
+    assert!(gone, "processes of {} left", user.name);
+}
