@@ -2,8 +2,9 @@
 //!
 //! Every hook is wrapped in `catch_unwind` and always returns `PAM_SUCCESS`
 //! or `PAM_IGNORE`, so neither a bug nor a broken state file can refuse a
-//! login or crash sshd. Logging goes through `pam_syslog` (facility authpriv),
-//! which sets no process-wide state: no `openlog` ident, no global logger.
+//! login or crash sshd; what a panic said goes to syslog with the error.
+//! Logging goes through `pam_syslog` (facility authpriv), which sets no
+//! process-wide state: no `openlog` ident, no global logger.
 
 use pam_sys::{PamHandle, PamItemType, PamReturnCode};
 use sshidle::login::{self, LoginItems, ModuleArgs};
@@ -117,6 +118,8 @@ unsafe fn guarded<L: LogSink>(
     hook: &str,
     body: impl FnOnce(&L, &ModuleArgs) -> c_int,
 ) -> c_int {
+    quiet_panics();
+    IN_HOOK.with(|inside| inside.set(true));
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: argv as libpam passes it (caller).
         let raw_args = unsafe { args_from(argc, argv) };
@@ -129,13 +132,42 @@ unsafe fn guarded<L: LogSink>(
         let args = ModuleArgs::parse(raw_args.iter().map(String::as_str), log);
         body(log, &args)
     }));
+    IN_HOOK.with(|inside| inside.set(false));
     outcome.unwrap_or_else(|_| {
         // Logging itself must not unwind out of here either.
         let _ = catch_unwind(AssertUnwindSafe(|| {
-            log.log(Level::Error, &format!("internal error in {hook}; login continues"))
+            let what = PANIC_NOTE.with(|note| note.take()).map(|n| format!(" ({n})")).unwrap_or_default();
+            log.log(Level::Error, &format!("internal error in {hook}{what}; login continues"))
         }));
         PAM_IGNORE
     })
+}
+
+thread_local! {
+    /// Set while a hook runs: a panic then is the module's, caught by
+    /// [`guarded`].
+    static IN_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// What the last caught panic said (`panicked at FILE:LINE:COL: ...`).
+    static PANIC_NOTE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Panics inside a hook go to syslog with the hook's error line instead of
+/// std's message on sshd's stderr. The hook belongs to this module's own
+/// copy of std (unloaded with it); a panic outside a hook (none in the
+/// module; a test harness's own) is printed to stderr as std would. The
+/// closure captures nothing: its box allocates nothing, so no connection
+/// leaks a hook when the module is unloaded (valgrind.rs).
+fn quiet_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            if IN_HOOK.with(|inside| inside.get()) {
+                PANIC_NOTE.with(|note| *note.borrow_mut() = Some(info.to_string().replace('\n', " ")));
+            } else {
+                eprintln!("{info}");
+            }
+        }));
+    });
 }
 
 /// # Safety
@@ -241,7 +273,14 @@ mod tests {
         // SAFETY: argv is NULL.
         let rc = unsafe { guarded(&log, 0, std::ptr::null(), "open_session", |_, _| panic!("bug")) };
         assert_eq!(rc, PAM_IGNORE);
-        assert_eq!(*log.0.borrow(), ["internal error in open_session; login continues"]);
+        let logged = log.0.borrow();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        // What panicked and where, from the hook, not on stderr.
+        assert!(
+            logged[0].starts_with("internal error in open_session (panicked at pam-module/src/lib.rs:"),
+            "{logged:?}"
+        );
+        assert!(logged[0].ends_with(": bug); login continues"), "{logged:?}");
     }
 
     #[test]
