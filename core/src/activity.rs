@@ -222,6 +222,33 @@ impl IoMemo {
     }
 }
 
+/// The enforcer's probes of the session's commands' counters, kept open
+/// between samples ([`procfs::IoProbe`]): a sample of an idle command is one
+/// `pread(2)` of its `/proc/PID/io`. A command whose probe cannot be opened
+/// (no descriptor left) is read by path, as [`io_sample`] does.
+#[derive(Debug, Default)]
+pub struct IoProbes(HashMap<(i32, u64), Option<procfs::IoProbe>>);
+
+impl IoProbes {
+    /// The counters of `commands` now, judged against `before` (the previous
+    /// sample); probes of processes no longer among them are closed.
+    pub fn sample(&mut self, commands: &[(i32, u64)], before: Option<&IoSample>) -> IoSample {
+        self.0.retain(|id, _| commands.contains(id));
+        let mut out = IoSample::new();
+        for &(pid, start) in commands {
+            let probe = self.0.entry((pid, start)).or_insert_with(|| procfs::IoProbe::open(pid, start));
+            let counters = match probe {
+                Some(p) => p.sample(before.and_then(|b| b.get(&(pid, start)))),
+                None => procfs::io_counters(pid, start),
+            };
+            if let Some(c) = counters {
+                out.insert((pid, start), c);
+            }
+        }
+        out
+    }
+}
+
 /// Judges a session from its members, updating `memo` with what is seen now
 /// (the enforcer's view: I/O seen is activity now).
 /// `tty_quiet`: what the tty watcher says of the session's ptys.
@@ -232,8 +259,21 @@ pub fn assess(
     tty_quiet: Option<i64>,
     now: i64,
 ) -> Activity {
+    assess_sampled(record, members, memo, |commands, _| io_sample(commands), tty_quiet, now)
+}
+
+/// [`assess`], with the commands' counters read by `sample` (given the
+/// commands and the previous sample), e.g. [`IoProbes::sample`].
+pub fn assess_sampled(
+    record: &SessionRecord,
+    members: &Members,
+    memo: &mut Option<IoMemo>,
+    sample: impl FnOnce(&[(i32, u64)], Option<&IoSample>) -> IoSample,
+    tty_quiet: Option<i64>,
+    now: i64,
+) -> Activity {
     if !members.commands.is_empty() || memo.is_some() {
-        let sample = io_sample(&members.commands);
+        let sample = sample(&members.commands, memo.as_ref().and_then(|m| m.sample.as_ref()));
         let fingerprint = io_fingerprint(&sample);
         match memo {
             Some(m) => {
@@ -523,8 +563,14 @@ mod tests {
         let before = procfs::io_bytes(pid).expect("io");
         let rec = record(key, 500);
         let mut memo = None;
+        let (mut probes, mut probed) = (IoProbes::default(), None);
+        let mut by_probe = |memo: &mut Option<IoMemo>, now| {
+            assess_sampled(&rec, &m, memo, |c, before| probes.sample(c, before), None, now).quiet_since
+        };
         // First sight: activity now (conservative).
         assert_eq!(assess(&rec, &m, &mut memo, None, 1000).quiet_since, Some(1000));
+        assert_eq!(by_probe(&mut probed, 1000), Some(1000));
+        assert_eq!(by_probe(&mut probed, 1010), Some(1000));
         // Nothing moved: quiet since then.
         let a = assess(&rec, &m, &mut memo, None, 1010);
         assert_eq!((a.quiet_since, a.idle_secs), (Some(1000), 10));
@@ -537,6 +583,9 @@ mod tests {
         }
         assert!(procfs::io_bytes(pid) >= Some(before + 12), "the command did not read and write");
         assert!(procfs::is_same_process(pid, start), "the command exited: its I/O must be what counts");
+        // Read and written: the probe sees it as the path reading does.
+        assert_eq!(by_probe(&mut probed, 1020), Some(1020));
+        assert_eq!(by_probe(&mut probed, 1030), Some(1020));
         // `status` shows the enforcer's judgement, not its own.
         assert_eq!(peek(&rec, &m, memo.as_ref(), None, 1020).idle_secs, 20);
         assert_eq!(assess(&rec, &m, &mut memo, None, 1020).quiet_since, Some(1020));
@@ -602,12 +651,19 @@ mod tests {
         assert_eq!(m.commands.len(), 1, "{m:?}");
         let rec = record(key, 500);
         let mut memo = None;
+        // The enforcer's way: probes kept open, stat read only when needed.
+        let (mut probes, mut probed) = (IoProbes::default(), None);
+        let mut by_probe = |memo: &mut Option<IoMemo>, now| {
+            assess_sampled(&rec, &m, memo, |c, before| probes.sample(c, before), None, now).quiet_since
+        };
         assert_eq!(assess(&rec, &m, &mut memo, None, 1000).quiet_since, Some(1000));
+        assert_eq!(by_probe(&mut probed, 1000), Some(1000));
         // Children start, read their libraries, exit and are reaped below it
         // ten times a second.
         for now in 1001..1006 {
             std::thread::sleep(std::time::Duration::from_millis(300));
             assert_eq!(assess(&rec, &m, &mut memo, None, now).quiet_since, Some(1000), "at {now}: {memo:?}");
+            assert_eq!(by_probe(&mut probed, now), Some(1000), "probed, at {now}: {probed:?}");
         }
     }
 

@@ -243,6 +243,124 @@ pub fn io_counters(pid: i32, start: u64) -> Option<IoCounters> {
     Some(IoCounters { rchar, wchar, cminflt_before, cminflt_after: cminflt()? })
 }
 
+/// `/proc/PID/io` of one process, kept open: a read is one `pread(2)`, with
+/// no path to look up, and it can only ever be that process's (the open file
+/// is bound to it: once it is gone the read fails, a reused PID is another
+/// file). The enforcer samples the commands of sessions without a terminal
+/// with these.
+#[derive(Debug)]
+pub struct IoProbe {
+    io: fs::File,
+    pid: i32,
+    start: u64,
+}
+
+impl IoProbe {
+    /// Opens the counters of `pid` if it is the process that started at
+    /// `start` (checked after the open, so the file is that process's).
+    pub fn open(pid: i32, start: u64) -> Option<IoProbe> {
+        if pid <= 0 {
+            return None;
+        }
+        let io = fs::File::open(format!("/proc/{pid}/io")).ok()?;
+        is_same_process(pid, start).then_some(IoProbe { io, pid, start })
+    }
+
+    /// `(rchar, wchar)` now; `None` once the process is gone.
+    pub fn chars(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 512];
+        let n = self.io.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(buf.get(..n)?).ok()?;
+        let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u64>().ok();
+        Some((field("rchar:")?, field("wchar:")?))
+    }
+
+    /// The minor faults of the children the process reaped (`cminflt`), if
+    /// it is alive and not a zombie.
+    pub fn cminflt(&self) -> Option<u64> {
+        let stat = read_stat_line(self.pid)?;
+        if matches!(stat_field(&stat, 3), Some("Z") | Some("X"))
+            || stat_field(&stat, 22)?.parse::<u64>().ok()? != self.start
+        {
+            return None;
+        }
+        stat_field(&stat, 11)?.parse().ok()
+    }
+
+    /// The counters as [`io_counters`] reads them, judged against `before`
+    /// (this process's previous sample), reading `/proc/PID/stat` only when
+    /// the judgement needs it: when only `rchar` moved (was it a reaped
+    /// child's?), or when `before` has no `cminflt` read before its counters.
+    /// `cminflt_before` is carried over from `before` while it is still a
+    /// reading from before these counters (sound: it can only make a read
+    /// not count, never count one that was not); [`CMINFLT_UNKNOWN`] when it
+    /// cannot be, so the next sample reads it first.
+    pub fn sample(&self, before: Option<&IoCounters>) -> Option<IoCounters> {
+        let fresh_before = match before {
+            Some(b) if b.cminflt_before != CMINFLT_UNKNOWN => None,
+            _ => Some(self.cminflt()?),
+        };
+        let (rchar, wchar) = self.chars()?;
+        let carried = before.map(|b| b.cminflt_before).filter(|c| *c != CMINFLT_UNKNOWN);
+        let cminflt_before = fresh_before.or(carried).unwrap_or(CMINFLT_UNKNOWN);
+        let Some(b) = before else {
+            return Some(IoCounters { rchar, wchar, cminflt_before, cminflt_after: cminflt_before });
+        };
+        if rchar > b.rchar && wchar == b.wchar {
+            // Only reads: they count when no child was reaped meanwhile.
+            let after = self.cminflt()?;
+            let unchanged = after == cminflt_before;
+            return Some(IoCounters {
+                rchar,
+                wchar,
+                cminflt_before: if unchanged { cminflt_before } else { CMINFLT_UNKNOWN },
+                cminflt_after: after,
+            });
+        }
+        // Nothing moved, or it wrote: cminflt adds nothing to the judgement.
+        Some(IoCounters { rchar, wchar, cminflt_before, cminflt_after: b.cminflt_before })
+    }
+}
+
+/// `cminflt_before` of an [`IoCounters`] not known to precede its counters.
+pub const CMINFLT_UNKNOWN: u64 = u64::MAX;
+
+/// A process file descriptor (`pidfd_open(2)`) of a process known by PID and
+/// start time: whether it still runs is one `poll(2)`, without reading
+/// `/proc` and without any doubt about PID reuse.
+#[derive(Debug)]
+pub struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    /// `None` when the process is not (or no longer) the one that started at
+    /// `start`, or the kernel has no pidfds (before Linux 5.3).
+    pub fn open(pid: i32, start: u64) -> Option<Pidfd> {
+        use std::os::fd::FromRawFd;
+        if pid <= 0 {
+            return None;
+        }
+        // SAFETY: pidfd_open takes a PID and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a descriptor just returned to us, owned from here on.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        // Checked after the open: the pidfd is of the process seen here.
+        is_same_process(pid, start).then_some(Pidfd(fd))
+    }
+
+    /// True once the process has exited (a zombie too).
+    pub fn exited(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut fd = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, no wait.
+        let n = unsafe { libc::poll(&mut fd, 1, 0) };
+        n > 0 && fd.revents != 0
+    }
+}
+
 /// `pts/N` for a Unix98 pty slave device number (majors 136-143), else `None`.
 pub fn pts_name(tty_nr: u32) -> Option<String> {
     let major = (tty_nr >> 8) & 0xfff;
@@ -364,6 +482,43 @@ mod tests {
         assert_eq!(start_time(-1), None);
         // SAFETY: getppid cannot fail.
         assert_eq!(parent_pid(me), Some(unsafe { libc::getppid() }));
+    }
+
+    #[test]
+    fn pidfd_tells_when_the_process_exits() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let start = start_time(pid).unwrap();
+        assert!(Pidfd::open(pid, start + 1).is_none(), "another start time is another process");
+        let pidfd = Pidfd::open(pid, start).expect("pidfd");
+        assert!(!pidfd.exited());
+        child.kill().unwrap();
+        // A zombie (not reaped yet) has exited too.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !pidfd.exited() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(pidfd.exited());
+        child.wait().unwrap();
+        assert!(pidfd.exited());
+    }
+
+    #[test]
+    fn io_probe_reads_the_counters_of_that_process_only() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let start = start_time(pid).unwrap();
+        assert!(IoProbe::open(pid, start + 1).is_none());
+        let probe = IoProbe::open(pid, start).expect("probe");
+        let first = probe.sample(None).expect("counters");
+        let path = io_counters(pid, start).unwrap();
+        assert_eq!((first.rchar, first.wchar), (path.rchar, path.wchar));
+        assert_eq!(first.cminflt_before, path.cminflt_before);
+        // Nothing moved: the same counters, the reading before them carried.
+        assert_eq!(probe.sample(Some(&first)), Some(first));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(probe.sample(Some(&first)), None, "gone");
     }
 
     #[test]
