@@ -165,11 +165,22 @@ pub fn outlook(
     Some((end.max(now), cause))
 }
 
+/// The longest time between two readings of a session's commands' counters.
+pub const SAMPLE_MAX_SECS: i64 = 60;
+
 /// How often the I/O counters of a session's commands are read: a tenth of
-/// its idle limit, between 1 and 30 s. A change is credited when it is seen,
-/// so a session without a terminal is disconnected at most this late.
+/// its idle limit, between 1 s and [`SAMPLE_MAX_SECS`]. A change is credited
+/// when it is seen, so a session without a terminal is disconnected at most
+/// this late.
 pub fn sample_every(limits: &Limits) -> Option<i64> {
-    limits.idle.map(|l| (l as i64 / 10).clamp(1, 30))
+    limits.idle.map(|l| (l as i64 / 10).clamp(1, SAMPLE_MAX_SECS))
+}
+
+/// The next reading after `now` at this interval: on whole multiples of it,
+/// so that the sessions sampled at the same interval are read in one wake-up
+/// (never more than `every` apart).
+pub fn next_sample(now: i64, every: i64) -> i64 {
+    (now.div_euclid(every) + 1).saturating_mul(every)
 }
 
 /// Where a session is in its life.
@@ -251,7 +262,7 @@ impl Session {
                 let mut rescan = false;
                 if let Some(every) = sample_every(&r.limits) {
                     if seen.commands {
-                        next = next.min(now + every);
+                        next = next.min(next_sample(now, every));
                     } else if !seen.ttys {
                         // No channel (yet): look for one again now and then.
                         next = next.min(now + (every * 3).clamp(2, 60));
@@ -266,7 +277,7 @@ impl Session {
                 self.record.warned_at = Some(now);
                 self.next_check = ends_at;
                 if let Some(every) = sample_every(&self.record.limits).filter(|_| seen.commands) {
-                    self.next_check = ends_at.min(now + every);
+                    self.next_check = ends_at.min(next_sample(now, every));
                 }
                 Step::Warn { cause, ends_at }
             }
@@ -478,7 +489,11 @@ mod tests {
         let l = |idle| Limits { idle, warn: None, hard: None };
         assert_eq!(sample_every(&l(Some(20))), Some(2));
         assert_eq!(sample_every(&l(Some(5))), Some(1));
-        assert_eq!(sample_every(&l(Some(3600))), Some(30));
+        assert_eq!(sample_every(&l(Some(3600))), Some(60));
+        assert_eq!(sample_every(&l(Some(300))), Some(30));
+        // On whole multiples: sessions at the same interval share a wake-up.
+        assert_eq!((next_sample(1000, 60), next_sample(1020, 60), next_sample(1079, 60)), (1020, 1080, 1080));
+        assert_eq!((next_sample(1000, 1), next_sample(1000, 10)), (1001, 1010));
         assert_eq!(sample_every(&l(None)), None);
     }
 
@@ -602,13 +617,13 @@ mod tests {
         let mut s = Session::recorded(record(2, 990, limits(Some(300), Some(60), None)), 1000);
         let cmd = Observation { quiet_since: Some(1000), ..cmd };
         s.step(&cmd, 1225);
-        assert_eq!(s.next_check, 1240);
+        assert_eq!(s.next_check, 1230, "the next multiple of the interval");
         assert_eq!(s.step(&cmd, 1240), Step::Warn { cause: Cause::Idle, ends_at: 1300 });
-        assert_eq!(s.next_check, 1270);
+        assert_eq!(s.next_check, 1260);
         // Activity seen at the sample: the warning is spent.
         let busy = Observation { quiet_since: Some(1270), ..cmd };
         assert_eq!(s.step(&busy, 1270), Step::Wait { rescan: false });
-        assert_eq!(s.next_check, 1300);
+        assert_eq!(s.next_check, 1290);
 
         // `ssh -N`: not judged for idleness, looked for a channel now and
         // then, never ended for idleness, and status shows no end.
