@@ -35,11 +35,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use sshidle::activity::{self, Activity, IoMemo, Members, Memory};
+use sshidle::activity::{self, Activity, IoMemo, IoProbes, Members, Memory};
 use sshidle::audit::{AuditLine, Event};
 use sshidle::lifecycle::{Cause, Lifecycle, Observation, Step};
 use sshidle::policy::{self, Policy};
-use sshidle::procfs::{self, ProcTable};
+use sshidle::procfs::{self, Pidfd, ProcTable};
 use sshidle::state::{EndCause, SessionKey, SessionRecord, StateDir, StateError};
 use sshidle::terminate::{self, Termination, GRACE};
 use sshidle::{discover, format_duration, now_unix, users, utmp, Level, Limits, LogSink};
@@ -120,6 +120,11 @@ struct Seen {
     /// Its processes at the last scan; `None` until scanned.
     members: Option<Members>,
     memo: Option<IoMemo>,
+    /// Its commands' counters, kept open between samples.
+    probes: IoProbes,
+    /// Its monitor's pidfd, opened at the first check: whether it still runs
+    /// costs one poll(2), not a read of /proc.
+    pidfd: Option<Pidfd>,
     /// Since when the session was quiet at the last look (for the metrics).
     quiet_since: Option<i64>,
 }
@@ -454,7 +459,7 @@ impl Enforcer {
         let new = self.life.sync(
             snapshot.sessions,
             now,
-            |r| Seen { members: None, memo: memory.entries.get(&r.key).cloned(), quiet_since: None },
+            |r| Seen { memo: memory.entries.get(&r.key).cloned(), ..Seen::default() },
             // Sessions closed meanwhile are forgotten; adopted ones are in no
             // file (in --dry-run not even in ours).
             |s| (s.record.service == ADOPTED || s.record.service == DISCOVERED) && s.key().is_alive(),
@@ -478,13 +483,22 @@ impl Enforcer {
                 return;
             }
         };
+        // A login that is tracked and still runs needs no look at /proc
+        // (its pidfd says it runs); only the others are candidates.
+        let tracked: std::collections::HashMap<i32, SessionKey> =
+            self.life.keys().into_iter().map(|k| (k.pid, k)).collect();
+        let mut seen = HashSet::new();
+        let entries: Vec<utmp::UtmpEntry> = entries
+            .into_iter()
+            .filter(|e| seen.insert(e.pid))
+            .filter(|e| tracked.get(&e.pid).is_none_or(|k| !self.alive(*k)))
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
         self.reload_sessions(now);
         let sshd = discover::sshd_executables();
-        let mut seen = HashSet::new();
         for entry in entries {
-            if !seen.insert(entry.pid) {
-                continue;
-            }
             let Some(start) = procfs::start_time(entry.pid) else { continue };
             let key = SessionKey { pid: entry.pid, start };
             if self.life.contains(&key) || !is_sshd_login(entry.pid, start, entry.time, &sshd) {
@@ -589,9 +603,22 @@ impl Enforcer {
         }
     }
 
+    /// True while the session's monitor runs (its pidfd, opened on first
+    /// use; a read of /proc where there is none).
+    fn alive(&mut self, key: SessionKey) -> bool {
+        let Some(t) = self.life.get_mut(&key) else { return key.is_alive() };
+        if t.seen.pidfd.is_none() {
+            t.seen.pidfd = Pidfd::open(key.pid, key.start);
+        }
+        match &t.seen.pidfd {
+            Some(pidfd) => !pidfd.exited(),
+            None => key.is_alive(),
+        }
+    }
+
     /// Forgets sessions whose monitor is gone, and drops their records.
     fn drop_dead(&mut self) {
-        let dead: Vec<SessionKey> = self.life.keys().into_iter().filter(|k| !k.is_alive()).collect();
+        let dead: Vec<SessionKey> = self.life.keys().into_iter().filter(|k| !self.alive(*k)).collect();
         for key in &dead {
             self.life.forget(key);
         }
@@ -671,7 +698,9 @@ impl Enforcer {
             let now_ms = now_millis().max(now.saturating_mul(1000));
             let login = t.session.record.login_time;
             let tty_quiet = members.ttys.iter().filter_map(|dev| self.ttys.watch(*dev, now_ms, login)).max();
-            let act = activity::assess(&t.session.record, members, &mut t.seen.memo, tty_quiet, now);
+            let probes = &mut t.seen.probes;
+            let sample = |commands: &[(i32, u64)], before: Option<&_>| probes.sample(commands, before);
+            let act = activity::assess_sampled(&t.session.record, members, &mut t.seen.memo, sample, tty_quiet, now);
             t.seen.quiet_since = act.quiet_since;
             // sampled_at alone is not worth a write.
             if essence(&t.seen.memo) != had {
@@ -701,7 +730,7 @@ impl Enforcer {
         let mut table = None;
         let mut dead = false;
         for key in self.life.due(now, all) {
-            if !key.is_alive() {
+            if !self.alive(key) {
                 dead = true;
                 continue;
             }
@@ -1093,11 +1122,30 @@ fn report_killed(key: SessionKey, killed: &[terminate::Victim], log: &dyn LogSin
     }
 }
 
+/// The daemon holds a few descriptors per session (its monitor's pidfd, a
+/// handle on each pty, its commands' counters): the soft limit goes up to the
+/// hard one. Where descriptors run out all the same, each falls back to
+/// reading /proc and /dev by path.
+fn raise_fd_limit() {
+    // SAFETY: plain data.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a writable rlimit; then the same one, with the soft limit raised.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 pub fn run(paths: &Paths, args: &EnforceArgs) -> Outcome {
     let mut e = Enforcer::new(paths, args);
     let now = now_unix();
     e.open_state();
     let saved = e.fx.state.as_ref().map(|s| Memory::load(s).ptys).unwrap_or_default();
+    if !args.once {
+        raise_fd_limit();
+    }
     e.ttys = TtyWatch::new(!args.once, saved);
     e.load_policy(true);
     e.reload_sessions(now);
@@ -1199,7 +1247,10 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
     loop {
         e.progress_terminations(false);
         e.save_memory(false);
-        let mut wake = housekeeping_at.min(discover_at);
+        let mut wake = housekeeping_at;
+        if e.find_unrecorded {
+            wake = wake.min(discover_at);
+        }
         for at in [e.next_wake(), reload_at, policy_at].into_iter().flatten() {
             wake = wake.min(at);
         }
