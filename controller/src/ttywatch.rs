@@ -12,14 +12,21 @@
 //! [`BUSY`] (hundreds of typing sessions) does the inotify fd rest for
 //! [`BATCH`] between reads (the kernel queues meanwhile): a few dozen reads a
 //! second instead of thousands of wake-ups.
+//!
+//! Each watched pty is also held by an `O_PATH` descriptor (it opens nothing
+//! of the tty itself): its timestamps after an event are one `fstat(2)`, with
+//! no path to build or look up, and always of that very pty. Events are read
+//! into one buffer kept for the purpose, and looked up by their raw watch
+//! number, so a batch of keystrokes allocates nothing.
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use sshidle::activity::pty_times;
 use sshidle::input::{PtyInput, PtySaved};
+use sshidle::input::{PtyTimes, Stamp};
 use sshidle::procfs;
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::time::{Duration, Instant};
 
 /// How long events are left to gather when they come faster than [`BUSY`].
@@ -27,19 +34,63 @@ pub const BATCH: Duration = Duration::from_millis(50);
 /// Reads closer together than this mean many typing sessions.
 pub const BUSY: Duration = Duration::from_millis(20);
 
+/// A watch descriptor of the tty watch's inotify instance.
+type Wd = i32;
+
 struct Pty {
-    wd: Option<WatchDescriptor>,
+    wd: Option<Wd>,
     /// The inode watched: `/dev/pts/N` of a closed pty is another file when
     /// the number comes back.
     ino: u64,
     input: PtyInput,
+    /// `O_PATH` on the pty slave; `None` when it could not be opened (then
+    /// the timestamps are read by path).
+    fd: Option<OwnedFd>,
+    /// Events of the batch being read: `Some(true)` when one was IN_ACCESS.
+    pending: Option<bool>,
+}
+
+impl Pty {
+    /// The pty's timestamps now; `None` when it is gone.
+    fn times(&self, dev: u32) -> Option<PtyTimes> {
+        let Some(fd) = &self.fd else { return pty_times(dev) };
+        let st = fstat(fd)?;
+        Some(PtyTimes {
+            atime: Stamp::new(st.st_atime, st.st_atime_nsec),
+            ctime: Stamp::new(st.st_ctime, st.st_ctime_nsec),
+        })
+    }
+}
+
+fn fstat(fd: &OwnedFd) -> Option<libc::stat> {
+    // SAFETY: plain data, filled by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a descriptor we own and a writable stat.
+    (unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0).then_some(st)
+}
+
+/// `O_PATH` on `path`: a handle on the inode, not an open of the tty.
+fn open_path(path: &str) -> Option<OwnedFd> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    Some(file.into())
+}
+
+fn add_watch(inotify: &Inotify, path: &str, mask: AddWatchFlags) -> Option<Wd> {
+    let path = std::ffi::CString::new(path).ok()?;
+    // SAFETY: a valid inotify fd and a NUL-terminated path.
+    let wd = unsafe { libc::inotify_add_watch(inotify.as_fd().as_raw_fd(), path.as_ptr(), mask.bits()) };
+    (wd >= 0).then_some(wd)
 }
 
 pub struct TtyWatch {
     inotify: Option<Inotify>,
     ptys: HashMap<u32, Pty>,
-    by_wd: HashMap<WatchDescriptor, u32>,
-    pts_dir: Option<WatchDescriptor>,
+    by_wd: HashMap<Wd, u32>,
+    pts_dir: Option<Wd>,
     /// What the previous enforcer saved, taken up when a pty is first watched.
     saved: HashMap<u32, PtySaved>,
     /// A pty appeared in `/dev/pts` since [`TtyWatch::take_created`].
@@ -50,6 +101,10 @@ pub struct TtyWatch {
     last_read: Option<Instant>,
     /// Something changed that is worth saving.
     pub dirty: bool,
+    /// Where events are read into (kept: no allocation per batch).
+    buf: Vec<u8>,
+    /// The ptys with events in the batch being read.
+    touched: Vec<u32>,
 }
 
 impl TtyWatch {
@@ -57,7 +112,7 @@ impl TtyWatch {
     /// their timestamps only.
     pub fn new(events: bool, saved: HashMap<u32, PtySaved>) -> TtyWatch {
         let inotify = events.then(|| Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()).flatten();
-        let pts_dir = inotify.as_ref().and_then(|i| i.add_watch("/dev/pts", AddWatchFlags::IN_CREATE).ok());
+        let pts_dir = inotify.as_ref().and_then(|i| add_watch(i, "/dev/pts", AddWatchFlags::IN_CREATE));
         TtyWatch {
             inotify,
             ptys: HashMap::new(),
@@ -68,6 +123,8 @@ impl TtyWatch {
             resume: None,
             last_read: None,
             dirty: false,
+            buf: Vec::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -102,17 +159,15 @@ impl TtyWatch {
             None => PtyInput::first_look(&times, now_ms, login_time),
         };
         let wd = self.inotify.as_ref().and_then(|i| {
-            i.add_watch(
-                path.as_str(),
-                AddWatchFlags::IN_ACCESS | AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_DELETE_SELF,
-            )
-            .ok()
+            add_watch(i, &path, AddWatchFlags::IN_ACCESS | AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_DELETE_SELF)
         });
         if let Some(wd) = wd {
             self.by_wd.insert(wd, dev);
         }
         let quiet = input.quiet_since();
-        self.ptys.insert(dev, Pty { wd, ino: meta.ino(), input });
+        // Opened after the stat above: the same inode, or no handle at all.
+        let fd = open_path(&path).filter(|fd| fstat(fd).is_some_and(|st| st.st_ino == meta.ino()));
+        self.ptys.insert(dev, Pty { wd, ino: meta.ino(), input, fd, pending: None });
         self.dirty = true;
         Some(quiet)
     }
@@ -122,7 +177,7 @@ impl TtyWatch {
     pub fn quiet_since(&mut self, dev: u32, now_ms: i64) -> Option<i64> {
         let p = self.ptys.get_mut(&dev)?;
         if p.wd.is_none() {
-            let times = pty_times(dev)?;
+            let times = p.times(dev)?;
             p.input.events_lost(&times, now_ms);
         }
         Some(p.input.quiet_since())
@@ -140,7 +195,8 @@ impl TtyWatch {
         if let Some(p) = self.ptys.remove(&dev) {
             if let (Some(wd), Some(inotify)) = (p.wd, &self.inotify) {
                 self.by_wd.remove(&wd);
-                let _ = inotify.rm_watch(wd);
+                // SAFETY: a watch of this inotify fd (an old one only fails).
+                unsafe { libc::inotify_rm_watch(inotify.as_fd().as_raw_fd(), wd) };
             }
             self.dirty = true;
         }
@@ -160,29 +216,48 @@ impl TtyWatch {
     /// ptys had input.
     pub fn read(&mut self, now: Instant, now_ms: i64) -> usize {
         let Some(inotify) = &self.inotify else { return 0 };
-        let mut access: HashMap<u32, bool> = HashMap::new();
+        const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+        // Room for thousands of events (those of a pty watch have no name):
+        // one read(2) takes a whole batch.
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; 64 << 10];
+        }
+        let fd = inotify.as_fd().as_raw_fd();
         let mut overflow = false;
         let mut any = false;
-        while let Ok(events) = inotify.read_events() {
-            if events.is_empty() {
+        loop {
+            // SAFETY: the buffer is writable for its length.
+            let n = unsafe { libc::read(fd, self.buf.as_mut_ptr().cast(), self.buf.len()) };
+            let Ok(n) = usize::try_from(n) else { break };
+            if n == 0 {
                 break;
             }
             any = true;
-            for ev in events {
-                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+            let mut at = 0;
+            while at + HEADER <= n {
+                let word = |i: usize| {
+                    let b = &self.buf[at + i..at + i + 4];
+                    u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+                };
+                // struct inotify_event: wd, mask, cookie, len, name[len].
+                let (wd, mask, len) = (word(0) as Wd, AddWatchFlags::from_bits_truncate(word(4)), word(12) as usize);
+                at += HEADER + len;
+                if mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                     overflow = true;
-                } else if Some(ev.wd) == self.pts_dir {
+                } else if Some(wd) == self.pts_dir {
                     self.created = true;
-                } else if let Some(dev) = self.by_wd.get(&ev.wd).copied() {
-                    if ev.mask.intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF) {
+                } else if let Some(dev) = self.by_wd.get(&wd).copied() {
+                    let Some(p) = self.ptys.get_mut(&dev) else { continue };
+                    if mask.intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF) {
                         // The pty was closed: its watch is gone with it.
-                        self.by_wd.remove(&ev.wd);
-                        if let Some(p) = self.ptys.get_mut(&dev) {
-                            p.wd = None;
-                        }
+                        self.by_wd.remove(&wd);
+                        p.wd = None;
                         continue;
                     }
-                    *access.entry(dev).or_default() |= ev.mask.contains(AddWatchFlags::IN_ACCESS);
+                    if p.pending.is_none() {
+                        self.touched.push(dev);
+                    }
+                    p.pending = Some(p.pending.unwrap_or(false) | mask.contains(AddWatchFlags::IN_ACCESS));
                 }
             }
         }
@@ -196,15 +271,16 @@ impl TtyWatch {
         if overflow {
             // Events were lost: only what the timestamps prove is credited.
             for (dev, p) in &mut self.ptys {
-                if let Some(times) = pty_times(*dev) {
+                if let Some(times) = p.times(*dev) {
                     p.input.events_lost(&times, now_ms);
                 }
             }
             self.dirty = true;
         }
-        for (dev, access) in access {
+        for dev in self.touched.drain(..) {
             let Some(p) = self.ptys.get_mut(&dev) else { continue };
-            let Some(times) = pty_times(dev) else { continue };
+            let Some(access) = p.pending.take() else { continue };
+            let Some(times) = p.times(dev) else { continue };
             if p.input.events(access, &times, now_ms) {
                 inputs += 1;
             }
@@ -225,7 +301,7 @@ impl TtyWatch {
     /// events pending are read after them, so a read the save does not
     /// credit shows in the timestamps, or falls in the atime's block.
     pub fn saved(&mut self, now: Instant, now_ms: i64) -> HashMap<u32, PtySaved> {
-        let times: Vec<_> = self.ptys.keys().filter_map(|dev| Some((*dev, pty_times(*dev)?))).collect();
+        let times: Vec<_> = self.ptys.iter().filter_map(|(dev, p)| Some((*dev, p.times(*dev)?))).collect();
         self.read(now, wall_ms().max(now_ms));
         times.into_iter().filter_map(|(dev, t)| Some((dev, self.ptys.get(&dev)?.input.saved(&t, now_ms)))).collect()
     }
