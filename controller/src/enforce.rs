@@ -485,14 +485,11 @@ impl Enforcer {
         };
         // A login that is tracked and still runs needs no look at /proc
         // (its pidfd says it runs); only the others are candidates.
-        let tracked: std::collections::HashMap<i32, SessionKey> =
-            self.life.keys().into_iter().map(|k| (k.pid, k)).collect();
+        let dead: HashSet<i32> = self.dead_sessions().into_iter().map(|k| k.pid).collect();
+        let running: HashSet<i32> = self.life.keys().into_iter().map(|k| k.pid).filter(|p| !dead.contains(p)).collect();
         let mut seen = HashSet::new();
-        let entries: Vec<utmp::UtmpEntry> = entries
-            .into_iter()
-            .filter(|e| seen.insert(e.pid))
-            .filter(|e| tracked.get(&e.pid).is_none_or(|k| !self.alive(*k)))
-            .collect();
+        let entries: Vec<utmp::UtmpEntry> =
+            entries.into_iter().filter(|e| seen.insert(e.pid) && !running.contains(&e.pid)).collect();
         if entries.is_empty() {
             return;
         }
@@ -616,9 +613,35 @@ impl Enforcer {
         }
     }
 
+    /// The tracked sessions whose monitor is gone: their pidfds in one
+    /// poll(2) (a read of /proc for those without one).
+    fn dead_sessions(&mut self) -> Vec<SessionKey> {
+        let mut dead = Vec::new();
+        let mut polled = Vec::new();
+        let mut fds = Vec::new();
+        for (key, t) in self.life.iter_mut() {
+            if t.seen.pidfd.is_none() {
+                t.seen.pidfd = Pidfd::open(key.pid, key.start);
+            }
+            match &t.seen.pidfd {
+                Some(pidfd) => {
+                    polled.push(*key);
+                    fds.push(libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                }
+                None if !key.is_alive() => dead.push(*key),
+                None => {}
+            }
+        }
+        // SAFETY: a slice of valid pollfds, no wait.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) } > 0 {
+            dead.extend(polled.iter().zip(&fds).filter(|(_, fd)| fd.revents != 0).map(|(k, _)| *k));
+        }
+        dead
+    }
+
     /// Forgets sessions whose monitor is gone, and drops their records.
     fn drop_dead(&mut self) {
-        let dead: Vec<SessionKey> = self.life.keys().into_iter().filter(|k| !self.alive(*k)).collect();
+        let dead = self.dead_sessions();
         for key in &dead {
             self.life.forget(key);
         }

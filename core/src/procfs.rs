@@ -351,6 +351,13 @@ impl Pidfd {
         is_same_process(pid, start).then_some(Pidfd(fd))
     }
 
+    /// The descriptor, to poll many at once (readable once the process has
+    /// exited).
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+
     /// True once the process has exited (a zombie too).
     pub fn exited(&self) -> bool {
         use std::os::fd::AsRawFd;
