@@ -4,11 +4,14 @@
 //! `pam_permit` stack with the module against one without, with 0, 1,000,
 //! 10,000 and 100,000 sessions already recorded.
 //!
-//! Run: `cargo build --release --workspace && target/release/bench_pam [--load-only|--session-only] [--fresh-process] [CYCLES] [MODULE]`
+//! Run: `cargo build --release --workspace && target/release/bench_pam [--load-only|--session-only] [--fresh-process [--groups-warm]] [CYCLES] [MODULE]`
 //! (CYCLES per row, default 2,000; MODULE defaults to the built module;
 //! `--load-only`: pam_start + pam_end alone, what loading the module costs;
 //! `--session-only`: open + close alone, the module's own work;
-//! `--fresh-process`: each cycle in a child forked for it).
+//! `--fresh-process`: each cycle in a new process, as sshd runs each
+//! connection; slower to run: use fewer CYCLES; with `--groups-warm` the
+//! new process has looked up groups once before, so NSS's group sources
+//! (libnss_systemd) are loaded already).
 //!
 //! Measured as sshd pays it: this process has not loaded libgcc_s (it is
 //! linked with the static unwinder, tests/build.rs; checked below), as
@@ -19,7 +22,7 @@ use sshidle::state::StateDir;
 use sshidle_tests::pam::{PamSession, PAM_SUCCESS};
 use sshidle_tests::{module_path, stranger_record, PamConfDir};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,36 +56,59 @@ enum Mode {
     SessionOnly,
 }
 
-/// One cycle in a child forked for it, as sshd runs each connection in a
-/// process of its own (re-executed, so nothing of an earlier connection's
-/// stack is loaded): a module that stays mapped after `pam_end` gains
-/// nothing here. The time is measured in the child and sent through a pipe.
-fn cycle_in_child(conf: &Path, service: &str, mode: Mode) -> Duration {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: the child only runs the cycle, writes 16 bytes and _exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
-    if pid == 0 {
-        let took = cycle(conf, service, mode).as_nanos().to_ne_bytes();
-        // SAFETY: a valid descriptor and buffer; _exit skips atexit and destructors.
-        unsafe {
-            libc::write(fds[1], took.as_ptr().cast(), took.len());
-            libc::_exit(0);
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::LoadOnly => "load-only",
+            Mode::SessionOnly => "session-only",
         }
     }
-    let mut took = [0u8; 16];
-    // SAFETY: valid descriptors and buffer; the child is reaped once.
+}
+
+/// One cycle in a process of its own, as sshd runs each connection (a
+/// forked listener child that re-executes sshd): this program executed
+/// again with `--one-cycle`, so nothing of an earlier cycle is loaded or
+/// touched and a module pays its first page faults, relocations and NSS
+/// set-up in full. Timed inside the child, from `pam_start` to `pam_end`;
+/// the exec itself is not counted.
+fn cycle_in_new_process(conf: &Path, service: &str, mode: Mode) -> Duration {
+    let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .arg(if GROUPS_WARM.load(Ordering::Relaxed) { "--one-cycle-groups-warm" } else { "--one-cycle" })
+        .arg(conf)
+        .arg(service)
+        .arg(mode.name())
+        .output()
+        .expect("exec bench_pam --one-cycle");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cycle process failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    Duration::from_nanos(text.trim().parse().expect("the cycle's nanoseconds"))
+}
+
+/// `--groups-warm` (with `--fresh-process`).
+static GROUPS_WARM: AtomicBool = AtomicBool::new(false);
+
+/// `--one-cycle CONFDIR SERVICE MODE`: the child of [`cycle_in_new_process`].
+fn one_cycle(args: &[String], groups_warm: bool) -> ! {
+    let [conf, service, mode] = args else { panic!("usage: --one-cycle CONFDIR SERVICE MODE") };
+    let mode = [Mode::Full, Mode::LoadOnly, Mode::SessionOnly].into_iter().find(|m| m.name() == mode).expect("mode");
+    // What sshd has done before PAM's session hooks run: its syslog socket
+    // is connected (its own lines), and NSS is set up by its look-up of
+    // the user (getpwnam: nsswitch.conf read, NSS modules loaded).
+    // SAFETY: a static ident; a valid C string.
     unsafe {
-        libc::close(fds[1]);
-        assert_eq!(libc::read(fds[0], took.as_mut_ptr().cast(), took.len()), 16, "the child's time");
-        libc::close(fds[0]);
-        let mut status = 0;
-        libc::waitpid(pid, &mut status, 0);
-        assert_eq!(status, 0, "cycle child failed");
+        libc::openlog(c"bench_pam".as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, libc::LOG_AUTHPRIV);
+        libc::getpwnam(c"root".as_ptr());
+        // `--groups-warm`: as if a group look-up had loaded NSS's group
+        // sources already (sshd's session child does one, initgroups,
+        // after the module's: it inherits what the module loaded).
+        if groups_warm {
+            let (mut groups, mut count) = ([0 as libc::gid_t; 64], 64);
+            libc::getgrouplist(c"root".as_ptr(), 0, groups.as_mut_ptr(), &mut count);
+        }
     }
-    Duration::from_nanos(u128::from_ne_bytes(took) as u64)
+    println!("{}", cycle(Path::new(conf), service, mode).as_nanos());
+    std::process::exit(0)
 }
 
 fn cycle(conf: &Path, service: &str, mode: Mode) -> Duration {
@@ -113,6 +139,12 @@ fn fill(dir: &Path, recorded: usize, policy: &Path) {
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("--one-cycle") => one_cycle(&args[1..], false),
+        Some("--one-cycle-groups-warm") => one_cycle(&args[1..], true),
+        _ => {}
+    }
+    GROUPS_WARM.store(args.iter().any(|a| a == "--groups-warm"), Ordering::Relaxed);
     let mode = if args.iter().any(|a| a == "--load-only") {
         Mode::LoadOnly
     } else if args.iter().any(|a| a == "--session-only") {
@@ -122,9 +154,9 @@ fn main() {
     };
     // Default: every cycle in this one process, the module loaded and
     // unloaded again each time (issue 9's method). `--fresh-process`: each
-    // cycle in a child of its own, first touches and all.
+    // cycle in a new process, first touches and all.
     let fresh = args.iter().any(|a| a == "--fresh-process");
-    let run: fn(&Path, &str, Mode) -> Duration = if fresh { cycle_in_child } else { cycle };
+    let run: fn(&Path, &str, Mode) -> Duration = if fresh { cycle_in_new_process } else { cycle };
     let syslog = SyslogSink::start();
     args.retain(|a| !a.starts_with("--"));
     let cycles: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(2_000);
@@ -150,7 +182,7 @@ fn main() {
     );
     println!(
         "{}; baseline (pam_permit only) interleaved; µs; added = with module - baseline\n",
-        if fresh { "each cycle in a fresh child process" } else { "all cycles in this process" }
+        if fresh { "each cycle in a new process (exec)" } else { "all cycles in this process" }
     );
     println!(
         "{:>9}  {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8}  {:>9} {:>9}",
