@@ -600,26 +600,25 @@ impl Enforcer {
         }
     }
 
-    /// True while the session's monitor runs (its pidfd, opened on first
-    /// use; a read of /proc where there is none).
-    fn alive(&mut self, key: SessionKey) -> bool {
-        let Some(t) = self.life.get_mut(&key) else { return key.is_alive() };
-        if t.seen.pidfd.is_none() {
-            t.seen.pidfd = Pidfd::open(key.pid, key.start);
-        }
-        match &t.seen.pidfd {
-            Some(pidfd) => !pidfd.exited(),
-            None => key.is_alive(),
-        }
+    /// The tracked sessions whose monitor is gone.
+    fn dead_sessions(&mut self) -> Vec<SessionKey> {
+        let keys = self.life.keys();
+        self.dead_among(&keys)
     }
 
-    /// The tracked sessions whose monitor is gone: their pidfds in one
-    /// poll(2) (a read of /proc for those without one).
-    fn dead_sessions(&mut self) -> Vec<SessionKey> {
+    /// Those of `keys` whose monitor is gone: their pidfds in one poll(2) (a
+    /// read of /proc for those without one, or not tracked).
+    fn dead_among(&mut self, keys: &[SessionKey]) -> Vec<SessionKey> {
         let mut dead = Vec::new();
         let mut polled = Vec::new();
         let mut fds = Vec::new();
-        for (key, t) in self.life.iter_mut() {
+        for key in keys {
+            let Some(t) = self.life.get_mut(key) else {
+                if !key.is_alive() {
+                    dead.push(*key);
+                }
+                continue;
+            };
             if t.seen.pidfd.is_none() {
                 t.seen.pidfd = Pidfd::open(key.pid, key.start);
             }
@@ -752,8 +751,10 @@ impl Enforcer {
     fn sweep(&mut self, now: i64, all: bool) {
         let mut table = None;
         let mut dead = false;
-        for key in self.life.due(now, all) {
-            if !self.alive(key) {
+        let due = self.life.due(now, all);
+        let gone = self.dead_among(&due);
+        for key in due {
+            if gone.contains(&key) {
                 dead = true;
                 continue;
             }
