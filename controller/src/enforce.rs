@@ -1148,8 +1148,9 @@ fn report_killed(key: SessionKey, killed: &[terminate::Victim], log: &dyn LogSin
 
 /// The daemon holds a few descriptors per session (its monitor's pidfd, a
 /// handle on each pty, its commands' counters): the soft limit goes up to the
-/// hard one. Where descriptors run out all the same, each falls back to
-/// reading /proc and /dev by path.
+/// hard one. None of them takes the last [`procfs::FD_RESERVE`] descriptors
+/// ([`procfs::KeptFd`]): past that, each falls back to reading /proc and /dev
+/// by path.
 fn raise_fd_limit() {
     // SAFETY: plain data.
     let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };

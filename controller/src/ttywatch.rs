@@ -23,9 +23,9 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use sshidle::activity::pty_times;
 use sshidle::input::{PtyInput, PtySaved};
 use sshidle::input::{PtyTimes, Stamp};
-use sshidle::procfs;
+use sshidle::procfs::{self, KeptFd};
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ struct Pty {
     input: PtyInput,
     /// `O_PATH` on the pty slave; `None` when it could not be opened (then
     /// the timestamps are read by path).
-    fd: Option<OwnedFd>,
+    fd: Option<KeptFd>,
     /// Events of the batch being read: `Some(true)` when one was IN_ACCESS.
     pending: Option<bool>,
 }
@@ -62,7 +62,7 @@ impl Pty {
     }
 }
 
-fn fstat(fd: &OwnedFd) -> Option<libc::stat> {
+fn fstat(fd: &impl AsRawFd) -> Option<libc::stat> {
     // SAFETY: plain data, filled by fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a descriptor we own and a writable stat.
@@ -70,13 +70,13 @@ fn fstat(fd: &OwnedFd) -> Option<libc::stat> {
 }
 
 /// `O_PATH` on `path`: a handle on the inode, not an open of the tty.
-fn open_path(path: &str) -> Option<OwnedFd> {
+fn open_path(path: &str) -> Option<KeptFd> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .ok()?;
-    Some(file.into())
+    KeptFd::keep(file.into())
 }
 
 fn add_watch(inotify: &Inotify, path: &str, mask: AddWatchFlags) -> Option<Wd> {

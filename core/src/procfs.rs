@@ -243,6 +243,47 @@ pub fn io_counters(pid: i32, start: u64) -> Option<IoCounters> {
     Some(IoCounters { rchar, wchar, cminflt_before, cminflt_after: cminflt()? })
 }
 
+/// Descriptors the enforcer keeps open between looks (pidfds, pty handles,
+/// I/O probes), counted so that they never take the last ones: with
+/// [`FD_RESERVE`] left under the soft limit none is kept, and the caller
+/// reads by path instead.
+static KEPT_FDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Descriptors left for everything else (files, /proc scans, sockets).
+pub const FD_RESERVE: u64 = 256;
+
+/// A descriptor kept open between looks, within the budget above.
+#[derive(Debug)]
+pub struct KeptFd(std::os::fd::OwnedFd);
+
+impl KeptFd {
+    /// Keeps `fd` if the budget allows; else closes it and says `None`.
+    pub fn keep(fd: std::os::fd::OwnedFd) -> Option<KeptFd> {
+        use std::sync::atomic::Ordering;
+        // SAFETY: plain data.
+        let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: a writable rlimit.
+        let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
+        if KEPT_FDS.load(Ordering::Relaxed) + FD_RESERVE >= soft {
+            return None;
+        }
+        KEPT_FDS.fetch_add(1, Ordering::Relaxed);
+        Some(KeptFd(fd))
+    }
+}
+
+impl std::os::fd::AsRawFd for KeptFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Drop for KeptFd {
+    fn drop(&mut self) {
+        KEPT_FDS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// `/proc/PID/io` of one process, kept open: a read is one `pread(2)`, with
 /// no path to look up, and it can only ever be that process's (the open file
 /// is bound to it: once it is gone the read fails, a reused PID is another
@@ -250,7 +291,7 @@ pub fn io_counters(pid: i32, start: u64) -> Option<IoCounters> {
 /// with these.
 #[derive(Debug)]
 pub struct IoProbe {
-    io: fs::File,
+    io: KeptFd,
     pid: i32,
     start: u64,
 }
@@ -262,15 +303,17 @@ impl IoProbe {
         if pid <= 0 {
             return None;
         }
-        let io = fs::File::open(format!("/proc/{pid}/io")).ok()?;
+        let io = KeptFd::keep(fs::File::open(format!("/proc/{pid}/io")).ok()?.into())?;
         is_same_process(pid, start).then_some(IoProbe { io, pid, start })
     }
 
     /// `(rchar, wchar)` now; `None` once the process is gone.
     pub fn chars(&self) -> Option<(u64, u64)> {
-        use std::os::unix::fs::FileExt;
+        use std::os::fd::AsRawFd;
         let mut buf = [0u8; 512];
-        let n = self.io.read_at(&mut buf, 0).ok()?;
+        // SAFETY: the buffer is writable for its length; a descriptor we own.
+        let n = unsafe { libc::pread(self.io.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = usize::try_from(n).ok()?;
         let text = std::str::from_utf8(buf.get(..n)?).ok()?;
         let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u64>().ok();
         Some((field("rchar:")?, field("wchar:")?))
@@ -330,7 +373,7 @@ pub const CMINFLT_UNKNOWN: u64 = u64::MAX;
 /// start time: whether it still runs is one `poll(2)`, without reading
 /// `/proc` and without any doubt about PID reuse.
 #[derive(Debug)]
-pub struct Pidfd(std::os::fd::OwnedFd);
+pub struct Pidfd(KeptFd);
 
 impl Pidfd {
     /// `None` when the process is not (or no longer) the one that started at
@@ -346,7 +389,7 @@ impl Pidfd {
             return None;
         }
         // SAFETY: a descriptor just returned to us, owned from here on.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        let fd = KeptFd::keep(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })?;
         // Checked after the open: the pidfd is of the process seen here.
         is_same_process(pid, start).then_some(Pidfd(fd))
     }
