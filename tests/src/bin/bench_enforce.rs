@@ -188,6 +188,9 @@ fn spawn_fake(owner: &Owner, pty: bool) -> Fake {
         // SAFETY: just opened, ours; non-blocking, for the keystroke thread.
         unsafe {
             libc::fcntl(master, libc::F_SETFL, libc::O_NONBLOCK);
+            // Not inherited by the enforcer the bench starts (it would hold
+            // every session's master).
+            libc::fcntl(master, libc::F_SETFD, libc::FD_CLOEXEC);
             OwnedFd::from_raw_fd(master)
         }
     });
