@@ -228,19 +228,26 @@ pub struct IoCounters {
 /// The I/O counters of `pid` if it is still the process that started at
 /// `start` (and not a zombie).
 pub fn io_counters(pid: i32, start: u64) -> Option<IoCounters> {
-    let cminflt = || -> Option<u64> {
-        let stat = read_stat_line(pid)?;
-        if matches!(stat_field(&stat, 3), Some("Z") | Some("X")) || stat_field(&stat, 22)?.parse::<u64>().ok()? != start
-        {
-            return None;
-        }
-        stat_field(&stat, 11)?.parse().ok()
-    };
-    let cminflt_before = cminflt()?;
-    let text = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u64>().ok();
-    let (rchar, wchar) = (field("rchar:")?, field("wchar:")?);
-    Some(IoCounters { rchar, wchar, cminflt_before, cminflt_after: cminflt()? })
+    let cminflt_before = reaped_minflt(pid, start)?;
+    let (rchar, wchar) = parse_chars(&fs::read_to_string(format!("/proc/{pid}/io")).ok()?)?;
+    Some(IoCounters { rchar, wchar, cminflt_before, cminflt_after: reaped_minflt(pid, start)? })
+}
+
+/// The minor faults of the children `pid` reaped (`cminflt`, field 11 of
+/// stat), if it is still the process that started at `start` and not a
+/// zombie.
+fn reaped_minflt(pid: i32, start: u64) -> Option<u64> {
+    let stat = read_stat_line(pid)?;
+    if matches!(stat_field(&stat, 3), Some("Z") | Some("X")) || stat_field(&stat, 22)?.parse::<u64>().ok()? != start {
+        return None;
+    }
+    stat_field(&stat, 11)?.parse().ok()
+}
+
+/// `(rchar, wchar)` from the text of `/proc/PID/io`.
+fn parse_chars(io: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| io.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u64>().ok();
+    Some((field("rchar:")?, field("wchar:")?))
 }
 
 /// Descriptors the enforcer keeps open between looks (pidfds, pty handles,
@@ -314,21 +321,13 @@ impl IoProbe {
         // SAFETY: the buffer is writable for its length; a descriptor we own.
         let n = unsafe { libc::pread(self.io.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         let n = usize::try_from(n).ok()?;
-        let text = std::str::from_utf8(buf.get(..n)?).ok()?;
-        let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u64>().ok();
-        Some((field("rchar:")?, field("wchar:")?))
+        parse_chars(std::str::from_utf8(buf.get(..n)?).ok()?)
     }
 
     /// The minor faults of the children the process reaped (`cminflt`), if
     /// it is alive and not a zombie.
     pub fn cminflt(&self) -> Option<u64> {
-        let stat = read_stat_line(self.pid)?;
-        if matches!(stat_field(&stat, 3), Some("Z") | Some("X"))
-            || stat_field(&stat, 22)?.parse::<u64>().ok()? != self.start
-        {
-            return None;
-        }
-        stat_field(&stat, 11)?.parse().ok()
+        reaped_minflt(self.pid, self.start)
     }
 
     /// The counters as [`io_counters`] reads them, judged against `before`
