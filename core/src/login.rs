@@ -145,21 +145,28 @@ pub fn open_session(args: &ModuleArgs, items: &LoginItems, log: &dyn LogSink) ->
     open_session_on(&System, args, items, log)
 }
 
-/// [`open_session`] on a given [`Host`].
+/// [`open_session`] on a given [`Host`]. A login that could not be recorded
+/// (already logged) nudges the enforcer to look for it among sshd's processes.
 pub fn open_session_on(
     host: &dyn Host,
     args: &ModuleArgs,
     items: &LoginItems,
     log: &dyn LogSink,
 ) -> Option<SessionKey> {
+    let recorded = record_login(host, args, items, log);
+    if recorded.is_none() {
+        host.nudge_enforcer(&args.state_dir);
+    }
+    recorded
+}
+
+fn record_login(host: &dyn Host, args: &ModuleArgs, items: &LoginItems, log: &dyn LogSink) -> Option<SessionKey> {
     let Some(account) = host.lookup_user(&items.user) else {
         log.log(Level::Error, &format!("user '{}' not found; session not recorded", items.user));
-        host.nudge_enforcer(&args.state_dir);
         return None;
     };
     let Some(key) = host.current_process() else {
         log.log(Level::Error, "cannot read own start time from /proc; session not recorded");
-        host.nudge_enforcer(&args.state_dir);
         return None;
     };
     let policy = load_policy(args, log);
@@ -193,7 +200,6 @@ pub fn open_session_on(
         Err(err) => {
             log.log(Level::Error, &format!("{err}; session of {} not recorded", items.user));
             log_unrecorded(&record, &err, log);
-            host.nudge_enforcer(&args.state_dir);
             return None;
         }
     };
@@ -206,7 +212,6 @@ pub fn open_session_on(
         Err(err) => {
             log.log(Level::Error, &format!("{err}; session of {} not recorded", items.user));
             log_unrecorded(&record, &err, log);
-            host.nudge_enforcer(&args.state_dir);
             return None;
         }
     }

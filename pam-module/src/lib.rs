@@ -11,6 +11,8 @@ use sshidle::login::{self, LoginItems, ModuleArgs};
 use sshidle::{Level, LogSink, SessionKey};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 // The constants of pam-sys, as the C ints the hooks return and take.
 const PAM_SUCCESS: c_int = PamReturnCode::SUCCESS as c_int;
@@ -119,7 +121,7 @@ unsafe fn guarded<L: LogSink>(
     body: impl FnOnce(&L, &ModuleArgs) -> c_int,
 ) -> c_int {
     quiet_panics();
-    IN_HOOK.with(|inside| inside.set(true));
+    HOOKS_RUNNING.fetch_add(1, Ordering::SeqCst);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: argv as libpam passes it (caller).
         let raw_args = unsafe { args_from(argc, argv) };
@@ -132,24 +134,24 @@ unsafe fn guarded<L: LogSink>(
         let args = ModuleArgs::parse(raw_args.iter().map(String::as_str), log);
         body(log, &args)
     }));
-    IN_HOOK.with(|inside| inside.set(false));
+    HOOKS_RUNNING.fetch_sub(1, Ordering::SeqCst);
     outcome.unwrap_or_else(|_| {
         // Logging itself must not unwind out of here either.
         let _ = catch_unwind(AssertUnwindSafe(|| {
-            let what = PANIC_NOTE.with(|note| note.take()).map(|n| format!(" ({n})")).unwrap_or_default();
+            let note = PANIC_NOTE.lock().map(|mut note| note.take()).unwrap_or_default();
+            let what = note.map(|n| format!(" ({n})")).unwrap_or_default();
             log.log(Level::Error, &format!("internal error in {hook}{what}; login continues"))
         }));
         PAM_IGNORE
     })
 }
 
-thread_local! {
-    /// Set while a hook runs: a panic then is the module's, caught by
-    /// [`guarded`].
-    static IN_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// What the last caught panic said (`panicked at FILE:LINE:COL: ...`).
-    static PANIC_NOTE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
+/// Hooks running now: a panic then is the module's, caught by [`guarded`].
+/// Plain statics, not thread-locals: a thread-local's first use in a
+/// dlopen'ed module allocates its block, on every login.
+static HOOKS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// What the last caught panic said (`panicked at FILE:LINE:COL: ...`).
+static PANIC_NOTE: Mutex<Option<String>> = Mutex::new(None);
 
 /// Panics inside a hook go to syslog with the hook's error line instead of
 /// std's message on sshd's stderr. The hook belongs to this module's own
@@ -161,8 +163,10 @@ fn quiet_panics() {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            if IN_HOOK.with(|inside| inside.get()) {
-                PANIC_NOTE.with(|note| *note.borrow_mut() = Some(info.to_string().replace('\n', " ")));
+            if HOOKS_RUNNING.load(Ordering::SeqCst) > 0 {
+                if let Ok(mut note) = PANIC_NOTE.lock() {
+                    *note = Some(info.to_string().replace('\n', " "));
+                }
             } else {
                 eprintln!("{info}");
             }
