@@ -17,6 +17,12 @@
 //! linked with the static unwinder, tests/build.rs; checked below), as
 //! sshd's connection child has not. The baseline cycle is interleaved with
 //! the module's, one each in turn, so load on the machine hits both alike.
+//!
+//! Beside the module, the floor: tests/bench/pam_floor.c, built here with
+//! `cc`, a C module that makes only the system calls a login needs to keep
+//! the spec's promises (account, start time, policy, groups, one append
+//! each way, the close line). Its "floor added" is what any implementation
+//! pays on this machine; the module's figure above it is ours to cut.
 
 use sshidle::state::StateDir;
 use sshidle_tests::pam::{PamSession, PAM_SUCCESS};
@@ -127,6 +133,24 @@ fn cycle(conf: &Path, service: &str, mode: Mode) -> Duration {
     }
 }
 
+/// Builds tests/bench/pam_floor.c into `dir` with the system's C compiler:
+/// the floor under the module's cost, measured beside it.
+fn build_floor(dir: &Path) -> Result<std::path::PathBuf, String> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/pam_floor.c");
+    let out = dir.join("pam_floor.so");
+    let status = std::process::Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-Wl,-z,relro,-z,now", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .arg("-lpam")
+        .status()
+        .map_err(|err| format!("cc: {err}"))?;
+    if !status.success() {
+        return Err(format!("cc {}: {status}", source.display()));
+    }
+    Ok(out)
+}
+
 /// `recorded` open sessions of other (non-existent) processes in `dir`.
 fn fill(dir: &Path, recorded: usize, policy: &Path) {
     let state = StateDir::open(dir, true).unwrap();
@@ -184,36 +208,70 @@ fn main() {
         "{}; baseline (pam_permit only) interleaved; µs; added = with module - baseline\n",
         if fresh { "each cycle in a new process (exec)" } else { "all cycles in this process" }
     );
+    let floor = build_floor(conf.path());
+    match &floor {
+        Ok(path) => {
+            println!("floor: {} (tests/bench/pam_floor.c: the system calls the spec needs, in C)\n", path.display())
+        }
+        Err(why) => println!("floor: not built ({why})\n"),
+    }
     println!(
-        "{:>9}  {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8}  {:>9} {:>9}",
-        "recorded", "base p50", "p99", "max", "mod p50", "p99", "max", "added p50", "added p99"
+        "{:>9}  {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8}  {:>9} {:>9}  {:>11} {:>11}",
+        "recorded",
+        "base p50",
+        "p99",
+        "max",
+        "mod p50",
+        "p99",
+        "max",
+        "added p50",
+        "added p99",
+        "floor added",
+        "floor p99"
     );
     for recorded in [0usize, 1_000, 10_000, 100_000] {
-        let state_dir = conf.dir.join(format!("state-{recorded}"));
-        fill(&state_dir, recorded, &policy);
-        let service = format!("sshidle-{recorded}");
-        conf.service(
-            &service,
-            &format!(
-                "session required pam_permit.so\nsession optional {} conf={} state={}\n",
-                module.display(),
-                policy.display(),
-                state_dir.display()
-            ),
-        );
+        // The module under test and, beside it, the floor: each with a
+        // journal of its own holding `recorded` sessions.
+        let mut stacks = vec![(format!("sshidle-{recorded}"), module.clone())];
+        if let Ok(path) = &floor {
+            stacks.push((format!("floor-{recorded}"), path.clone()));
+        }
+        for (service, module) in &stacks {
+            let state_dir = conf.dir.join(format!("state-{service}"));
+            fill(&state_dir, recorded, &policy);
+            conf.service(
+                service,
+                &format!(
+                    "session required pam_permit.so\nsession optional {} conf={} state={}\n",
+                    module.display(),
+                    policy.display(),
+                    state_dir.display()
+                ),
+            );
+        }
         // Warm up the page cache and the policy file.
         for _ in 0..20 {
             run(conf.path(), "permit", mode);
-            run(conf.path(), &service, mode);
+            for (service, _) in &stacks {
+                run(conf.path(), service, mode);
+            }
         }
-        let (mut base, mut with) = (Vec::with_capacity(cycles), Vec::with_capacity(cycles));
+        // One cycle of each stack in turn, so load on the machine hits all alike.
+        let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(cycles); stacks.len() + 1];
         for _ in 0..cycles {
-            base.push(run(conf.path(), "permit", mode));
-            with.push(run(conf.path(), &service, mode));
+            samples[0].push(run(conf.path(), "permit", mode));
+            for (i, (service, _)) in stacks.iter().enumerate() {
+                samples[i + 1].push(run(conf.path(), service, mode));
+            }
         }
-        let (b, m) = (stats(base), stats(with));
+        let mut stats = samples.into_iter().map(stats);
+        let (b, m) = (stats.next().unwrap(), stats.next().unwrap());
+        let floor_added = stats.next().map_or_else(
+            || format!("{:>11} {:>11}", "-", "-"),
+            |f| format!("{:>+11.1} {:>+11.1}", f.p50 - b.p50, f.p99 - b.p99),
+        );
         println!(
-            "{recorded:>9}  {:>8.1} {:>8.1} {:>8.1}  {:>8.1} {:>8.1} {:>8.1}  {:>+9.1} {:>+9.1}",
+            "{recorded:>9}  {:>8.1} {:>8.1} {:>8.1}  {:>8.1} {:>8.1} {:>8.1}  {:>+9.1} {:>+9.1}  {floor_added}",
             b.p50,
             b.p99,
             b.max,
@@ -223,9 +281,12 @@ fn main() {
             m.p50 - b.p50,
             m.p99 - b.p99
         );
-        let left = StateDir::open(&state_dir, false).unwrap().load().unwrap().sessions.len();
-        assert_eq!(left, recorded, "the benchmark's own sessions must all be closed");
-        let _ = std::fs::remove_dir_all(&state_dir);
+        for (service, _) in &stacks {
+            let state_dir = conf.dir.join(format!("state-{service}"));
+            let left = StateDir::open(&state_dir, false).unwrap().load().unwrap().sessions.len();
+            assert_eq!(left, recorded, "{service}: the benchmark's own sessions must all be closed");
+            let _ = std::fs::remove_dir_all(&state_dir);
+        }
     }
     if mode == Mode::Full {
         overdue(&conf, &module, &policy, run);
