@@ -26,19 +26,26 @@ pub fn parse_duration(text: &str) -> Result<u64, DurationError> {
         return Err(bad("empty"));
     }
     let mut total: u64 = 0;
-    let mut digits = String::new();
+    // The number being read, and whether it has a digit yet.
+    let mut number: Option<u64> = None;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            digits.push(c);
+        if let Some(digit) = c.to_digit(10) {
+            number = Some(
+                number
+                    .unwrap_or(0)
+                    .checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(digit)))
+                    .ok_or_else(|| bad("number too large"))?,
+            );
             if chars.peek().is_some() {
                 continue;
             }
         }
         let unit = if c.is_ascii_digit() { 's' } else { c };
-        if digits.is_empty() {
+        let Some(n) = number.take() else {
             return Err(bad("expected a number before each unit"));
-        }
+        };
         let multiplier: u64 = match unit.to_ascii_lowercase() {
             's' => 1,
             'm' => 60,
@@ -47,13 +54,11 @@ pub fn parse_duration(text: &str) -> Result<u64, DurationError> {
             'w' => 604_800,
             _ => return Err(bad("units are s, m, h, d, w")),
         };
-        let n: u64 = digits.parse().map_err(|_| bad("number too large"))?;
         total = n
             .checked_mul(multiplier)
             .and_then(|v| v.checked_add(total))
             .filter(|v| *v <= MAX_SECS)
             .ok_or_else(|| bad("longer than ten years"))?;
-        digits.clear();
     }
     Ok(total)
 }

@@ -1,10 +1,11 @@
-//! The two file primitives every writer of sshidle uses (the module, the
+//! The file primitives every writer of sshidle uses (the module, the
 //! enforcer, keepalive and install): an exclusive lock waited for with a
-//! timeout, and an atomic replace of a file.
+//! timeout, an atomic replace of a file, and the read of a small regular
+//! file as a login does it.
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -191,6 +192,45 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     Fnv::default().bytes(bytes).0
 }
 
+/// Reads a regular file of at most `max` bytes, as a login reads the policy
+/// and nsswitch.conf: open, fstat, and one `read(2)` when the file is as
+/// long as fstat said (a read that stops short at that length is its end),
+/// where `read_to_end` would ask again to see the end.
+pub fn read_regular_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let too_large = || io::Error::new(io::ErrorKind::InvalidInput, format!("larger than {} KiB", max / 1024));
+    if meta.len() > max {
+        return Err(too_large());
+    }
+    let expected = meta.len() as usize;
+    let mut bytes = vec![0u8; expected + 1];
+    let mut filled = 0;
+    loop {
+        let n = match (&file).read(&mut bytes[filled..]) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        filled += n;
+        if n == 0 || filled == expected {
+            break;
+        }
+        if filled == bytes.len() {
+            // It grew since the fstat.
+            if filled as u64 > max {
+                return Err(too_large());
+            }
+            bytes.resize((bytes.len() * 2).min(max as usize + 1), 0);
+        }
+    }
+    bytes.truncate(filled);
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +241,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn reads_a_regular_file_whole_and_refuses_others() {
+        let dir = temp_dir("read");
+        for len in [0usize, 1, 4095, 4096, 70_000] {
+            let text: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let path = dir.join(format!("f{len}"));
+            std::fs::write(&path, &text).unwrap();
+            assert_eq!(read_regular_file(&path, 1 << 20).unwrap(), text, "{len} bytes");
+        }
+        let path = dir.join("f70000");
+        let err = read_regular_file(&path, 65_536).unwrap_err();
+        assert_eq!((err.kind(), err.to_string()), (io::ErrorKind::InvalidInput, "larger than 64 KiB".to_string()));
+        let err = read_regular_file(&dir, 1 << 20).unwrap_err();
+        assert_eq!((err.kind(), err.to_string()), (io::ErrorKind::InvalidInput, "not a regular file".to_string()));
+        assert_eq!(read_regular_file(&dir.join("missing"), 1).unwrap_err().kind(), io::ErrorKind::NotFound);
+        // A file that is not what fstat said (procfs: size 0) is read to its end.
+        let status = read_regular_file(Path::new("/proc/self/status"), 1 << 20).unwrap();
+        assert!(String::from_utf8_lossy(&status).contains("\nPid:\t"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

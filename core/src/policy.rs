@@ -226,21 +226,7 @@ pub fn fingerprint(main: &Path) -> Fingerprint {
 
 /// Reads one policy file, refusing what is not a regular file or too large.
 fn read_policy_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("larger than {} KiB", MAX_FILE_BYTES / 1024),
-        ));
-    }
-    // Sized from the fstat: one read(2) for the file (it is read at every login).
-    let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    let bytes = crate::files::read_regular_file(path, MAX_FILE_BYTES)?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -562,6 +548,10 @@ fn parse_limit(key: &str, value: &str) -> Result<Option<u64>, String> {
 
 /// Shell-style wildcard match with `*` and `?` (no classes), like pam_limits.
 pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    // Most names in a policy are literal: compared without allocating.
+    if !pattern.contains(['*', '?']) {
+        return pattern == text;
+    }
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);

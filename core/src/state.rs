@@ -155,6 +155,8 @@ pub struct Snapshot {
 pub struct StateDir {
     path: PathBuf,
     dir: OwnedFd,
+    /// Who must own the directory and its files: this process's euid, asked once.
+    owner: u32,
 }
 
 impl StateDir {
@@ -196,13 +198,15 @@ impl StateDir {
         // SAFETY: a File view of the descriptor that `dir` keeps owning (never closed here).
         let view = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(dir.as_raw_fd()) });
         let meta = view.metadata().map_err(io_err("fstat"))?;
-        check_owner(path, meta.uid())?;
+        // SAFETY: geteuid cannot fail.
+        let owner = unsafe { libc::geteuid() };
+        check_owner(path, meta.uid(), owner)?;
         if meta.mode() & 0o077 != 0 {
             // Ours, but too open: tighten rather than refuse.
             // SAFETY: valid fd.
             unsafe { libc::fchmod(dir.as_raw_fd(), 0o700) };
         }
-        Ok(StateDir { path: path.to_path_buf(), dir })
+        Ok(StateDir { path: path.to_path_buf(), dir, owner })
     }
 
     /// Opens an existing state directory for reading; `None` when there is
@@ -507,11 +511,12 @@ impl StateDir {
     fn open_checked(&self, name: &str, flags: libc::c_int, mode: libc::mode_t) -> Result<(File, u64)> {
         let file = self.openat(name, flags, mode)?;
         let meta = file.metadata().map_err(io_err("fstat"))?;
-        let path = self.path.join(name);
         if !meta.is_file() {
-            return Err(StateError::Unsafe(format!("{} is not a regular file", path.display())));
+            return Err(StateError::Unsafe(format!("{} is not a regular file", self.path.join(name).display())));
         }
-        check_owner(&path, meta.uid())?;
+        if meta.uid() != self.owner {
+            check_owner(&self.path.join(name), meta.uid(), self.owner)?;
+        }
         if meta.mode() & 0o077 != 0 {
             // SAFETY: valid fd.
             unsafe { libc::fchmod(file.as_raw_fd(), 0o600) };
@@ -570,9 +575,7 @@ enum LockKind {
     Exclusive,
 }
 
-fn check_owner(path: &Path, uid: u32) -> Result<()> {
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
+fn check_owner(path: &Path, uid: u32, me: u32) -> Result<()> {
     if uid != me {
         return Err(StateError::Unsafe(format!("{} is owned by uid {uid}, not {me}", path.display())));
     }

@@ -8,6 +8,7 @@
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long a login waits for the user's groups unless `nss_timeout=` says
@@ -114,8 +115,8 @@ impl std::fmt::Display for GroupsUnknown {
 /// When NSS takes groups only from local sources (see [`local_groups_only`])
 /// there is nothing to wait for, and the lookup runs in this process.
 pub fn group_names_within(account: &Account, timeout: Duration) -> Result<Vec<String>, GroupsUnknown> {
-    let nsswitch = std::fs::read_to_string(NSSWITCH_CONF).unwrap_or_default();
-    if local_groups_only(&nsswitch) {
+    let nsswitch = crate::files::read_regular_file(Path::new(NSSWITCH_CONF), 1 << 20).unwrap_or_default();
+    if local_groups_only(&String::from_utf8_lossy(&nsswitch)) {
         return Ok(group_names(account));
     }
     group_names_forked(account, timeout)
