@@ -48,6 +48,16 @@ fn stats(mut samples: Vec<Duration>) -> Stats {
     Stats { p50: pct(0.5), p99: pct(0.99), max: us(*samples.last().unwrap()) }
 }
 
+/// This process's minor page faults so far (a cycle in a new process
+/// counts none here).
+fn minor_faults() -> u64 {
+    // SAFETY: rusage is plain data, filled by the call.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_minflt as u64
+}
+
 fn libgcc_s_loaded() -> bool {
     std::fs::read_to_string("/proc/self/maps").unwrap_or_default().contains("libgcc_s")
 }
@@ -256,14 +266,22 @@ fn main() {
                 run(conf.path(), service, mode);
             }
         }
-        // One cycle of each stack in turn, so load on the machine hits all alike.
+        // One cycle of each stack in turn, so load on the machine hits all
+        // alike; the page faults of this process counted per stack.
         let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(cycles); stacks.len() + 1];
+        let mut faults = vec![0u64; stacks.len() + 1];
+        let mut timed = |i: usize, service: &str| {
+            let before = minor_faults();
+            samples[i].push(run(conf.path(), service, mode));
+            faults[i] += minor_faults() - before;
+        };
         for _ in 0..cycles {
-            samples[0].push(run(conf.path(), "permit", mode));
+            timed(0, "permit");
             for (i, (service, _)) in stacks.iter().enumerate() {
-                samples[i + 1].push(run(conf.path(), service, mode));
+                timed(i + 1, service);
             }
         }
+        let per_cycle: Vec<String> = faults.iter().map(|f| format!("{:.1}", *f as f64 / cycles as f64)).collect();
         let mut stats = samples.into_iter().map(stats);
         let (b, m) = (stats.next().unwrap(), stats.next().unwrap());
         let floor_added = stats.next().map_or_else(
@@ -271,7 +289,7 @@ fn main() {
             |f| format!("{:>+11.1} {:>+11.1}", f.p50 - b.p50, f.p99 - b.p99),
         );
         println!(
-            "{recorded:>9}  {:>8.1} {:>8.1} {:>8.1}  {:>8.1} {:>8.1} {:>8.1}  {:>+9.1} {:>+9.1}  {floor_added}",
+            "{recorded:>9}  {:>8.1} {:>8.1} {:>8.1}  {:>8.1} {:>8.1} {:>8.1}  {:>+9.1} {:>+9.1}  {floor_added}  {:>14}",
             b.p50,
             b.p99,
             b.max,
@@ -279,7 +297,8 @@ fn main() {
             m.p99,
             m.max,
             m.p50 - b.p50,
-            m.p99 - b.p99
+            m.p99 - b.p99,
+            per_cycle.join("/")
         );
         for (service, _) in &stacks {
             let state_dir = conf.dir.join(format!("state-{service}"));
