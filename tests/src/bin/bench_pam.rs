@@ -4,8 +4,9 @@
 //! `pam_permit` stack with the module against one without, with 0, 1,000,
 //! 10,000 and 100,000 sessions already recorded.
 //!
-//! Run: `cargo build --release --workspace && target/release/bench_pam [--load-only|--session-only] [--fresh-process [--groups-warm]] [CYCLES] [MODULE]`
+//! Run: `cargo build --release --workspace && target/release/bench_pam [--load-only|--session-only] [--fresh-process [--groups-warm]] [CYCLES] [MODULE...]`
 //! (CYCLES per row, default 2,000; MODULE defaults to the built module;
+//! several MODULEs (say, two builds) are measured side by side in one run;
 //! `--load-only`: pam_start + pam_end alone, what loading the module costs;
 //! `--session-only`: open + close alone, the module's own work;
 //! `--fresh-process`: each cycle in a new process, as sshd runs each
@@ -143,6 +144,11 @@ fn cycle(conf: &Path, service: &str, mode: Mode) -> Duration {
     }
 }
 
+/// A module's file name, for the stack's label.
+fn file_label(module: &Path) -> String {
+    module.file_name().map_or_else(|| "module".to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 /// Builds tests/bench/pam_floor.c into `dir` with the system's C compiler:
 /// the floor under the module's cost, measured beside it.
 fn build_floor(dir: &Path) -> Result<std::path::PathBuf, String> {
@@ -194,7 +200,11 @@ fn main() {
     let syslog = SyslogSink::start();
     args.retain(|a| !a.starts_with("--"));
     let cycles: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(2_000);
-    let module = args.get(1).map(std::path::PathBuf::from).unwrap_or_else(module_path);
+    // MODULE [MODULE...]: several builds measured side by side in one run.
+    let mut modules: Vec<std::path::PathBuf> = args[1.min(args.len())..].iter().map(std::path::PathBuf::from).collect();
+    if modules.is_empty() {
+        modules.push(module_path());
+    }
     assert!(!libgcc_s_loaded(), "this process loaded libgcc_s: the figures would not be sshd's");
     let conf = PamConfDir::new("bench");
     let policy = conf.dir.join("sshidle.conf");
@@ -204,8 +214,21 @@ fn main() {
     )
     .unwrap();
     conf.service("permit", "session required pam_permit.so\n");
-    let size = std::fs::metadata(&module).map(|m| m.len()).unwrap_or(0);
-    println!("pam_sshidle.so: {} ({} bytes)", module.display(), size);
+    // The stacks, each a pam_permit line and one module: the modules
+    // named, then the floor.
+    let mut stacks: Vec<(String, std::path::PathBuf)> =
+        modules.iter().enumerate().map(|(i, m)| (format!("m{}-{}", i + 1, file_label(m)), m.clone())).collect();
+    for (label, module) in &stacks {
+        let size = std::fs::metadata(module).map(|m| m.len()).unwrap_or(0);
+        println!("{label}: {} ({size} bytes)", module.display());
+    }
+    match build_floor(conf.path()) {
+        Ok(path) => {
+            println!("floor: {} (tests/bench/pam_floor.c: the system calls the spec needs, in C)", path.display());
+            stacks.push(("floor".to_string(), path));
+        }
+        Err(why) => println!("floor: not built ({why})"),
+    }
     println!(
         "{}, {cycles} cycles per row,",
         match mode {
@@ -215,42 +238,21 @@ fn main() {
         }
     );
     println!(
-        "{}; baseline (pam_permit only) interleaved; µs; added = with module - baseline\n",
+        "{}; every stack's cycles interleaved with pam_permit's; µs; added = stack - pam_permit;",
         if fresh { "each cycle in a new process (exec)" } else { "all cycles in this process" }
     );
-    let floor = build_floor(conf.path());
-    match &floor {
-        Ok(path) => {
-            println!("floor: {} (tests/bench/pam_floor.c: the system calls the spec needs, in C)\n", path.display())
-        }
-        Err(why) => println!("floor: not built ({why})\n"),
-    }
+    println!("faults: this process's minor page faults per cycle\n");
     println!(
-        "{:>9}  {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8}  {:>9} {:>9}  {:>11} {:>11}",
-        "recorded",
-        "base p50",
-        "p99",
-        "max",
-        "mod p50",
-        "p99",
-        "max",
-        "added p50",
-        "added p99",
-        "floor added",
-        "floor p99"
+        "{:>9}  {:<24} {:>8} {:>8} {:>8}  {:>9} {:>9}  {:>6}",
+        "recorded", "stack", "p50", "p99", "max", "added p50", "added p99", "faults"
     );
     for recorded in [0usize, 1_000, 10_000, 100_000] {
-        // The module under test and, beside it, the floor: each with a
-        // journal of its own holding `recorded` sessions.
-        let mut stacks = vec![(format!("sshidle-{recorded}"), module.clone())];
-        if let Ok(path) = &floor {
-            stacks.push((format!("floor-{recorded}"), path.clone()));
-        }
-        for (service, module) in &stacks {
-            let state_dir = conf.dir.join(format!("state-{service}"));
+        // Each stack with a journal of its own holding `recorded` sessions.
+        for (label, module) in &stacks {
+            let state_dir = conf.dir.join(format!("state-{label}"));
             fill(&state_dir, recorded, &policy);
             conf.service(
-                service,
+                label,
                 &format!(
                     "session required pam_permit.so\nsession optional {} conf={} state={}\n",
                     module.display(),
@@ -259,56 +261,50 @@ fn main() {
                 ),
             );
         }
+        let services: Vec<&str> = std::iter::once("permit").chain(stacks.iter().map(|(l, _)| l.as_str())).collect();
         // Warm up the page cache and the policy file.
         for _ in 0..20 {
-            run(conf.path(), "permit", mode);
-            for (service, _) in &stacks {
+            for service in &services {
                 run(conf.path(), service, mode);
             }
         }
         // One cycle of each stack in turn, so load on the machine hits all
         // alike; the page faults of this process counted per stack.
-        let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(cycles); stacks.len() + 1];
-        let mut faults = vec![0u64; stacks.len() + 1];
-        let mut timed = |i: usize, service: &str| {
-            let before = minor_faults();
-            samples[i].push(run(conf.path(), service, mode));
-            faults[i] += minor_faults() - before;
-        };
+        let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(cycles); services.len()];
+        let mut faults = vec![0u64; services.len()];
         for _ in 0..cycles {
-            timed(0, "permit");
-            for (i, (service, _)) in stacks.iter().enumerate() {
-                timed(i + 1, service);
+            for (i, service) in services.iter().enumerate() {
+                let before = minor_faults();
+                samples[i].push(run(conf.path(), service, mode));
+                faults[i] += minor_faults() - before;
             }
         }
-        let per_cycle: Vec<String> = faults.iter().map(|f| format!("{:.1}", *f as f64 / cycles as f64)).collect();
-        let mut stats = samples.into_iter().map(stats);
-        let (b, m) = (stats.next().unwrap(), stats.next().unwrap());
-        let floor_added = stats.next().map_or_else(
-            || format!("{:>11} {:>11}", "-", "-"),
-            |f| format!("{:>+11.1} {:>+11.1}", f.p50 - b.p50, f.p99 - b.p99),
-        );
-        println!(
-            "{recorded:>9}  {:>8.1} {:>8.1} {:>8.1}  {:>8.1} {:>8.1} {:>8.1}  {:>+9.1} {:>+9.1}  {floor_added}  {:>14}",
-            b.p50,
-            b.p99,
-            b.max,
-            m.p50,
-            m.p99,
-            m.max,
-            m.p50 - b.p50,
-            m.p99 - b.p99,
-            per_cycle.join("/")
-        );
-        for (service, _) in &stacks {
-            let state_dir = conf.dir.join(format!("state-{service}"));
+        let all: Vec<Stats> = samples.into_iter().map(stats).collect();
+        let base = &all[0];
+        for (i, (service, s)) in services.iter().zip(&all).enumerate() {
+            let (added_p50, added_p99) = if i == 0 {
+                ("-".to_string(), "-".to_string())
+            } else {
+                (format!("{:+.1}", s.p50 - base.p50), format!("{:+.1}", s.p99 - base.p99))
+            };
+            println!(
+                "{recorded:>9}  {service:<24} {:>8.1} {:>8.1} {:>8.1}  {added_p50:>9} {added_p99:>9}  {:>6.1}",
+                s.p50,
+                s.p99,
+                s.max,
+                faults[i] as f64 / cycles as f64
+            );
+        }
+        for (label, _) in &stacks {
+            let state_dir = conf.dir.join(format!("state-{label}"));
             let left = StateDir::open(&state_dir, false).unwrap().load().unwrap().sessions.len();
-            assert_eq!(left, recorded, "{service}: the benchmark's own sessions must all be closed");
+            assert_eq!(left, recorded, "{label}: the benchmark's own sessions must all be closed");
             let _ = std::fs::remove_dir_all(&state_dir);
         }
     }
+    let module = &modules[0];
     if mode == Mode::Full {
-        overdue(&conf, &module, &policy, run);
+        overdue(&conf, module, &policy, run);
     }
     assert!(!libgcc_s_loaded(), "libgcc_s stayed loaded after the module was unloaded");
     if let Some(sink) = syslog {
