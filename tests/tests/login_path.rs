@@ -72,6 +72,51 @@ fn module_does_not_need_libgcc_s_and_still_catches_panics() {
     assert_eq!(pam.close_session(), PAM_SUCCESS);
 }
 
+/// pam-module/layout.ld: what loading, unloading and the hooks run sits in
+/// the module's `.text.hot`, next to `.init` (a connection then faults in 1-2
+/// of its 64-KB text windows, not all 6). Fails when the script is no longer
+/// passed or its patterns stop matching this toolchain's symbol names.
+#[test]
+fn the_code_a_login_runs_is_laid_out_together() {
+    let tool = |name: &str, args: &[&str]| {
+        let out = Command::new(name).args(args).arg(module_path()).output().expect(name);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sections = tool("readelf", &["-SW"]);
+    let hot = sections
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let at = fields.iter().position(|f| *f == ".text.hot")?;
+            let hex = |i: usize| u64::from_str_radix(fields.get(at + i)?, 16).ok();
+            let start = hex(2)?;
+            Some(start..start + hex(4)?)
+        })
+        .unwrap_or_else(|| panic!("no .text.hot section:\n{sections}"));
+    let symbols = tool("nm", &[]);
+    for wanted in [
+        "frame_dummy",
+        "ARGV_INIT_ARRAY",
+        "pam_sm_open_session",
+        "pam_sm_close_session",
+        "open_session_on",
+        "File6open_c",
+        "try_statx",
+    ] {
+        // "ADDRESS TYPE NAME"; code only (t/T), not e.g. frame_dummy's init_array entry.
+        let at = symbols
+            .lines()
+            .filter_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                [address, "t" | "T", name] if name.contains(wanted) => u64::from_str_radix(address, 16).ok(),
+                _ => None,
+            })
+            .next()
+            .unwrap_or_else(|| panic!("no symbol {wanted} in the module"));
+        assert!(hot.contains(&at), "{wanted} at {at:#x}, outside .text.hot {hot:x?}");
+    }
+}
+
 #[test]
 fn a_stuck_lock_holder_delays_a_login_by_a_small_bound_only() {
     if !e2e_enabled() {
