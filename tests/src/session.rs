@@ -133,3 +133,147 @@ pub fn wait_recorded(sshd: &Sshd, user: &str, count: usize) -> Vec<serde_json::V
     assert!(ok, "{count} session(s) of {user} not recorded:\n{}", sshd.log());
     sessions_of(sshd, user)
 }
+
+/// The promise of the timed tests: a session is ended within
+/// [limit, limit + SLACK] of its last real key.
+pub const SLACK: Duration = Duration::from_millis(1500);
+
+/// The tests that measure to the second run one at a time: on a 2-core
+/// machine, a dozen sessions of another test starting and typing would
+/// delay the shells and the disconnects they measure.
+static TIMED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the test binary's timed-test lock (one timed test at a time).
+pub fn timed() -> std::sync::MutexGuard<'static, ()> {
+    TIMED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A pty login of its own user whose last real key is known.
+pub struct Login {
+    pub name: &'static str,
+    pub user: TestUser,
+    pub tmux: Tmux,
+    /// The ssh client in the pane: it exits when the connection is closed.
+    pub client: i32,
+    pub key: Instant,
+    pub echoed: Instant,
+}
+
+impl Login {
+    pub fn new(sshd: &Sshd, name: &'static str, user: TestUser, opts: &[&str]) -> Login {
+        sshd.authorize(&user);
+        let l = tty_login_timed(sshd, &user.name, opts);
+        let client = l.tmux.pane_pid();
+        assert!(client > 0 && crate::util::process_alive(client), "{name}: no ssh client in the pane");
+        Login { name, user, tmux: l.tmux, client, key: l.key, echoed: l.echoed }
+    }
+
+    /// When the key was sent (unix ms), for the messages.
+    pub fn key_unix_ms(&self) -> i64 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        now - self.key.elapsed().as_millis() as i64
+    }
+
+    /// The client has exited (the connection was closed). Read from /proc,
+    /// not through tmux: cheap and exact on a loaded machine.
+    pub fn ended(&self) -> bool {
+        !crate::util::process_alive(self.client)
+    }
+
+    /// Types `line`, then a line echoing a marker, and waits for the marker:
+    /// that is then the last real input.
+    pub fn type_last(&mut self, line: &str) {
+        let marker = unique_name("done");
+        self.tmux.type_line(line);
+        // A person's next key comes later than a few milliseconds after the
+        // command (keys read in the same instant as a `touch` or `chmod` of
+        // the pty are not told from it).
+        std::thread::sleep(Duration::from_millis(300));
+        self.key = Instant::now();
+        self.tmux.type_line(&format!("echo {}''{}", &marker[..4], &marker[4..]));
+        assert!(
+            self.tmux.wait_for(&marker, Duration::from_secs(20)),
+            "{}: `{line}` did not run:\n{}",
+            self.name,
+            self.tmux.capture()
+        );
+        self.echoed = Instant::now();
+    }
+
+    /// Types `line` as the last real input (a command that replaces the
+    /// shell, say) and waits until `shown` is on the screen.
+    pub fn type_final(&mut self, line: &str, shown: &str) {
+        self.key = Instant::now();
+        self.tmux.type_line(line);
+        assert!(
+            self.tmux.wait_for(shown, Duration::from_secs(20)),
+            "{}: `{line}` did not show {shown:?}:\n{}",
+            self.name,
+            self.tmux.capture()
+        );
+        self.echoed = Instant::now();
+    }
+}
+
+/// Polls the logins until each has ended or `timeout` passes; returns when
+/// each was seen ended.
+pub fn wait_ended(logins: &[&Login], timeout: Duration) -> Vec<Option<Instant>> {
+    let deadline = Instant::now() + timeout;
+    let mut ended: Vec<Option<Instant>> = vec![None; logins.len()];
+    while Instant::now() < deadline && ended.iter().any(Option::is_none) {
+        for (i, l) in logins.iter().enumerate() {
+            if ended[i].is_none() && l.ended() {
+                ended[i] = Some(Instant::now());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ended
+}
+
+/// Checks that a login ended within [limit, limit + SLACK] of its last key,
+/// and that nothing of its user is left.
+pub fn assert_ended_on_time(l: &Login, ended: Option<Instant>, limit: Duration, enforcer: &Enforcer) {
+    assert_ended_within(l, ended, limit, enforcer);
+    assert!(
+        wait_until(Duration::from_secs(8), || user_processes(&l.user).is_empty()),
+        "{}: processes left: {:?}",
+        l.name,
+        user_processes(&l.user)
+    );
+}
+
+/// Checks that a login ended within [limit, limit + SLACK] of its last key.
+pub fn assert_ended_within(l: &Login, ended: Option<Instant>, limit: Duration, enforcer: &Enforcer) {
+    let ended = ended.unwrap_or_else(|| {
+        panic!("{}: not disconnected:\n{}\n{}", l.name, l.tmux.capture(), enforcer.output());
+    });
+    let after_key = ended - l.key;
+    let after_echo = ended.saturating_duration_since(l.echoed);
+    assert!(after_key >= limit, "{}: ended {after_key:?} after its last key, before the {limit:?} limit", l.name);
+    assert!(
+        after_echo <= limit + SLACK,
+        "{}: ended {after_echo:?} after its last key (sent at {} ms, echoed {:?} later), later than {:?}:\n{}",
+        l.name,
+        l.key_unix_ms(),
+        l.echoed - l.key,
+        limit + SLACK,
+        enforcer.output()
+    );
+}
+
+/// A policy giving each of `users` the same `settings` (`idle=12s warn=4s`).
+pub fn policy_for(users: &[&str], settings: &str) -> String {
+    users.iter().map(|u| format!("user {u} {settings}\n")).collect()
+}
+
+/// `sshidlectl enforce` at a higher scheduling priority (`nice -n -10`): it
+/// credits a key when it reads the event, and on a machine loaded far beyond
+/// its cores a normal-priority process reads it seconds late (a daemon of
+/// its own machine has no such competition). `extra` as for [`Enforcer::start`].
+pub fn start_niced_enforcer(sshd: &Sshd, extra: &[&str]) -> Enforcer {
+    let mut nice = Command::new("nice");
+    nice.args(["-n", "-10"]).arg(crate::util::sshidlectl_path());
+    nice.arg("--config").arg(&sshd.policy_path).arg("--state-dir").arg(&sshd.state_dir).arg("enforce").args(extra);
+    Enforcer::spawn(sshd, nice)
+}

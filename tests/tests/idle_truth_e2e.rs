@@ -14,113 +14,6 @@ use sshidle_tests::*;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The promise: ended within [limit, limit + SLACK] of the last key.
-const SLACK: Duration = Duration::from_millis(1500);
-
-/// The tests that measure to the second run one at a time: on a 2-core
-/// machine, a dozen sessions of another test starting and typing would
-/// delay the shells and the disconnects they measure.
-static TIMED: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn timed() -> std::sync::MutexGuard<'static, ()> {
-    TIMED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A pty login whose last real key is known.
-struct Login {
-    name: &'static str,
-    user: TestUser,
-    tmux: Tmux,
-    /// The ssh client in the pane: it exits when the connection is closed.
-    client: i32,
-    key: Instant,
-    echoed: Instant,
-}
-
-impl Login {
-    fn new(sshd: &Sshd, name: &'static str, user: TestUser, opts: &[&str]) -> Login {
-        sshd.authorize(&user);
-        let l = tty_login_timed(sshd, &user.name, opts);
-        let client = l.tmux.pane_pid();
-        assert!(client > 0 && process_alive(client), "{name}: no ssh client in the pane");
-        Login { name, user, tmux: l.tmux, client, key: l.key, echoed: l.echoed }
-    }
-
-    /// When the key was sent (unix ms), for the messages.
-    fn key_unix_ms(&self) -> i64 {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-        now - self.key.elapsed().as_millis() as i64
-    }
-
-    /// The client has exited (the connection was closed). Read from /proc,
-    /// not through tmux: cheap and exact on a loaded machine.
-    fn ended(&self) -> bool {
-        !process_alive(self.client)
-    }
-
-    /// Types `line`, then a line echoing a marker, and waits for the marker:
-    /// that is then the last real input.
-    fn type_last(&mut self, line: &str) {
-        let marker = unique_name("done");
-        self.tmux.type_line(line);
-        // A person's next key comes later than a few milliseconds after the
-        // command (keys read in the same instant as a `touch` or `chmod` of
-        // the pty are not told from it).
-        std::thread::sleep(Duration::from_millis(300));
-        self.key = Instant::now();
-        self.tmux.type_line(&format!("echo {}''{}", &marker[..4], &marker[4..]));
-        assert!(
-            self.tmux.wait_for(&marker, Duration::from_secs(20)),
-            "{}: `{line}` did not run:\n{}",
-            self.name,
-            self.tmux.capture()
-        );
-        self.echoed = Instant::now();
-    }
-}
-
-/// Polls the logins until each has ended or `timeout` passes; returns when
-/// each was seen ended.
-fn wait_ended(logins: &[&Login], timeout: Duration) -> Vec<Option<Instant>> {
-    let deadline = Instant::now() + timeout;
-    let mut ended: Vec<Option<Instant>> = vec![None; logins.len()];
-    while Instant::now() < deadline && ended.iter().any(Option::is_none) {
-        for (i, l) in logins.iter().enumerate() {
-            if ended[i].is_none() && l.ended() {
-                ended[i] = Some(Instant::now());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ended
-}
-
-/// Checks that a login ended within [limit, limit + SLACK] of its last key,
-/// and that nothing of it is left.
-fn assert_ended_on_time(l: &Login, ended: Option<Instant>, limit: Duration, enforcer: &Enforcer) {
-    let ended = ended.unwrap_or_else(|| {
-        panic!("{}: not disconnected:\n{}\n{}", l.name, l.tmux.capture(), enforcer.output());
-    });
-    let after_key = ended - l.key;
-    let after_echo = ended.saturating_duration_since(l.echoed);
-    assert!(after_key >= limit, "{}: ended {after_key:?} after its last key, before the {limit:?} limit", l.name);
-    assert!(
-        after_echo <= limit + SLACK,
-        "{}: ended {after_echo:?} after its last key (sent at {} ms, echoed {:?} later), later than {:?}:\n{}",
-        l.name,
-        l.key_unix_ms(),
-        l.echoed - l.key,
-        limit + SLACK,
-        enforcer.output()
-    );
-    assert!(
-        wait_until(Duration::from_secs(8), || user_processes(&l.user).is_empty()),
-        "{}: processes left: {:?}",
-        l.name,
-        user_processes(&l.user)
-    );
-}
-
 /// `pty.fork()`: a child `cat` on a pty of the job's own, fed a line every 2 s.
 const FEED: &str = "import os, pty, time
 pid, fd = pty.fork()
@@ -131,21 +24,6 @@ while True:
     os.read(fd, 99)
     time.sleep(2)
 ";
-
-/// `sshidlectl enforce` at a higher scheduling priority (`nice -n -10`): it
-/// credits a key when it reads the event, and on a machine loaded far beyond
-/// its cores a normal-priority process reads it seconds late (a daemon of
-/// its own machine has no such competition).
-fn start_enforcer(sshd: &Sshd) -> Enforcer {
-    let mut nice = Command::new("nice");
-    nice.args(["-n", "-10"]).arg(sshidlectl_path());
-    nice.arg("--config").arg(&sshd.policy_path).arg("--state-dir").arg(&sshd.state_dir).arg("enforce");
-    Enforcer::spawn(sshd, nice)
-}
-
-fn policy_for(users: &[&str], settings: &str) -> String {
-    users.iter().map(|u| format!("user {u} {settings}\n")).collect()
-}
 
 /// Every way of faking activity in the issue, and variants, each typed once
 /// into its own session and followed by no input: each is warned when due
@@ -194,7 +72,7 @@ fn every_fake_is_disconnected_at_its_limit_and_typists_are_kept() {
         .stdin(Stdio::null())
         .spawn()
         .expect("bystander");
-    let mut enforcer = start_enforcer(&sshd);
+    let mut enforcer = start_niced_enforcer(&sshd, &[]);
     // The kept ones first: they type every 3 s from their login until past
     // every fake's end.
     let kept_typist = Login::new(&sshd, "typist", typist, &[]);
@@ -273,7 +151,7 @@ fn idle_ptys_end_within_a_second_and_a_half_wherever_in_the_8s_block() {
     let limit = Duration::from_secs(10);
     let sshd =
         Sshd::start("itblock", SshdOptions { policy: policy_for(&names, "idle=10s warn=0"), ..Default::default() });
-    let enforcer = start_enforcer(&sshd);
+    let enforcer = start_niced_enforcer(&sshd, &[]);
     // Each login in a thread of its own, 1.7 s after the previous one: five
     // logins spread over more than one 8-s block, each watched until it ends.
     let results: Vec<(Login, Option<Instant>)> = std::thread::scope(|scope| {
@@ -314,7 +192,7 @@ fn a_restarted_enforcer_keeps_both_promises() {
     let limit = Duration::from_secs(12);
     let sshd =
         Sshd::start("itrestart", SshdOptions { policy: policy_for(&names, "idle=12s warn=0"), ..Default::default() });
-    let first = start_enforcer(&sshd);
+    let first = start_niced_enforcer(&sshd, &[]);
     let mut users = users.into_iter();
     let mut idle = Login::new(&sshd, "idle", users.next().unwrap(), &[]);
     let mut typed_while_down = Login::new(&sshd, "typed while no enforcer ran", users.next().unwrap(), &[]);
@@ -335,7 +213,7 @@ fn a_restarted_enforcer_keeps_both_promises() {
     typed_while_down.type_last("true");
     std::thread::sleep(Duration::from_millis(500));
     let restarted = Instant::now();
-    let enforcer = start_enforcer(&sshd);
+    let enforcer = start_niced_enforcer(&sshd, &[]);
     let logins = [&idle, &typed_while_down, &future, &touching];
     let ended = wait_ended(&logins, limit + Duration::from_secs(14));
     // What the first enforcer saw is taken up to the second.
@@ -375,7 +253,7 @@ fn processes_starting_and_exiting_are_not_io() {
     );
     sshd.authorize(&churn);
     sshd.authorize(&chatty);
-    let enforcer = start_enforcer(&sshd);
+    let enforcer = start_niced_enforcer(&sshd, &[]);
     let started = Instant::now();
     let mut quiet = spawn_ssh(&sshd, &churn.name, "while sleep 1; do :; done");
     let mut talking = spawn_ssh(&sshd, &chatty.name, "while sleep 2; do echo tick; done");
