@@ -63,6 +63,9 @@ const GROUPS_RETRY: Duration = Duration::from_secs(60);
 /// any more (a session without a terminal); its ptys are found when it is
 /// next looked at.
 const PTY_WAIT_SECS: i64 = 30;
+/// A new pty is matched to sessions no sooner than this after it appeared:
+/// by then sshd's monitor, which opened it, has made the user its owner.
+const PTY_OWNER_DELAY: Duration = Duration::from_millis(100);
 /// The command memory is written at most this often.
 const MEMORY_SAVE_EVERY: Duration = Duration::from_secs(5);
 
@@ -664,16 +667,32 @@ impl Enforcer {
     /// A pty appeared: the sessions still waiting for theirs (logged in less
     /// than [`PTY_WAIT_SECS`] ago, no pty yet) are looked at again, at most
     /// once a second, so a new session's pty is watched from its first key.
+    /// So are the sessions of the pty's owner whose sshd processes hold its
+    /// master (a ControlMaster connection opening another tty) or are not
+    /// known yet: sshd makes the user the owner as it opens the pty.
     /// Nothing is scanned when no session waits (ptys made inside sessions,
     /// or by anything else on the machine, cost nothing).
     fn refresh_ptys(&mut self) {
         self.ptys_refresh_at = None;
         let now = now_unix();
+        let created: HashSet<u32> = self.ttys.take_created().into_iter().collect();
+        let owners: HashSet<u32> = created
+            .iter()
+            .filter_map(|n| std::fs::metadata(format!("/dev/pts/{n}")).ok())
+            .map(|meta| meta.uid())
+            .collect();
+        let opened_here = |m: &Members| {
+            m.sshd.iter().any(|(pid, _)| procfs::pty_masters(*pid).indexes.iter().any(|i| created.contains(i)))
+        };
         let waiting: Vec<SessionKey> = self
             .life
             .iter()
-            .filter(|(_, t)| now - t.session.record.login_time <= PTY_WAIT_SECS)
-            .filter(|(_, t)| t.seen.members.as_ref().is_none_or(|m| m.ttys.is_empty()))
+            .filter(|(_, t)| {
+                let young = now - t.session.record.login_time <= PTY_WAIT_SECS;
+                let members = t.seen.members.as_ref();
+                (young && members.is_none_or(|m| m.ttys.is_empty()))
+                    || (owners.contains(&t.session.record.uid) && members.is_none_or(opened_here))
+            })
             .map(|(k, _)| *k)
             .collect();
         if waiting.is_empty() {
@@ -696,8 +715,9 @@ impl Enforcer {
     /// Reads the tty watch; a new pty schedules a refresh.
     fn ttys_readable(&mut self) {
         self.ttys.read(Instant::now(), now_millis());
-        if self.ttys.take_created() && self.ptys_refresh_at.is_none() {
-            self.ptys_refresh_at = Some((self.ptys_refreshed + Duration::from_secs(1)).max(Instant::now()));
+        if self.ttys.has_created() && self.ptys_refresh_at.is_none() {
+            let owned = Instant::now() + PTY_OWNER_DELAY;
+            self.ptys_refresh_at = Some((self.ptys_refreshed + Duration::from_secs(1)).max(owned));
         }
     }
 

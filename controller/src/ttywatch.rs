@@ -93,8 +93,8 @@ pub struct TtyWatch {
     pts_dir: Option<Wd>,
     /// What the previous enforcer saved, taken up when a pty is first watched.
     saved: HashMap<u32, PtySaved>,
-    /// A pty appeared in `/dev/pts` since [`TtyWatch::take_created`].
-    created: bool,
+    /// The ptys (`/dev/pts/N`: N) that appeared since [`TtyWatch::take_created`].
+    created: Vec<u32>,
     /// The inotify fd is not read before this.
     resume: Option<Instant>,
     /// When events were last read.
@@ -119,7 +119,7 @@ impl TtyWatch {
             by_wd: HashMap::new(),
             pts_dir,
             saved,
-            created: false,
+            created: Vec::new(),
             resume: None,
             last_read: None,
             dirty: false,
@@ -207,8 +207,13 @@ impl TtyWatch {
         self.ptys.is_empty()
     }
 
-    /// True once after a pty appeared in `/dev/pts`.
-    pub fn take_created(&mut self) -> bool {
+    /// A pty appeared in `/dev/pts` since [`TtyWatch::take_created`].
+    pub fn has_created(&self) -> bool {
+        !self.created.is_empty()
+    }
+
+    /// The ptys (their N) that appeared in `/dev/pts` since the last call.
+    pub fn take_created(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.created)
     }
 
@@ -241,11 +246,16 @@ impl TtyWatch {
                 };
                 // struct inotify_event: wd, mask, cookie, len, name[len].
                 let (wd, mask, len) = (word(0) as Wd, AddWatchFlags::from_bits_truncate(word(4)), word(12) as usize);
+                let name = &self.buf[(at + HEADER).min(n)..(at + HEADER + len).min(n)];
                 at += HEADER + len;
                 if mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                     overflow = true;
                 } else if Some(wd) == self.pts_dir {
-                    self.created = true;
+                    // The name, NUL-padded: "N" (or "ptmx", which is no pty).
+                    let name = name.split(|b| *b == 0).next().unwrap_or_default();
+                    if let Some(index) = std::str::from_utf8(name).ok().and_then(|n| n.parse().ok()) {
+                        self.created.push(index);
+                    }
                 } else if let Some(dev) = self.by_wd.get(&wd).copied() {
                     let Some(p) = self.ptys.get_mut(&dev) else { continue };
                     if mask.intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF) {
