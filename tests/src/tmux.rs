@@ -74,6 +74,29 @@ impl Tmux {
         answer == "1"
     }
 
+    /// How the pane's command ended: `status=N` (it exited with N) or
+    /// `signal=N` (a signal killed it), as tmux saw it; `None` while tmux
+    /// does not know yet. tmux marks a pane dead at its pty's end, which can
+    /// come before it has reaped the command: wait for this, not only for
+    /// [`Tmux::is_dead`].
+    pub fn exit(&self, timeout: Duration) -> Option<String> {
+        let read = || {
+            let out =
+                self.tmux(&["display-message", "-p", "-t", "main", "#{pane_dead_status}/#{pane_dead_signal}"], &[]);
+            match String::from_utf8_lossy(&out.stdout).trim().split_once('/') {
+                Some((status, "")) if !status.is_empty() => Some(format!("status={status}")),
+                Some(("", signal)) if !signal.is_empty() => Some(format!("signal={signal}")),
+                _ => None,
+            }
+        };
+        let mut seen = None;
+        wait_until(timeout, || {
+            seen = read();
+            seen.is_some()
+        });
+        seen
+    }
+
     /// PID of the command running in the pane.
     pub fn pane_pid(&self) -> i32 {
         String::from_utf8_lossy(&self.tmux(&["display-message", "-p", "-t", "main", "#{pane_pid}"], &[]).stdout)
