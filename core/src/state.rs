@@ -200,7 +200,7 @@ impl StateDir {
         let meta = view.metadata().map_err(io_err("fstat"))?;
         // SAFETY: geteuid cannot fail.
         let owner = unsafe { libc::geteuid() };
-        check_owner(path, meta.uid(), owner)?;
+        check_owner(meta.uid(), owner, || path.to_path_buf())?;
         if meta.mode() & 0o077 != 0 {
             // Ours, but too open: tighten rather than refuse.
             // SAFETY: valid fd.
@@ -514,9 +514,7 @@ impl StateDir {
         if !meta.is_file() {
             return Err(StateError::Unsafe(format!("{} is not a regular file", self.path.join(name).display())));
         }
-        if meta.uid() != self.owner {
-            check_owner(&self.path.join(name), meta.uid(), self.owner)?;
-        }
+        check_owner(meta.uid(), self.owner, || self.path.join(name))?;
         if meta.mode() & 0o077 != 0 {
             // SAFETY: valid fd.
             unsafe { libc::fchmod(file.as_raw_fd(), 0o600) };
@@ -575,9 +573,11 @@ enum LockKind {
     Exclusive,
 }
 
-fn check_owner(path: &Path, uid: u32, me: u32) -> Result<()> {
+/// Refuses a file owned by `uid` when it must be `me`'s; its path (built
+/// only for the error) names it.
+fn check_owner(uid: u32, me: u32, path: impl FnOnce() -> PathBuf) -> Result<()> {
     if uid != me {
-        return Err(StateError::Unsafe(format!("{} is owned by uid {uid}, not {me}", path.display())));
+        return Err(StateError::Unsafe(format!("{} is owned by uid {uid}, not {me}", path().display())));
     }
     Ok(())
 }

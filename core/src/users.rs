@@ -115,7 +115,7 @@ impl std::fmt::Display for GroupsUnknown {
 /// When NSS takes groups only from local sources (see [`local_groups_only`])
 /// there is nothing to wait for, and the lookup runs in this process.
 pub fn group_names_within(account: &Account, timeout: Duration) -> Result<Vec<String>, GroupsUnknown> {
-    let nsswitch = crate::files::read_regular_file(Path::new(NSSWITCH_CONF), 1 << 20).unwrap_or_default();
+    let nsswitch = crate::files::read_regular_file(Path::new(NSSWITCH_CONF), NSSWITCH_MAX_BYTES).unwrap_or_default();
     if local_groups_only(&String::from_utf8_lossy(&nsswitch)) {
         return Ok(group_names(account));
     }
@@ -123,6 +123,8 @@ pub fn group_names_within(account: &Account, timeout: Duration) -> Result<Vec<St
 }
 
 const NSSWITCH_CONF: &str = "/etc/nsswitch.conf";
+/// Far beyond any real nsswitch.conf; a larger one reads as missing (glibc's default, files).
+const NSSWITCH_MAX_BYTES: u64 = 1 << 20;
 
 /// NSS sources that answer from this machine: files, and systemd's and
 /// glibc's local databases. Anything else (ldap, sss, winbind, nis, ...)

@@ -210,7 +210,7 @@ fn main() {
     args.retain(|a| !a.starts_with("--"));
     let cycles: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(2_000);
     // MODULE [MODULE...]: several builds measured side by side in one run.
-    let mut modules: Vec<std::path::PathBuf> = args[1.min(args.len())..].iter().map(std::path::PathBuf::from).collect();
+    let mut modules: Vec<std::path::PathBuf> = args.iter().skip(1).map(std::path::PathBuf::from).collect();
     if modules.is_empty() {
         modules.push(module_path());
     }
