@@ -550,12 +550,10 @@ mod tests {
         let key = SessionKey::current_process().unwrap();
         let pid = child.id() as i32;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // Until sh waits in its first read of stdin, so its I/O counters stay
+        // still until the test writes.
+        wait_in_syscall(pid, &format!("{} 0x0 ", libc::SYS_read));
         let mut m = members(&ProcTable::scan(), key).unwrap();
-        // Until the child has exec'd sh (its command name changes).
-        while procfs::read_stat(pid).is_none_or(|s| s.comm != "sh") && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            m = members(&ProcTable::scan(), key).unwrap();
-        }
         assert!(m.commands.iter().any(|(p, _)| *p == pid), "{m:?}");
         // Other tests of this process start children too: judge this one only.
         m.commands.retain(|(p, _)| *p == pid);
@@ -628,6 +626,20 @@ mod tests {
             .unwrap()
     }
 
+    /// Waits until `pid` sleeps in the system call that `/proc/PID/syscall`
+    /// shows starting with `call` (its number, then its arguments): its exec
+    /// and the dynamic loader's reads of its libraries are done. Waiting only
+    /// for the command name to change left those reads to land between two
+    /// looks of a test, which then saw activity (CI, at 1010).
+    fn wait_in_syscall(pid: i32, call: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let in_call = || std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| s.starts_with(call));
+        while !in_call() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(in_call(), "{pid} never waited in {call:?}");
+    }
+
     /// Kills the children even when the test fails.
     struct Reap(Vec<std::process::Child>);
 
@@ -645,6 +657,8 @@ mod tests {
         let churn = command("while sleep 0.1; do :; done");
         let pid = churn.id() as i32;
         let _reap = Reap(vec![churn]);
+        // Until sh waits for its first sleep: what it reads to start is done.
+        wait_in_syscall(pid, &format!("{} ", libc::SYS_wait4));
         let key = SessionKey::current_process().unwrap();
         let mut m = members(&ProcTable::scan(), key).unwrap();
         m.commands.retain(|(p, _)| *p == pid);
