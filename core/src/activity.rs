@@ -552,7 +552,7 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         // Until sh waits in its first read of stdin, so its I/O counters stay
         // still until the test writes.
-        wait_in_syscall(pid, &format!("{} 0x0 ", libc::SYS_read));
+        procfs::wait_in_syscall(pid, &format!("{} 0x0 ", libc::SYS_read));
         let mut m = members(&ProcTable::scan(), key).unwrap();
         assert!(m.commands.iter().any(|(p, _)| *p == pid), "{m:?}");
         // Other tests of this process start children too: judge this one only.
@@ -626,20 +626,6 @@ mod tests {
             .unwrap()
     }
 
-    /// Waits until `pid` sleeps in the system call that `/proc/PID/syscall`
-    /// shows starting with `call` (its number, then its arguments): its exec
-    /// and the dynamic loader's reads of its libraries are done. Waiting only
-    /// for the command name to change left those reads to land between two
-    /// looks of a test, which then saw activity (CI, at 1010).
-    fn wait_in_syscall(pid: i32, call: &str) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let in_call = || std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| s.starts_with(call));
-        while !in_call() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(in_call(), "{pid} never waited in {call:?}");
-    }
-
     /// Kills the children even when the test fails.
     struct Reap(Vec<std::process::Child>);
 
@@ -658,7 +644,7 @@ mod tests {
         let pid = churn.id() as i32;
         let _reap = Reap(vec![churn]);
         // Until sh waits for its first sleep: what it reads to start is done.
-        wait_in_syscall(pid, &format!("{} ", libc::SYS_wait4));
+        procfs::wait_in_syscall(pid, &format!("{} ", libc::SYS_wait4));
         let key = SessionKey::current_process().unwrap();
         let mut m = members(&ProcTable::scan(), key).unwrap();
         m.commands.retain(|(p, _)| *p == pid);

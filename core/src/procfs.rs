@@ -517,6 +517,22 @@ impl ProcTable {
     }
 }
 
+/// Waits until `pid` sleeps in the system call that `/proc/PID/syscall`
+/// shows starting with `call` (its number, then its arguments): then its exec
+/// and the dynamic loader's reads of its libraries are done, and its I/O
+/// counters stay still. Waiting only for a child's name to change left those
+/// reads to land between two looks of a test, which then saw I/O (CI saw
+/// activity at 1010 in `commands_io_is_activity`).
+#[cfg(test)]
+pub(crate) fn wait_in_syscall(pid: i32, call: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let in_call = || std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| s.starts_with(call));
+    while !in_call() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(in_call(), "{pid} never waited in {call:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,6 +572,8 @@ mod tests {
     fn io_probe_reads_the_counters_of_that_process_only() {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id() as i32;
+        // Its counters still while it sleeps, not while it loads libc.
+        wait_in_syscall(pid, &format!("{} ", libc::SYS_clock_nanosleep));
         let start = start_time(pid).unwrap();
         assert!(IoProbe::open(pid, start + 1).is_none());
         let probe = IoProbe::open(pid, start).expect("probe");
