@@ -549,10 +549,10 @@ mod tests {
             .unwrap();
         let key = SessionKey::current_process().unwrap();
         let pid = child.id() as i32;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         // Until sh waits in its first read of stdin, so its I/O counters stay
         // still until the test writes.
         procfs::wait_in_syscall(pid, &format!("{} 0x0 ", libc::SYS_read));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut m = members(&ProcTable::scan(), key).unwrap();
         assert!(m.commands.iter().any(|(p, _)| *p == pid), "{m:?}");
         // Other tests of this process start children too: judge this one only.
