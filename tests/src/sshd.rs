@@ -10,7 +10,7 @@ use crate::util::{
 };
 use std::io::Read;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -119,6 +119,8 @@ impl Sshd {
                 ),
             )
             .expect("sshd_config");
+            let pid_file = dir.join("sshd.pid");
+            let _ = std::fs::remove_file(&pid_file);
             let log = std::fs::File::create(dir.join("sshd.log")).expect("log");
             let mut command = match opts.launcher.split_first() {
                 Some((launcher, args)) => {
@@ -136,13 +138,7 @@ impl Sshd {
                 .stderr(log)
                 .spawn()
                 .expect("start sshd");
-            let up = wait_until(Duration::from_secs(5), || {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    return true;
-                }
-                banner(port)
-            });
-            if up && matches!(child.try_wait(), Ok(None)) {
+            if listening(&mut child, port, &pid_file) {
                 let pid = child.id() as i32;
                 return Sshd {
                     port,
@@ -215,6 +211,18 @@ impl Sshd {
 }
 
 /// True when something on `port` answers with an SSH banner.
+/// Waits until the sshd just started as `child` listens on `port` (true),
+/// or has exited, or 5 s have passed (false). It writes its `pid_file`
+/// (removed before it started) once it has bound the port: a banner alone
+/// may come from another test's sshd, given the same free port a moment
+/// before.
+pub fn listening(child: &mut Child, port: u16, pid_file: &Path) -> bool {
+    let up = wait_until(Duration::from_secs(5), || {
+        matches!(child.try_wait(), Ok(Some(_))) || (pid_file.exists() && banner(port))
+    });
+    up && matches!(child.try_wait(), Ok(None))
+}
+
 pub fn banner(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));

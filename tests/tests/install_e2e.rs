@@ -202,6 +202,8 @@ impl SystemSshd {
                 ),
             )
             .unwrap();
+            let pid_file = dir.join("sshd.pid");
+            let _ = std::fs::remove_file(&pid_file);
             let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
             let mut child = Command::new("/usr/sbin/sshd")
                 .args(["-D", "-e", "-f"])
@@ -211,10 +213,7 @@ impl SystemSshd {
                 .stderr(log)
                 .spawn()
                 .expect("start /usr/sbin/sshd");
-            let up = wait_until(Duration::from_secs(5), || {
-                matches!(child.try_wait(), Ok(Some(_))) || sshidle_tests::sshd::banner(port)
-            });
-            if up && matches!(child.try_wait(), Ok(None)) {
+            if sshidle_tests::sshd::listening(&mut child, port, &pid_file) {
                 return SystemSshd { port, dir, child };
             }
             let _ = child.kill();
