@@ -1053,7 +1053,9 @@ mod tests {
         let err = state.record_login(&record(2, "bob")).unwrap_err();
         let waited = started.elapsed();
         assert!(matches!(err, StateError::Busy(..)), "{err}");
-        assert!(waited >= LOGIN_LOCK_WAIT && waited < LOGIN_LOCK_WAIT * 4, "waited {waited:?}");
+        // Its own bound, not the others' 2 s (other tests of this binary keep
+        // the cores busy: no tighter upper bound).
+        assert!(waited >= LOGIN_LOCK_WAIT && waited < LOCK_TIMEOUT / 2, "waited {waited:?}");
         drop(holder);
         // Logins share the lock: one holding it does not stop another.
         let reader = File::open(&path).unwrap();

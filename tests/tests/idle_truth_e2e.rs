@@ -199,14 +199,13 @@ fn a_restarted_enforcer_keeps_both_promises() {
     let mut future = Login::new(&sshd, "future atime", users.next().unwrap(), &[]);
     let mut touching = Login::new(&sshd, "touch loop", users.next().unwrap(), &[]);
     std::thread::sleep(Duration::from_millis(1500));
-    let t0 = Instant::now();
     idle.type_last("true");
     typed_while_down.type_last("true");
     future.type_last("touch -a -d @$(( $(date +%s) + 3600 )) $(tty)");
     touching.type_last("T=$(tty); (while sleep 2; do touch -a $T; done &)");
     // Stopped once the 8-s block of the idle one's last key is over: what the
     // first enforcer knew of it then holds to the second.
-    std::thread::sleep((t0 + Duration::from_secs(9)).saturating_duration_since(Instant::now()));
+    std::thread::sleep((idle.key + Duration::from_secs(9)).saturating_duration_since(Instant::now()));
     drop(first);
     // While no enforcer runs, one of them types.
     std::thread::sleep(Duration::from_secs(1));
@@ -221,8 +220,6 @@ fn a_restarted_enforcer_keeps_both_promises() {
     for (l, ended) in logins.iter().zip(&ended).skip(1) {
         let ended = ended.unwrap_or_else(|| panic!("{}: not disconnected:\n{}", l.name, enforcer.output()));
         assert!(ended - l.key >= limit, "{}: ended {:?} after its last key", l.name, ended - l.key);
-        // At most one limit from the restart (plus the 8-s block the kernel's
-        // atime leaves open for a key typed while nobody watched).
         // At most one limit from the restart (a kernel-made atime is taken up
         // to the end of its 8-s block, never past the restart), plus the new
         // enforcer's start.

@@ -158,6 +158,8 @@ fn a_login_never_compacts_a_large_journal() {
     assert_eq!(open, PAM_SUCCESS);
     let after = std::fs::metadata(state.file_path()).unwrap().len();
     assert!(after > before, "the login compacted the journal ({before} -> {after} bytes)");
-    assert!(took < Duration::from_millis(200), "a login with 100k records took {took:?}");
+    // A compaction of it takes 0.84 s here; a login about 1 ms, and this
+    // first one loads the module.
+    assert!(took < Duration::from_millis(400), "a login with 100k records took {took:?}");
     assert_eq!(stack.sessions().len(), 100_000);
 }

@@ -108,7 +108,9 @@ fn writers_killed_mid_update_leave_a_readable_file() {
             .collect();
         std::thread::sleep(Duration::from_millis(150 + 37 * round));
         for child in &mut children {
-            // The driver and whatever child it is forking right now.
+            // The driver and whatever child it is forking right now (stopped
+            // first: it forks no other while its children are looked for).
+            signal(child.id() as i32, libc::SIGSTOP);
             for pid in descendants(child.id() as i32) {
                 signal(pid, libc::SIGKILL);
             }
