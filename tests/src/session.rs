@@ -8,6 +8,7 @@ use crate::util::{signal, sshidlectl, unique_name, wait_until};
 use crate::TestUser;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A running `sshidlectl enforce`, stopped (SIGTERM, then SIGKILL) on drop.
@@ -155,6 +156,10 @@ pub struct Login {
     pub tmux: Tmux,
     /// The ssh client in the pane: it exits when the connection is closed.
     pub client: i32,
+    /// When the client was first seen gone, by a thread watching it from
+    /// the login on: the end is timed when it happens, also while the test
+    /// is busy checking something else.
+    end: Arc<OnceLock<Instant>>,
     pub key: Instant,
     pub echoed: Instant,
 }
@@ -165,7 +170,20 @@ impl Login {
         let l = tty_login_timed(sshd, &user.name, opts);
         let client = l.tmux.pane_pid();
         assert!(client > 0 && crate::util::process_alive(client), "{name}: no ssh client in the pane");
-        Login { name, user, tmux: l.tmux, client, key: l.key, echoed: l.echoed }
+        let end = Arc::new(OnceLock::new());
+        let watched = Arc::clone(&end);
+        std::thread::spawn(move || {
+            // Read from /proc, not through tmux: cheap and exact on a loaded
+            // machine. It stops when the login is dropped.
+            while crate::util::process_alive(client) {
+                if Arc::strong_count(&watched) == 1 {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = watched.set(Instant::now());
+        });
+        Login { name, user, tmux: l.tmux, client, end, key: l.key, echoed: l.echoed }
     }
 
     /// When the key was sent (unix ms), for the messages.
@@ -174,10 +192,9 @@ impl Login {
         now - self.key.elapsed().as_millis() as i64
     }
 
-    /// The client has exited (the connection was closed). Read from /proc,
-    /// not through tmux: cheap and exact on a loaded machine.
-    pub fn ended(&self) -> bool {
-        !crate::util::process_alive(self.client)
+    /// When the client exited (the connection was closed), if it has.
+    pub fn ended(&self) -> Option<Instant> {
+        self.end.get().copied()
     }
 
     /// Types `line`, then a line echoing a marker, and waits for the marker:
@@ -215,20 +232,12 @@ impl Login {
     }
 }
 
-/// Polls the logins until each has ended or `timeout` passes; returns when
-/// each was seen ended.
+/// Waits until each login has ended or `timeout` passes; returns when each
+/// ended (timed by its watcher, so also an end before this call is timed
+/// right: too early, or not late).
 pub fn wait_ended(logins: &[&Login], timeout: Duration) -> Vec<Option<Instant>> {
-    let deadline = Instant::now() + timeout;
-    let mut ended: Vec<Option<Instant>> = vec![None; logins.len()];
-    while Instant::now() < deadline && ended.iter().any(Option::is_none) {
-        for (i, l) in logins.iter().enumerate() {
-            if ended[i].is_none() && l.ended() {
-                ended[i] = Some(Instant::now());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ended
+    wait_until(timeout, || logins.iter().all(|l| l.ended().is_some()));
+    logins.iter().map(|l| l.ended()).collect()
 }
 
 /// Checks that a login ended within [limit, limit + SLACK] of its last key,
