@@ -154,11 +154,10 @@ pub struct Login {
     pub name: &'static str,
     pub user: TestUser,
     pub tmux: Tmux,
-    /// The ssh client in the pane: it exits when the connection is closed.
-    pub client: i32,
-    /// When the client was first seen gone, by a thread watching it from
-    /// the login on: the end is timed when it happens, also while the test
-    /// is busy checking something else.
+    /// When the pane's ssh client (it exits when the connection is closed)
+    /// was first seen gone, by a thread watching it from the login on: the
+    /// end is timed when it happens, also while the test checks something
+    /// else.
     end: Arc<OnceLock<Instant>>,
     pub key: Instant,
     pub echoed: Instant,
@@ -183,7 +182,7 @@ impl Login {
             }
             let _ = watched.set(Instant::now());
         });
-        Login { name, user, tmux: l.tmux, client, end, key: l.key, echoed: l.echoed }
+        Login { name, user, tmux: l.tmux, end, key: l.key, echoed: l.echoed }
     }
 
     /// When the key was sent (unix ms), for the messages.
