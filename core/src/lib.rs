@@ -15,6 +15,7 @@ pub mod procfs;
 pub mod props;
 pub mod state;
 pub mod terminate;
+pub mod tiocsti;
 pub mod users;
 pub mod utmp;
 

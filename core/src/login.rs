@@ -11,7 +11,7 @@ use std::time::Duration;
 /// The longest `nss_timeout=` accepted: longer would defeat its purpose.
 pub const MAX_NSS_TIMEOUT_SECS: u64 = 60;
 
-/// Module arguments: `conf=PATH state=DIR debug`.
+/// Module arguments: `conf=PATH state=DIR nss_timeout=DUR tiocsti=allow|deny debug`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleArgs {
     pub conf: PathBuf,
@@ -22,6 +22,9 @@ pub struct ModuleArgs {
     /// Longest wait for the user's groups (`nss_timeout=`); past it, group
     /// rules are skipped for this login.
     pub nss_timeout: Duration,
+    /// Take `TIOCSTI` away from the session (`tiocsti=deny`, the default;
+    /// `tiocsti=allow` leaves it): see [`crate::tiocsti`].
+    pub deny_tiocsti: bool,
 }
 
 impl Default for ModuleArgs {
@@ -32,6 +35,7 @@ impl Default for ModuleArgs {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             debug: false,
             nss_timeout: users::DEFAULT_NSS_TIMEOUT,
+            deny_tiocsti: true,
         }
     }
 }
@@ -58,6 +62,18 @@ impl ModuleArgs {
                         &format!(
                             "'{arg}' ignored: expected 1s to {MAX_NSS_TIMEOUT_SECS}s; waiting at most {}s",
                             parsed.nss_timeout.as_secs()
+                        ),
+                    ),
+                }
+            } else if let Some(value) = arg.strip_prefix("tiocsti=") {
+                match value {
+                    "deny" => parsed.deny_tiocsti = true,
+                    "allow" => parsed.deny_tiocsti = false,
+                    _ => log.log(
+                        Level::Warning,
+                        &format!(
+                            "'{arg}' ignored: expected tiocsti=allow or tiocsti=deny; TIOCSTI is {}",
+                            if parsed.deny_tiocsti { "denied" } else { "allowed" }
                         ),
                     ),
                 }
@@ -116,6 +132,9 @@ pub trait Host {
     /// A login went unrecorded: the enforcer should look for it now
     /// ([`crate::state::nudge_enforcer`]).
     fn nudge_enforcer(&self, state_dir: &std::path::Path);
+    /// Takes `TIOCSTI` away from the calling process and what it forks
+    /// ([`crate::tiocsti::deny_tiocsti`]).
+    fn deny_tiocsti(&self) -> std::io::Result<()>;
 }
 
 /// The real system: the wall clock, `/proc/self`, NSS.
@@ -137,6 +156,9 @@ impl Host for System {
     fn nudge_enforcer(&self, state_dir: &std::path::Path) {
         crate::state::nudge_enforcer(state_dir)
     }
+    fn deny_tiocsti(&self) -> std::io::Result<()> {
+        crate::tiocsti::deny_tiocsti()
+    }
 }
 
 /// Records a new session for the calling process. Returns the key recorded,
@@ -147,17 +169,42 @@ pub fn open_session(args: &ModuleArgs, items: &LoginItems, log: &dyn LogSink) ->
 
 /// [`open_session`] on a given [`Host`]. A login that could not be recorded
 /// (already logged) nudges the enforcer to look for it among sshd's processes.
+/// `TIOCSTI` is taken away from every session, recorded or not, whatever its
+/// limits: the enforcer adopts unrecorded ones, and a changed policy applies
+/// to sessions already running.
 pub fn open_session_on(
     host: &dyn Host,
     args: &ModuleArgs,
     items: &LoginItems,
     log: &dyn LogSink,
 ) -> Option<SessionKey> {
+    if args.deny_tiocsti {
+        deny_tiocsti(host, args, log);
+    }
     let recorded = record_login(host, args, items, log);
     if recorded.is_none() {
         host.nudge_enforcer(&args.state_dir);
     }
     recorded
+}
+
+/// Installs the filter; a failure is logged and the login goes on.
+fn deny_tiocsti(host: &dyn Host, args: &ModuleArgs, log: &dyn LogSink) {
+    match host.deny_tiocsti() {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
+            if args.debug {
+                log.log(Level::Debug, "TIOCSTI not filtered: this build knows no seccomp filter for this architecture")
+            }
+        }
+        Err(err) => log.log(
+            Level::Error,
+            &format!(
+                "cannot take TIOCSTI away from this session ({err}): input its processes push into \
+                 their terminal would count as typed; login continues"
+            ),
+        ),
+    }
 }
 
 fn record_login(host: &dyn Host, args: &ModuleArgs, items: &LoginItems, log: &dyn LogSink) -> Option<SessionKey> {
@@ -303,9 +350,16 @@ mod tests {
         dir
     }
 
-    /// The PAM line's arguments naming `conf=DIR/CONF` (explicitly) and `state=DIR/state`.
+    /// The PAM line's arguments naming `conf=DIR/CONF` (explicitly) and
+    /// `state=DIR/state`; `tiocsti=allow`, so that a test on the real
+    /// [`System`] leaves its thread without a seccomp filter.
     fn explicit_conf_in(dir: &std::path::Path, conf: &str) -> ModuleArgs {
-        ModuleArgs { conf: dir.join(conf), conf_explicit: true, state_dir: dir.join("state"), ..ModuleArgs::default() }
+        ModuleArgs { conf: dir.join(conf), conf_explicit: true, ..no_filter(dir) }
+    }
+
+    /// `state=DIR/state tiocsti=allow`.
+    fn no_filter(dir: &std::path::Path) -> ModuleArgs {
+        ModuleArgs { state_dir: dir.join("state"), deny_tiocsti: false, ..ModuleArgs::default() }
     }
 
     #[test]
@@ -319,7 +373,8 @@ mod tests {
                 conf_explicit: true,
                 state_dir: "/tmp/s".into(),
                 debug: true,
-                nss_timeout: Duration::from_secs(5)
+                nss_timeout: Duration::from_secs(5),
+                deny_tiocsti: true,
             }
         );
         assert_eq!(log.0.borrow().as_slice(), &[(Level::Warning, "unknown argument 'bogus=1' ignored".to_string())]);
@@ -329,6 +384,18 @@ mod tests {
         }
         assert_eq!(log.0.borrow().len(), 3);
         assert!(log.0.borrow()[0].1.contains("expected 1s to 60s; waiting at most 2s"), "{:?}", log.0.borrow());
+        // TIOCSTI: denied unless the line says allow; a bad value changes nothing.
+        let log = Collect::default();
+        assert!(!ModuleArgs::parse(["tiocsti=allow"], &log).deny_tiocsti);
+        assert!(ModuleArgs::parse(["tiocsti=allow", "tiocsti=deny"], &log).deny_tiocsti);
+        assert!(!ModuleArgs::parse(["tiocsti=allow", "tiocsti=no"], &log).deny_tiocsti);
+        assert_eq!(
+            log.0.borrow().as_slice(),
+            &[(
+                Level::Warning,
+                "'tiocsti=no' ignored: expected tiocsti=allow or tiocsti=deny; TIOCSTI is allowed".to_string()
+            )]
+        );
     }
 
     /// A scripted host: one user, a fixed clock and process, groups that
@@ -336,10 +403,13 @@ mod tests {
     struct Fake {
         groups: Result<Vec<String>, users::GroupsUnknown>,
         nudges: std::cell::Cell<u32>,
+        /// Filters installed, and what installing one returns (an errno).
+        filters: std::cell::Cell<u32>,
+        filter_error: Option<i32>,
     }
 
     fn fake(groups: Result<Vec<String>, users::GroupsUnknown>) -> Fake {
-        Fake { groups, nudges: Default::default() }
+        Fake { groups, nudges: Default::default(), filters: Default::default(), filter_error: None }
     }
 
     impl Host for Fake {
@@ -358,6 +428,46 @@ mod tests {
         fn nudge_enforcer(&self, _: &std::path::Path) {
             self.nudges.set(self.nudges.get() + 1);
         }
+        fn deny_tiocsti(&self) -> std::io::Result<()> {
+            self.filters.set(self.filters.get() + 1);
+            self.filter_error.map_or(Ok(()), |e| Err(std::io::Error::from_raw_os_error(e)))
+        }
+    }
+
+    /// Every login gets the filter unless `tiocsti=allow`, also one that is
+    /// not recorded; a filter that cannot be installed is logged as an
+    /// error and the login is recorded all the same.
+    #[test]
+    fn tiocsti_is_taken_away_from_every_login_unless_allowed() {
+        let dir = temp("tiocsti");
+        std::fs::write(dir.join("policy"), "* idle=1h\n").unwrap();
+        let args = ModuleArgs { deny_tiocsti: true, ..explicit_conf_in(&dir, "policy") };
+        let alice = LoginItems { user: "alice".into(), ..Default::default() };
+        let mallory = LoginItems { user: "mallory".into(), ..Default::default() };
+        let log = Collect::default();
+        let host = fake(Ok(vec![]));
+        assert!(open_session_on(&host, &args, &alice, &log).is_some());
+        assert!(open_session_on(&host, &args, &mallory, &log).is_none());
+        assert_eq!(host.filters.get(), 2);
+        let allowed = ModuleArgs { deny_tiocsti: false, ..args.clone() };
+        assert!(open_session_on(&host, &allowed, &alice, &log).is_some());
+        assert_eq!(host.filters.get(), 2, "tiocsti=allow installed a filter");
+        assert!(log.0.borrow().iter().all(|(_, m)| !m.contains("TIOCSTI")), "{:?}", log.0);
+
+        let refused = Fake { filter_error: Some(libc::EACCES), ..fake(Ok(vec![])) };
+        let log = Collect::default();
+        assert!(open_session_on(&refused, &args, &alice, &log).is_some(), "the login was not recorded");
+        let logged = log.0.borrow();
+        assert_eq!(
+            logged[0],
+            (
+                Level::Error,
+                "cannot take TIOCSTI away from this session (Permission denied (os error 13)): input its \
+                 processes push into their terminal would count as typed; login continues"
+                    .to_string()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -446,7 +556,7 @@ mod tests {
     fn groups_not_read_in_time_skip_group_rules_logged_and_recorded() {
         let dir = temp("nogroups");
         std::fs::write(dir.join("policy"), "group team idle=2h\n* idle=9m\n").unwrap();
-        let args = ModuleArgs { conf: dir.join("policy"), state_dir: dir.join("state"), ..ModuleArgs::default() };
+        let args = ModuleArgs { conf: dir.join("policy"), ..no_filter(&dir) };
         let items = LoginItems { user: "alice".into(), ..Default::default() };
         let log = Collect::default();
         let why = "NSS did not answer within 2.0s";
@@ -473,7 +583,7 @@ mod tests {
         let dir = temp("refused");
         std::fs::create_dir(dir.join("elsewhere")).unwrap();
         std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("state")).unwrap();
-        let args = ModuleArgs { state_dir: dir.join("state"), conf: dir.join("none"), ..ModuleArgs::default() };
+        let args = ModuleArgs { conf: dir.join("none"), ..no_filter(&dir) };
         let items = LoginItems { user: "root".into(), rhost: "192.0.2.9".into(), service: "sshd".into() };
         let log = Collect::default();
         assert_eq!(open_session(&args, &items, &log), None);
@@ -493,7 +603,7 @@ mod tests {
     #[test]
     fn unknown_user_is_logged_not_recorded() {
         let dir = temp("nouser");
-        let args = ModuleArgs { state_dir: dir.join("state"), ..ModuleArgs::default() };
+        let args = no_filter(&dir);
         let items = LoginItems { user: "no-such-user-sshidle".into(), ..Default::default() };
         let log = Collect::default();
         assert_eq!(open_session(&args, &items, &log), None);

@@ -101,6 +101,7 @@ fn the_code_a_login_runs_is_laid_out_together() {
         "pam_sm_open_session",
         "pam_sm_close_session",
         "open_session_on",
+        "deny_tiocsti",
         "File6open_c",
         "try_statx",
     ] {

@@ -107,6 +107,58 @@ fn unknown_user_is_ignored_not_refused() {
     assert_eq!(stack.sessions(), vec![]);
 }
 
+/// Opens a session of `user` through the stack in a process of its own
+/// (`pam_driver`, run through `launcher`, e.g. `setpriv ...`), as sshd's
+/// monitor does, and returns that process's `Seccomp:` mode (0 none, 2 a
+/// filter) while it holds the session open; `None` if open_session failed.
+fn seccomp_after_open(stack: &Stack, user: &str, launcher: &[&str]) -> Option<String> {
+    use std::io::BufRead;
+    let driver = target_dir().join("pam_driver");
+    let mut command = match launcher.split_first() {
+        Some((first, rest)) => {
+            let mut c = std::process::Command::new(first);
+            c.args(rest).arg(&driver);
+            c
+        }
+        None => std::process::Command::new(&driver),
+    };
+    let mut child = command
+        .arg(stack.conf.path())
+        .args([stack.service.as_str(), user, "1", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("pam_driver");
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+    let _ = child.wait();
+    let session: i32 = line.trim().parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{session}/status")).unwrap_or_default();
+    signal(session, libc::SIGKILL);
+    let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(|m| m.trim().to_string());
+    Some(mode.unwrap_or_else(|| panic!("no Seccomp field in the session's status:\n{status}")))
+}
+
+/// open_session takes TIOCSTI away from the process that opens the session
+/// (sshd's monitor, from which the session's processes are forked):
+/// a seccomp filter is in place after it, unless `tiocsti=allow`.
+#[test]
+fn the_tiocsti_filter_is_installed_unless_allowed() {
+    if !e2e_enabled() {
+        return;
+    }
+    for (args, want) in [
+        ("conf=POLICY state=STATE", "2"),
+        ("conf=POLICY state=STATE tiocsti=deny", "2"),
+        ("conf=POLICY state=STATE tiocsti=allow", "0"),
+    ] {
+        let stack = Stack::new("pam-tiocsti", "required", args);
+        std::fs::write(&stack.policy, "* idle=5m\n").unwrap();
+        let mode = seccomp_after_open(&stack, "root", &[]).unwrap_or_else(|| panic!("{args}: open_session failed"));
+        assert_eq!(mode, want, "{args}: Seccomp mode of the session's process");
+        assert_eq!(stack.sessions().len(), 1, "{args}: the session was not recorded");
+    }
+}
+
 /// Tests that look at syslog share /dev/log, so they run in one function.
 #[test]
 fn problems_are_logged_to_authpriv_and_logins_go_on() {
@@ -114,6 +166,21 @@ fn problems_are_logged_to_authpriv_and_logins_go_on() {
         return;
     }
     let syslog = SyslogCapture::start();
+    // Without CAP_SYS_ADMIN (an sshd in a container, say) the filter cannot
+    // be installed: logged as an error, and the login is recorded all the
+    // same. First: the sessions opened below in this thread install the
+    // filter on it, and pam_driver would inherit it.
+    let stack = Stack::new("pam-nocap", "required", "conf=POLICY state=STATE");
+    std::fs::write(&stack.policy, "* idle=5m\n").unwrap();
+    let no_sys_admin = ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--"];
+    let mode = seccomp_after_open(&stack, "root", &no_sys_admin).expect("open_session failed without CAP_SYS_ADMIN");
+    assert_eq!(mode, "0");
+    let msg = syslog
+        .wait_for("cannot take TIOCSTI away from this session (Permission denied", Duration::from_secs(5))
+        .expect("the filter's failure logged");
+    assert_eq!(facility(&msg), Some(LOG_AUTHPRIV), "{msg}");
+    assert!(msg.contains("login continues"), "{msg}");
+    assert_eq!(stack.sessions().len(), 1);
 
     // Unknown arguments: logged, ignored.
     let stack = Stack::new("pam-args", "required", "conf=POLICY state=STATE bogus frob=1 debug");
