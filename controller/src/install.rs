@@ -666,6 +666,9 @@ pub fn install(paths: &Paths, args: &InstallArgs) -> u8 {
     match Layout::system(paths, args) {
         Ok(layout) => {
             let code = install_with(&layout, args);
+            if let Some(note) = crate::report::tiocsti_suggestion(crate::report::legacy_tiocsti().as_deref()) {
+                println!("{note}");
+            }
             if sshd_uses_pam() == Some(false) {
                 eprintln!(
                     "sshidlectl: warning: sshd runs with UsePAM no, so it never calls pam_sshidle.so and no \

@@ -300,8 +300,7 @@ pub fn check(config: &Path) -> Outcome {
     if !policy.main_file_read() {
         println!("{}: no such file; the drop-ins alone make the policy", config.display());
     }
-    let sysctl = std::fs::read_to_string(LEGACY_TIOCSTI).ok();
-    if let Some(note) = tiocsti_note(sysctl.as_deref()) {
+    if let Some(note) = tiocsti_note(legacy_tiocsti().as_deref()) {
         println!("{note}");
     }
     if !policy.errors.is_empty() {
@@ -322,21 +321,41 @@ pub fn check(config: &Path) -> Outcome {
 
 const LEGACY_TIOCSTI: &str = "/proc/sys/dev/tty/legacy_tiocsti";
 
+/// `dev.tty.legacy_tiocsti` as the running kernel has it (absent before 6.2).
+pub fn legacy_tiocsti() -> Option<String> {
+    std::fs::read_to_string(LEGACY_TIOCSTI).ok()
+}
+
 /// What `check` says of `TIOCSTI`, given `dev.tty.legacy_tiocsti` (absent on
-/// kernels before 6.2): bytes a process pushes into its own terminal's input
-/// are read like typed ones, so they would count as input.
+/// kernels before 6.2): bytes a process pushes into a terminal's input are
+/// read like typed ones. pam_sshidle takes it away from SSH sessions
+/// (core/src/tiocsti.rs); the kernel's setting is what is left outside them.
 fn tiocsti_note(sysctl: Option<&str>) -> Option<String> {
     if !sshidle::input::tiocsti_allowed(sysctl) {
         return None;
     }
     let how = match sysctl {
-        Some(_) => "dev.tty.legacy_tiocsti = 1; set it to 0 to close this",
-        None => "this kernel has no dev.tty.legacy_tiocsti (Linux 6.2+ can turn it off)",
+        Some(_) => "dev.tty.legacy_tiocsti = 1; `sysctl dev.tty.legacy_tiocsti=0` takes it from unprivileged processes",
+        None => "this kernel has no dev.tty.legacy_tiocsti; Linux 6.2+ can take it from unprivileged processes",
     };
     Some(format!(
-        "note: this kernel allows TIOCSTI ({how}): a program inside a session can push bytes into its \
-         own terminal's input, which then count as typed input; see \"What counts as input\" in sshidle.conf(5)"
+        "note: this kernel allows TIOCSTI, pushing input into a terminal ({how}); pam_sshidle takes it away \
+         from SSH sessions, so such input never counts, unless its PAM line says tiocsti=allow; see \
+         \"What counts as input\" in sshidle.conf(5)"
     ))
+}
+
+/// What `install` suggests where the kernel can forbid `TIOCSTI` and does
+/// not: sshidle never changes that setting itself.
+pub fn tiocsti_suggestion(sysctl: Option<&str>) -> Option<String> {
+    (sysctl.is_some() && sshidle::input::tiocsti_allowed(sysctl)).then(|| {
+        "note: pam_sshidle takes TIOCSTI (pushing input into a terminal) away from SSH sessions; this \
+         kernel still allows it to every other process (dev.tty.legacy_tiocsti = 1). To forbid it to \
+         unprivileged processes too, as KSPP recommends: `sysctl -w dev.tty.legacy_tiocsti=0`, and \
+         `echo dev.tty.legacy_tiocsti=0 > /etc/sysctl.d/60-tiocsti.conf` to keep it after a reboot \
+         (sshidle changes no kernel setting itself)"
+            .to_string()
+    })
 }
 
 pub fn explain(config: &Path, user: &str) -> Outcome {
@@ -373,13 +392,21 @@ pub fn explain(config: &Path, user: &str) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use super::{escape_control, format_utc, prometheus_text, table_text, tiocsti_note, SessionRow};
+    use super::{
+        escape_control, format_utc, prometheus_text, table_text, tiocsti_note, tiocsti_suggestion, SessionRow,
+    };
 
     #[test]
     fn tiocsti_is_named_when_allowed() {
         assert_eq!(tiocsti_note(Some("0\n")), None);
-        assert!(tiocsti_note(Some("1\n")).unwrap().contains("dev.tty.legacy_tiocsti = 1"));
+        let on = tiocsti_note(Some("1\n")).unwrap();
+        assert!(on.contains("dev.tty.legacy_tiocsti = 1; `sysctl dev.tty.legacy_tiocsti=0`"), "{on}");
+        assert!(on.contains("pam_sshidle takes it away from SSH sessions"), "{on}");
         assert!(tiocsti_note(None).unwrap().contains("no dev.tty.legacy_tiocsti"));
+        // install suggests the setting only where the kernel has it, and it is 1.
+        assert_eq!(tiocsti_suggestion(Some("0\n")), None);
+        assert_eq!(tiocsti_suggestion(None), None);
+        assert!(tiocsti_suggestion(Some("1\n")).unwrap().contains("sysctl -w dev.tty.legacy_tiocsti=0"));
     }
 
     impl SessionRow {

@@ -14,7 +14,9 @@
 //! ctime is what it was is input; one after which it moved is not. Output,
 //! ptys created inside the session and whatever is fed into them never reach
 //! this watch at all. What remains is `TIOCSTI`: bytes a process pushes into
-//! its own terminal's input are read like typed ones (see [`tiocsti_allowed`]).
+//! its own terminal's input are read like typed ones, so the module takes it
+//! away from the session at login ([`crate::tiocsti`]); where it could not,
+//! [`tiocsti_allowed`] says whether the kernel still allows it.
 //!
 //! **Without a history** (the watch was just set up: an enforcer that
 //! started, a new pty): the atime is the only witness. The kernel sets it, in
