@@ -48,13 +48,20 @@ pub fn sshd_effective(main: &Path) -> Result<BTreeMap<String, Vec<String>>, Stri
     if !out.status.success() {
         return Err(format!("sshd -T -f {} failed: {}", main.display(), String::from_utf8_lossy(&out.stderr).trim()));
     }
+    Ok(parse_effective(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `sshd -T`'s output as keyword → values, in order. Keywords are folded to
+/// lower case: OpenSSH up to 10.0 prints them so (`clientaliveinterval 0`),
+/// 10.6 in mixed case (`ClientAliveInterval 0`).
+pub fn parse_effective(text: &str) -> BTreeMap<String, Vec<String>> {
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in text.lines() {
         if let Some((k, v)) = line.split_once(' ') {
-            map.entry(k.to_string()).or_default().push(v.to_string());
+            map.entry(k.to_ascii_lowercase()).or_default().push(v.to_string());
         }
     }
-    Ok(map)
+    map
 }
 
 pub fn first<'a>(map: &'a BTreeMap<String, Vec<String>>, key: &str) -> Option<&'a str> {
@@ -530,6 +537,20 @@ pub fn wait_reexec(before: &Listener, timeout: Duration) -> Result<Listener, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sshd_t_keywords_are_read_in_any_case() {
+        // OpenSSH 9.2/10.0 print keywords in lower case, 10.6 in mixed case.
+        let lower = "port 22\nclientaliveinterval 0\nclientalivecountmax 3\nlistenaddress [::]:22\nlistenaddress 0.0.0.0:22\nusepam yes\n";
+        let mixed = "Port 22\nClientAliveInterval 0\nClientAliveCountMax 3\nListenAddress [::]:22\nListenAddress 0.0.0.0:22\nUsePAM yes\n";
+        let (l, m) = (parse_effective(lower), parse_effective(mixed));
+        assert_eq!(l, m);
+        assert_eq!(first(&m, "clientaliveinterval"), Some("0"));
+        assert_eq!(first(&m, "clientalivecountmax"), Some("3"));
+        assert_eq!(first(&m, "usepam"), Some("yes"));
+        assert_eq!(configured_addrs(&m).len(), 2, "both ListenAddress values, in order");
+        assert!(m.keys().all(|k| k.bytes().all(|b| !b.is_ascii_uppercase())), "{m:?}");
+    }
 
     #[test]
     fn check_goodbye_is_an_identification_and_one_well_formed_packet() {

@@ -13,7 +13,8 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// `sshd -T -f CONFIG [-C SPEC]` as keyword → first value.
+/// `sshd -T -f CONFIG [-C SPEC]` as keyword (lower case: OpenSSH 10.6
+/// prints mixed case) → first value.
 fn effective(config: &Path, spec: Option<&str>) -> BTreeMap<String, String> {
     let mut cmd = Command::new("/usr/sbin/sshd");
     cmd.arg("-T").arg("-f").arg(config);
@@ -24,7 +25,7 @@ fn effective(config: &Path, spec: Option<&str>) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
     for line in text(&out.stdout).lines() {
         if let Some((k, v)) = line.split_once(' ') {
-            map.entry(k.to_string()).or_insert_with(|| v.to_string());
+            map.entry(k.to_ascii_lowercase()).or_insert_with(|| v.to_string());
         }
     }
     map
