@@ -11,7 +11,10 @@ use std::time::Duration;
 /// The longest `nss_timeout=` accepted: longer would defeat its purpose.
 pub const MAX_NSS_TIMEOUT_SECS: u64 = 60;
 
-/// Module arguments: `conf=PATH state=DIR nss_timeout=DUR tiocsti=allow|deny debug`.
+/// The PAM services the module watches unless `services=` says otherwise.
+pub const DEFAULT_SERVICES: &str = "sshd";
+
+/// Module arguments: `conf=PATH state=DIR services=LIST nss_timeout=DUR tiocsti=allow|deny debug`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleArgs {
     pub conf: PathBuf,
@@ -25,6 +28,10 @@ pub struct ModuleArgs {
     /// Take `TIOCSTI` away from the session (`tiocsti=deny`, the default;
     /// `tiocsti=allow` leaves it): see [`crate::tiocsti`].
     pub deny_tiocsti: bool,
+    /// The PAM services whose sessions are recorded (`services=a,b`,
+    /// default `sshd`): installed through pam-auth-update the module sits in
+    /// common-session, which su, cron, login... share with sshd.
+    pub services: Vec<String>,
 }
 
 impl Default for ModuleArgs {
@@ -36,6 +43,7 @@ impl Default for ModuleArgs {
             debug: false,
             nss_timeout: users::DEFAULT_NSS_TIMEOUT,
             deny_tiocsti: true,
+            services: vec![DEFAULT_SERVICES.to_string()],
         }
     }
 }
@@ -52,6 +60,16 @@ impl ModuleArgs {
                 parsed.state_dir = PathBuf::from(dir);
             } else if arg == "debug" {
                 parsed.debug = true;
+            } else if let Some(list) = arg.strip_prefix("services=") {
+                let names: Vec<String> = list.split(',').filter(|n| !n.is_empty()).map(String::from).collect();
+                if names.is_empty() {
+                    log.log(
+                        Level::Warning,
+                        &format!("'{arg}' names no service; watching {}", parsed.services.join(",")),
+                    );
+                } else {
+                    parsed.services = names;
+                }
             } else if let Some(value) = arg.strip_prefix("nss_timeout=") {
                 match crate::parse_duration(value) {
                     Ok(secs) if (1..=MAX_NSS_TIMEOUT_SECS).contains(&secs) => {
@@ -82,6 +100,11 @@ impl ModuleArgs {
             }
         }
         parsed
+    }
+
+    /// Whether sessions of the PAM service `service` are recorded.
+    pub fn watches(&self, service: &str) -> bool {
+        self.services.iter().any(|s| s == service)
     }
 }
 
@@ -375,6 +398,7 @@ mod tests {
                 debug: true,
                 nss_timeout: Duration::from_secs(5),
                 deny_tiocsti: true,
+                services: vec!["sshd".to_string()],
             }
         );
         assert_eq!(log.0.borrow().as_slice(), &[(Level::Warning, "unknown argument 'bogus=1' ignored".to_string())]);
@@ -396,6 +420,27 @@ mod tests {
                 "'tiocsti=no' ignored: expected tiocsti=allow or tiocsti=deny; TIOCSTI is allowed".to_string()
             )]
         );
+    }
+
+    #[test]
+    fn services_name_what_is_watched() {
+        let log = Collect::default();
+        let default = ModuleArgs::parse(["debug"], &log);
+        assert!(default.watches("sshd"));
+        for other in ["su", "sudo", "cron", "login", "sshd-other", "", "SSHD"] {
+            assert!(!default.watches(other), "{other}");
+        }
+        let two = ModuleArgs::parse(["services=sshd,sshd-test-1"], &log);
+        assert!(two.watches("sshd") && two.watches("sshd-test-1") && !two.watches("su"));
+        let one = ModuleArgs::parse(["services=login"], &log);
+        assert!(one.watches("login") && !one.watches("sshd"), "services= replaces the default");
+        assert!(log.0.borrow().is_empty(), "{:?}", log.0.borrow());
+        // Nothing named: the default stays, and the admin is told.
+        for empty in ["services=", "services=,"] {
+            assert!(ModuleArgs::parse([empty], &log).watches("sshd"));
+        }
+        assert_eq!(log.0.borrow().len(), 2);
+        assert!(log.0.borrow()[0].1.contains("names no service; watching sshd"), "{:?}", log.0.borrow());
     }
 
     /// A scripted host: one user, a fixed clock and process, groups that

@@ -83,6 +83,18 @@ unsafe fn login_items(pamh: *mut PamHandle) -> Option<LoginItems> {
     })
 }
 
+/// Whether the login's PAM service is one `services=` names (default
+/// `sshd`). Installed through pam-auth-update the module is in
+/// common-session, so su, sudo, cron and console logins reach it too: they
+/// get `PAM_IGNORE` before anything is read.
+///
+/// # Safety
+/// `pamh` is a valid PAM handle.
+unsafe fn watched(pamh: *mut PamHandle, args: &ModuleArgs) -> bool {
+    // SAFETY: a valid handle (caller).
+    unsafe { get_item(pamh, PAM_SERVICE) }.is_some_and(|service| args.watches(&service))
+}
+
 extern "C" fn free_key(_pamh: *mut PamHandle, data: *mut c_void, _status: c_int) {
     if !data.is_null() {
         // SAFETY: data was made by Box::into_raw in open_session.
@@ -191,6 +203,10 @@ pub unsafe extern "C" fn pam_sm_open_session(
 /// `pamh` is a valid PAM handle.
 unsafe fn open_session(pamh: *mut PamHandle, log: &PamLog, args: &ModuleArgs) -> c_int {
     // SAFETY: a valid handle (caller).
+    if !unsafe { watched(pamh, args) } {
+        return PAM_IGNORE;
+    }
+    // SAFETY: a valid handle (caller).
     let Some(items) = (unsafe { login_items(pamh) }) else {
         log.log(Level::Error, "no PAM_USER; session not recorded");
         return PAM_IGNORE;
@@ -225,6 +241,10 @@ pub unsafe extern "C" fn pam_sm_close_session(
 /// # Safety
 /// `pamh` is a valid PAM handle.
 unsafe fn close_session(pamh: *mut PamHandle, log: &PamLog, args: &ModuleArgs) -> c_int {
+    // SAFETY: a valid handle (caller).
+    if !unsafe { watched(pamh, args) } {
+        return PAM_IGNORE;
+    }
     // SAFETY: a valid handle (caller).
     let items = unsafe { login_items(pamh) }.unwrap_or_default();
     let mut data: *const c_void = std::ptr::null();

@@ -24,11 +24,12 @@ impl Stack {
         let state_dir = conf.dir.join("state");
         let policy = conf.dir.join("sshidle.conf");
         std::fs::write(&policy, "* idle=15m\n").unwrap();
-        let args: Vec<String> = format!("conf={} state={} {extra}", policy.display(), state_dir.display())
-            .split_whitespace()
-            .map(String::from)
-            .collect();
         let service = unique_name("lp");
+        let args: Vec<String> =
+            format!("conf={} state={} services={service} {extra}", policy.display(), state_dir.display())
+                .split_whitespace()
+                .map(String::from)
+                .collect();
         conf.service(
             &service,
             &format!(

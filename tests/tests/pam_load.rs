@@ -27,7 +27,7 @@ fn setup(tag: &str) -> Setup {
     conf.service(
         &service,
         &format!(
-            "session required {} conf={} state={}\n",
+            "session required {} conf={} state={} services={service}\n",
             module_path().display(),
             policy.display(),
             state_dir.display()

@@ -25,8 +25,11 @@ impl Stack {
         let state_dir = conf.dir.join("state");
         let policy = conf.dir.join("sshidle.conf");
         let service = unique_name("svc");
-        let args =
-            args.replace("STATE", &state_dir.display().to_string()).replace("POLICY", &policy.display().to_string());
+        // The module watches only `sshd` unless told: this stack's own name.
+        let args = format!(
+            "{} services={service}",
+            args.replace("STATE", &state_dir.display().to_string()).replace("POLICY", &policy.display().to_string())
+        );
         conf.service(
             &service,
             &format!("session {control} {} {args}\nsession required pam_permit.so\n", module_path().display()),
@@ -250,4 +253,54 @@ fn problems_are_logged_to_authpriv_and_logins_go_on() {
     assert_eq!(pam.open_session(), PAM_SUCCESS);
     syslog.wait_for("is owned by uid 65534", Duration::from_secs(5)).expect("owner logged");
     assert_eq!(std::fs::read_dir(&stack.state_dir).unwrap().count(), 0);
+}
+
+/// Installed through pam-auth-update, the module sits in common-session,
+/// which su, cron, login and sudo share with sshd: it records only the
+/// services `services=` names (default `sshd`) and, for the others, returns
+/// PAM_IGNORE before reading anything (no policy read, no state directory).
+#[test]
+fn only_the_services_named_are_recorded() {
+    let conf = PamConfDir::new("pam-services");
+    let policy = conf.dir.join("sshidle.conf");
+    std::fs::write(&policy, "* idle=15m\n").unwrap();
+    // An explicit conf= that does not exist is logged (and the state directory
+    // made) by a watched service: an ignored one reads neither.
+    let missing = conf.dir.join("missing.conf");
+    let cases = [
+        ("sshd", "", &policy, true),
+        ("su", "", &missing, false),
+        ("cron", "", &missing, false),
+        ("sshd-other", "", &missing, false),
+        ("cron", "services=sshd,cron", &policy, true),
+        ("sshd", "services=login", &missing, false),
+    ];
+    for (i, (service, extra, conf_file, recorded)) in cases.into_iter().enumerate() {
+        let state_dir = conf.dir.join(format!("state-{i}"));
+        let args = format!("conf={} state={} {extra}", conf_file.display(), state_dir.display());
+        conf.service(
+            service,
+            &format!("session required {} {args}\nsession required pam_permit.so\n", module_path().display()),
+        );
+        let what = format!("service {service} with '{extra}'");
+        let mut pam = PamSession::start(conf.path(), service, "root", Some("198.51.100.9")).expect("pam_start");
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let load = || StateDir::open(&state_dir, false).and_then(|s| s.load()).map(|s| s.sessions).unwrap_or_default();
+        if recorded {
+            assert_eq!(pam.open_session(), PAM_SUCCESS, "{what}");
+            let sessions = load();
+            assert_eq!(sessions.len(), 1, "{what}: {sessions:?}");
+            assert_eq!(sessions[0].service, service, "{what}");
+            assert_eq!(pam.close_session(), PAM_SUCCESS, "{what}");
+            assert_eq!(load(), vec![], "{what}: closed");
+        } else {
+            // The module's own answer, then through libpam on a `required`
+            // line: the login goes on.
+            assert_eq!(pam.call_hook(&module_path(), "pam_sm_open_session", &args), PAM_IGNORE, "{what}");
+            assert_eq!(pam.open_session(), PAM_SUCCESS, "{what}");
+            assert!(!state_dir.exists(), "{what}: the state directory was made");
+            assert_eq!(pam.call_hook(&module_path(), "pam_sm_close_session", &args), PAM_IGNORE, "{what}");
+            assert_eq!(pam.close_session(), PAM_SUCCESS, "{what}");
+        }
+    }
 }

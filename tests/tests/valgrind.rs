@@ -21,7 +21,7 @@ fn a_thousand_cycles_under_memcheck_have_no_errors_and_no_definite_leaks() {
     conf.service(
         "vg",
         &format!(
-            "session required pam_permit.so\nsession required {} conf={} state={} debug\n",
+            "session required pam_permit.so\nsession required {} conf={} state={} services=vg debug\n",
             module.display(),
             policy.display(),
             state.display()

@@ -271,7 +271,7 @@ fn main() {
             conf.service(
                 label,
                 &format!(
-                    "session required pam_permit.so\nsession optional {} conf={} state={}\n",
+                    "session required pam_permit.so\nsession optional {} conf={} state={} services={label}\n",
                     module.display(),
                     policy.display(),
                     state_dir.display()
@@ -390,7 +390,7 @@ fn overdue(conf: &PamConfDir, module: &Path, policy: &Path, run: fn(&Path, &str,
     conf.service(
         "sshidle-overdue",
         &format!(
-            "session required pam_permit.so\nsession optional {} conf={} state={}\n",
+            "session required pam_permit.so\nsession optional {} conf={} state={} services=sshidle-overdue\n",
             module.display(),
             policy.display(),
             state_dir.display()
