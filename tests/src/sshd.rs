@@ -1,8 +1,12 @@
 //! A private sshd on 127.0.0.1 whose PAM service loads the built module.
 //!
-//! OpenSSH 9.2 takes the PAM service name from the basename of argv[0], so
-//! sshd is started through a symlink named after a unique service, and reads
-//! `/etc/pam.d/<service>`: the system's `/etc/pam.d/sshd` is never touched.
+//! Each sshd has a PAM service of its own, `/etc/pam.d/<service>`, so the
+//! system's `/etc/pam.d/sshd` is never read nor touched. OpenSSH up to 9.7
+//! takes the service name from the basename of argv[0], so sshd is started
+//! through a symlink named after the service; 9.8 and later always use
+//! `sshd` unless `PAMServiceName` says otherwise, so the config names it too
+//! where sshd knows the option. The module line says `services=<service>`
+//! (it watches only `sshd` by default).
 
 use crate::accounts::TestUser;
 use crate::util::{
@@ -64,6 +68,8 @@ impl Sshd {
         }
         std::fs::create_dir_all(dir.join("authorized_keys")).expect("keys dir");
         let pam_file = PathBuf::from("/etc/pam.d").join(&service);
+        let service_name_line =
+            if knows_pam_service_name() { format!("PAMServiceName {service}\n") } else { String::new() };
         std::fs::write(
             &pam_file,
             format!(
@@ -73,13 +79,14 @@ impl Sshd {
                  password required pam_deny.so\n\
                  session  {} pam_loginuid.so\n\
                  {}\n\
-                 session  optional {} conf={} state={} debug {}\n\
+                 session  optional {} conf={} state={} services={} debug {}\n\
                  {}\n",
                 if opts.loginuid_required { "required" } else { "optional" },
                 opts.pam_before,
                 module_path().display(),
                 policy_path.display(),
                 state_dir.display(),
+                service,
                 opts.module_args,
                 opts.pam_after
             ),
@@ -100,6 +107,7 @@ impl Sshd {
                      HostKey {host}\n\
                      PidFile {dir}/sshd.pid\n\
                      UsePAM yes\n\
+                     {service_name_line}\
                      PasswordAuthentication no\n\
                      KbdInteractiveAuthentication no\n\
                      PubkeyAuthentication yes\n\
@@ -210,7 +218,20 @@ impl Sshd {
     }
 }
 
-/// True when something on `port` answers with an SSH banner.
+/// Whether this sshd has `PAMServiceName` (OpenSSH 9.8+), asked once:
+/// `sshd -t` on a one-line config reports an unknown keyword before
+/// anything else (a known one fails later, for want of host keys).
+pub fn knows_pam_service_name() -> bool {
+    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWS.get_or_init(|| {
+        let dir = TempDir::new("sshd-probe");
+        let probe = dir.join("probe.conf");
+        std::fs::write(&probe, "PAMServiceName sshd-probe\n").expect("probe config");
+        let out = Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&probe).output().expect("sshd -t");
+        !String::from_utf8_lossy(&out.stderr).contains("Bad configuration option")
+    })
+}
+
 /// Waits until the sshd just started as `child` listens on `port` (true),
 /// or has exited, or 5 s have passed (false). It writes its `pid_file`
 /// (removed before it started) once it has bound the port: a banner alone

@@ -138,3 +138,53 @@ fn broken_policy_and_state_never_block_a_real_login() {
         "{stderr}"
     );
 }
+
+/// The harness's private sshd runs the PAM stack of its own service, never
+/// the system's `/etc/pam.d/sshd`: OpenSSH up to 9.7 names the service after
+/// argv[0] (a symlink), 9.8 and later after `PAMServiceName`, which sshd
+/// always calls `sshd` otherwise. A pam_exec line of the private stack
+/// writes down the `PAM_SERVICE` libpam ran; libpam reads the stack of that
+/// name (or `other`), so a unique name there means `/etc/pam.d/sshd` was
+/// not read. The module, watching only `services=<that name>`, recorded the
+/// login under it.
+#[test]
+fn the_private_sshd_runs_its_own_pam_service() {
+    if !e2e_enabled() {
+        return;
+    }
+    let user = TestUser::create("sps", &[]);
+    let scratch = TempDir::new("pam-service");
+    let (script, seen) = (scratch.join("seen.sh"), scratch.join("seen"));
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$PAM_SERVICE $PAM_TYPE\" >>{}\n", seen.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sshd = Sshd::start(
+        "service",
+        SshdOptions {
+            policy: "* idle=15m\n".into(),
+            pam_before: format!("session required pam_exec.so {}", script.display()),
+            ..Default::default()
+        },
+    );
+    sshd.authorize(&user);
+    assert_ne!(sshd.service, "sshd");
+    let config = std::fs::read_to_string(&sshd.config_path).unwrap();
+    let named = format!("PAMServiceName {}", sshd.service);
+    assert_eq!(config.lines().any(|l| l == named), sshidle_tests::sshd::knows_pam_service_name(), "{config}");
+    let journal = JournalWatch::start(&sshd.state_dir);
+    let out = sshd.ssh(&user.name, "true");
+    assert!(out.status.success(), "{}\n{}", describe(&out), sshd.log());
+    let closed = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&seen).is_ok_and(|s| s.contains("close_session"))
+    });
+    let seen = std::fs::read_to_string(&seen).unwrap_or_default();
+    assert!(closed, "pam_exec of the private stack did not run at close: {seen:?}\n{}", sshd.log());
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        [format!("{} open_session", sshd.service), format!("{} close_session", sshd.service)],
+        "the PAM service sshd ran"
+    );
+    let opens: Vec<_> = journal.lines().into_iter().filter(|l| l.kind == "open").collect();
+    assert_eq!(opens.len(), 1, "the module recorded the login once:\n{}", journal.dump());
+    assert!(opens[0].text.contains(&format!("\tservice={}\t", sshd.service)), "{}", opens[0].text);
+    journal.assert_closed(opens[0].pid, Duration::from_secs(10));
+}
