@@ -34,9 +34,9 @@ pub struct InstallArgs {
     /// next to the sshidlectl binary]
     #[arg(long, value_name = "PATH")]
     pub module: Option<PathBuf>,
-    /// Only the Debian package's share, recorded as the package's: the PAM
-    /// line, and the default policy when there is none (the package's
-    /// postinst runs this)
+    /// Only the Debian package's share, recorded as the package's: the
+    /// default policy when there is none (the package's postinst runs this;
+    /// its PAM line is a pam-auth-update profile)
     #[arg(long)]
     pub package: bool,
     /// PAM file of the sshd service
@@ -49,9 +49,9 @@ pub struct UninstallArgs {
     /// Print each action that would be taken; change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Only what the Debian package's scripts added (the PAM line; the policy
-    /// stays until the package is purged), and the keepalive drop-in (the
-    /// package's prerm runs this)
+    /// Only what the Debian package's scripts added (the policy stays until
+    /// the package is purged), and the keepalive drop-in (the package's
+    /// prerm runs this)
     #[arg(long)]
     pub package: bool,
     /// PAM file of the sshd service
@@ -66,6 +66,8 @@ impl UninstallArgs {
 }
 
 pub const MANIFEST_DIR: &str = "/var/lib/sshidle";
+/// The Debian package's pam-auth-update profile: the package is installed.
+pub const PAM_PROFILE: &str = "/usr/share/pam-configs/sshidle";
 const SERVICE_NAME: &str = "sshidle";
 const DEFAULT_POLICY: &str = include_str!("../../packaging/sshidle.conf");
 const SYSTEMD_UNIT: &str = include_str!("../../packaging/sshidle.service");
@@ -110,6 +112,8 @@ pub struct Layout {
     /// `$prefix/share`, for the completion scripts.
     pub share_dir: PathBuf,
     pub var_dir: PathBuf,
+    /// The Debian package's pam-auth-update profile (its PAM line).
+    pub pam_profile: PathBuf,
     /// Whose manifest this run reads and writes.
     pub owner: Owner,
     pub init_dir: PathBuf,
@@ -142,6 +146,7 @@ impl Layout {
             man_dir: "/usr/local/share/man".into(),
             share_dir: "/usr/local/share".into(),
             var_dir: MANIFEST_DIR.into(),
+            pam_profile: PAM_PROFILE.into(),
             owner: if args.package { Owner::Package } else { Owner::Admin },
             init_dir: "/etc/init.d".into(),
             systemd_dir: "/etc/systemd/system".into(),
@@ -790,10 +795,12 @@ pub fn install_with(layout: &Layout, args: &InstallArgs) -> u8 {
     EXIT_OK
 }
 
-/// The package's record, with the package's module in place: installed
-/// (after `dpkg -r` only the record of its policy is left, and no module).
+/// The package's record or its pam-auth-update profile (the record is
+/// empty, so absent, when the admin's policy was there first), with the
+/// package's module in place: installed (after `dpkg -r` only the record of
+/// its policy is left, and no module).
 fn package_is_installed(layout: &Layout) -> bool {
-    layout.manifest_of(Owner::Package).is_file() && layout.module_path().exists()
+    (layout.manifest_of(Owner::Package).is_file() || layout.pam_profile.is_file()) && layout.module_path().exists()
 }
 
 fn install_steps(run: &mut Run, args: &InstallArgs) -> Result<(), String> {
@@ -857,18 +864,22 @@ fn install_steps(run: &mut Run, args: &InstallArgs) -> Result<(), String> {
 
 /// What the Debian package's postinst adds (the package's files are dpkg's):
 /// a default policy when there is none (not a conffile, so that an admin's
-/// policy left by `uninstall` never stops dpkg at a conffile prompt), then
-/// the PAM line.
+/// policy left by `uninstall` never stops dpkg at a conffile prompt). The
+/// package's PAM line is its pam-auth-update profile's, in common-session:
+/// `/etc/pam.d/sshd` is openssh-server's conffile (Debian Policy 10.7.4). A
+/// line that an earlier version of the package added there is taken out.
 fn install_package_share(run: &mut Run) -> Result<(), String> {
     install_default_policy(run)?;
-    if !run.layout.pam_file.is_file() {
-        println!(
-            "note: no {} (is openssh-server installed?); once it is, `sshidlectl install --package` adds the PAM line",
-            run.layout.pam_file.display()
-        );
-        return Ok(());
+    let earlier: Vec<Entry> =
+        run.manifest.entries.iter().filter(|e| matches!(e, Entry::PamLine(..))).cloned().collect();
+    for entry in earlier {
+        undo(run, &entry)?;
+        if !run.dry_run {
+            run.manifest.entries.retain(|e| e != &entry);
+            run.save_manifest().map_err(|e| format!("{}: {e}", run.layout.manifest_path().display()))?;
+        }
     }
-    install_pam_line(run)
+    Ok(())
 }
 
 fn install_default_policy(run: &mut Run) -> Result<(), String> {
@@ -1002,8 +1013,8 @@ pub fn uninstall_with(layout: &Layout, args: &InstallArgs) -> u8 {
     }
     if package_manifest.is_some() {
         println!(
-            "note: the sshidle package added {}the default policy its scripts wrote; \
-             `dpkg -r sshidle` takes the PAM line away, `dpkg -P sshidle` the rest",
+            "note: the sshidle package added {}the default policy its scripts wrote, and its PAM line \
+             (a pam-auth-update profile); `dpkg -r sshidle` takes the PAM line away, `dpkg -P sshidle` the rest",
             if package_has_pam { "the PAM line in /etc/pam.d/sshd and " } else { "" }
         );
     }
@@ -1320,6 +1331,7 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
             man_dir: root.join("usr/local/share/man"),
             share_dir: root.join("usr/local/share"),
             var_dir: root.join("var/lib/sshidle"),
+            pam_profile: root.join("usr/share/pam-configs/sshidle"),
             owner: Owner::Admin,
             init_dir: root.join("etc/init.d"),
             systemd_dir: root.join("etc/systemd/system"),
@@ -1446,7 +1458,7 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
     }
 
     #[test]
-    fn existing_policy_is_never_overwritten_and_the_package_touches_only_pam() {
+    fn existing_policy_is_never_overwritten_and_the_package_touches_nothing_else() {
         let root = temp_root("pkgpolicy");
         let policy = root.0.join("etc/security/sshidle.conf");
         fs::write(&policy, "* idle=1h\n").unwrap();
@@ -1454,11 +1466,17 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
         let package = Layout { owner: Owner::Package, ..layout(&root.0) };
         let package_args = InstallArgs { package: true, ..args(false) };
         assert_eq!(install_with(&package, &package_args), EXIT_OK);
-        let after = snapshot(&root.0);
-        let changed: Vec<&PathBuf> =
-            after.keys().filter(|k| before.get(*k) != after.get(*k) && !k.starts_with("var")).collect();
-        assert_eq!(changed, vec![&PathBuf::from("etc/pam.d/sshd")]);
-        assert!(root.0.join("var/lib/sshidle/package").is_file(), "recorded as the package's");
+        assert_eq!(snapshot(&root.0), before, "the package's PAM line is its pam-auth-update profile's");
+        // Nothing recorded, yet the package is known by its profile and
+        // module: the admin's install refuses.
+        fs::create_dir_all(root.0.join("usr/share/pam-configs")).unwrap();
+        fs::write(root.0.join("usr/share/pam-configs/sshidle"), "Name: sshidle\n").unwrap();
+        fs::write(root.0.join("lib/security/pam_sshidle.so"), b"\x7fELF the package's module").unwrap();
+        let with_package = snapshot(&root.0);
+        assert_eq!(install_with(&layout(&root.0), &args(false)), EXIT_PROBLEM);
+        assert_eq!(snapshot(&root.0), with_package, "a refused install changes nothing");
+        fs::remove_dir_all(root.0.join("usr/share")).unwrap();
+        fs::remove_file(root.0.join("lib/security/pam_sshidle.so")).unwrap();
         assert_eq!(uninstall_with(&package, &package_args), EXIT_OK);
         assert_eq!(snapshot(&root.0), before);
 
@@ -1477,36 +1495,56 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
         let package_args = InstallArgs { package: true, ..args(false) };
         let admin = layout(&root.0);
         let policy = root.0.join("etc/security/sshidle.conf");
+        let pam = root.0.join("etc/pam.d/sshd");
 
-        // postinst: the PAM line and a default policy, the package's.
+        // postinst: a default policy, the package's; /etc/pam.d/sshd is
+        // openssh-server's and stays as it is.
         assert_eq!(install_with(&package, &package_args), EXIT_OK);
         assert_eq!(fs::read_to_string(&policy).unwrap(), DEFAULT_POLICY);
-        let pam_with_line = fs::read(root.0.join("etc/pam.d/sshd")).unwrap();
-        assert!(pam_has_module(&pam_with_line));
+        assert_eq!(fs::read_to_string(&pam).unwrap(), DEBIAN_SSHD);
         // The admin's install refuses while the package is installed.
         fs::write(root.0.join("lib/security/pam_sshidle.so"), b"\x7fELF the package's module").unwrap();
         let with_package = snapshot(&root.0);
         assert_eq!(install_with(&admin, &args(false)), EXIT_PROBLEM);
         assert_eq!(snapshot(&root.0), with_package, "a refused install changes nothing");
         fs::remove_file(root.0.join("lib/security/pam_sshidle.so")).unwrap();
-        // The admin's uninstall leaves the package's PAM line and policy alone.
+        // The admin's uninstall leaves the package's policy alone.
         assert_eq!(uninstall_with(&admin, &args(false)), EXIT_OK);
-        assert_eq!(fs::read(root.0.join("etc/pam.d/sshd")).unwrap(), pam_with_line, "the package's PAM line kept");
         assert_eq!(fs::read_to_string(&policy).unwrap(), DEFAULT_POLICY, "the package's policy kept");
-        // prerm remove: the PAM line goes, the policy stays (for purge), and
-        // a reinstall (postinst again) is quiet and complete.
+        // prerm remove: the policy stays (for purge), and a reinstall
+        // (postinst again) is quiet and complete.
         assert_eq!(uninstall_with(&package, &package_args), EXIT_OK);
-        assert_eq!(fs::read_to_string(root.0.join("etc/pam.d/sshd")).unwrap(), DEBIAN_SSHD);
         assert_eq!(fs::read_to_string(&policy).unwrap(), DEFAULT_POLICY);
         let manifest = fs::read_to_string(root.0.join("var/lib/sshidle/package")).unwrap();
         assert!(manifest.contains(&format!("policy\t{}\t", policy.display())), "{manifest}");
         assert_eq!(install_with(&package, &package_args), EXIT_OK);
-        assert_eq!(fs::read(root.0.join("etc/pam.d/sshd")).unwrap(), pam_with_line);
+        assert_eq!(fs::read_to_string(&pam).unwrap(), DEBIAN_SSHD);
         assert_eq!(uninstall_with(&package, &package_args), EXIT_OK);
         // postrm purge removes the policy and the package's record.
         fs::remove_file(&policy).unwrap();
         fs::remove_dir_all(root.0.join("var/lib/sshidle")).unwrap();
         assert_eq!(snapshot(&root.0), before);
+    }
+
+    /// An earlier version of the package added its line to /etc/pam.d/sshd
+    /// and recorded it; the upgrade's postinst takes it out.
+    #[test]
+    fn the_package_takes_out_the_line_an_earlier_version_added() {
+        let root = temp_root("pkgupgrade");
+        let package = Layout { owner: Owner::Package, ..layout(&root.0) };
+        let package_args = InstallArgs { package: true, ..args(false) };
+        let pam = root.0.join("etc/pam.d/sshd");
+        let backup = package.backup_path(&pam);
+        fs::write(&pam, pam_add(DEBIAN_SSHD.as_bytes(), &package.pam_line()).unwrap()).unwrap();
+        fs::create_dir_all(backup.parent().unwrap()).unwrap();
+        fs::write(&backup, DEBIAN_SSHD).unwrap();
+        let earlier = Manifest { entries: vec![Entry::PamLine(pam.clone(), backup)] };
+        fs::create_dir_all(root.0.join("var/lib/sshidle")).unwrap();
+        fs::write(root.0.join("var/lib/sshidle/package"), earlier.render()).unwrap();
+        assert_eq!(install_with(&package, &package_args), EXIT_OK);
+        assert_eq!(fs::read_to_string(&pam).unwrap(), DEBIAN_SSHD);
+        let manifest = Manifest::parse(&fs::read_to_string(root.0.join("var/lib/sshidle/package")).unwrap());
+        assert!(!manifest.entries.iter().any(|e| matches!(e, Entry::PamLine(..))), "{manifest:?}");
     }
 
     #[test]

@@ -325,6 +325,60 @@ fn assert_pam_line_added(original: &[u8]) {
     assert_eq!(at, last_other_session + 2, "right after the last session line:\n{now}");
 }
 
+/// The package's PAM line goes through pam-auth-update: its profile adds the
+/// line to common-session (which /etc/pam.d/sshd includes), and
+/// /etc/pam.d/sshd, openssh-server's conffile, is never edited.
+struct PamAuthUpdate {
+    common_session: Vec<u8>,
+    seen: Vec<u8>,
+}
+
+const COMMON_SESSION: &str = "/etc/pam.d/common-session";
+const PAM_AUTH_SEEN: &str = "/var/lib/pam/seen";
+
+impl PamAuthUpdate {
+    fn take() -> PamAuthUpdate {
+        PamAuthUpdate {
+            common_session: std::fs::read(COMMON_SESSION).expect("common-session (libpam-runtime)"),
+            seen: std::fs::read(PAM_AUTH_SEEN).unwrap_or_default(),
+        }
+    }
+
+    /// The one line in common-session's Additional block, nothing else
+    /// changed there; /etc/pam.d/sshd as it was; the interactive stack only.
+    fn assert_line_added(&self, sshd_pam: &[u8]) {
+        assert_eq!(std::fs::read(PAM_FILE).unwrap(), sshd_pam, "the package edited /etc/pam.d/sshd");
+        assert!(
+            text(sshd_pam).lines().any(|l| l.trim() == "@include common-session"),
+            "/etc/pam.d/sshd includes common-session"
+        );
+        let now = std::fs::read_to_string(COMMON_SESSION).unwrap();
+        let ours: Vec<&str> = now.lines().filter(|l| l.contains("pam_sshidle.so")).collect();
+        assert_eq!(ours.len(), 1, "{now}");
+        assert_eq!(ours[0].split_whitespace().collect::<Vec<_>>(), ["session", "optional", "pam_sshidle.so"]);
+        let additional = now.find("(the \"Additional\" block)").expect("pam-auth-update's Additional block");
+        assert!(now.find(ours[0]).unwrap() > additional, "in the Additional block:\n{now}");
+        let without: String = now.split_inclusive('\n').filter(|l| !l.contains("pam_sshidle.so")).collect();
+        assert_eq!(without.as_bytes(), &self.common_session[..], "common-session otherwise as it was");
+        let noninteractive = std::fs::read_to_string("/etc/pam.d/common-session-noninteractive").unwrap_or_default();
+        assert!(!noninteractive.contains("pam_sshidle"), "{noninteractive}");
+        assert!(Path::new("/usr/share/pam-configs/sshidle").is_file());
+    }
+
+    fn assert_as_before(&self, after: &str) {
+        assert_eq!(
+            text(&std::fs::read(COMMON_SESSION).unwrap()),
+            text(&self.common_session),
+            "{after}: common-session as it began"
+        );
+        assert_eq!(
+            text(&std::fs::read(PAM_AUTH_SEEN).unwrap_or_default()),
+            text(&self.seen),
+            "{after}: pam-auth-update's record as it began"
+        );
+    }
+}
+
 #[test]
 fn install_login_enforce_uninstall_and_deb_round_trip() {
     if !e2e_enabled() {
@@ -532,9 +586,10 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
         out
     };
     let deb_arg = deb.display().to_string();
+    let pam_auth = PamAuthUpdate::take();
     dpkg(&["-i", &deb_arg]);
     assert!(package_configured(), "dpkg -i left the package unconfigured");
-    assert_pam_line_added(&guard.pam);
+    pam_auth.assert_line_added(&guard.pam);
     assert_eq!(std::fs::read(POLICY).unwrap(), admins_policy, "the package changed the admin's policy");
     // ... and an installation from source does not go over the package.
     let with_package = snapshot();
@@ -545,7 +600,7 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     // Reinstalling (prerm upgrade, postinst configure again) changes nothing.
     let installed = snapshot();
     dpkg(&["-i", &deb_arg]);
-    assert_pam_line_added(&guard.pam);
+    pam_auth.assert_line_added(&guard.pam);
     let mut again = snapshot();
     let mut installed_cmp = installed.clone();
     for runtime in [STATE_DIR, PIDFILE] {
@@ -576,6 +631,7 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
 
     let out = dpkg(&["-r", "sshidle"]);
     assert_eq!(std::fs::read(PAM_FILE).unwrap(), guard.pam, "dpkg -r left /etc/pam.d/sshd changed: {}", describe(&out));
+    pam_auth.assert_as_before("dpkg -r");
     assert_eq!(
         differences(&ssh_before, &snapshot_of("/etc/ssh")),
         Vec::<String>::new(),
@@ -597,6 +653,7 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     assert_eq!(mode & 0o111, 0, "after dpkg -r the init script is not executable (no phantom service)");
     dpkg(&["-P", "sshidle"]);
     assert!(!private_system::package_installed());
+    pam_auth.assert_as_before("dpkg -P");
     assert_eq!(std::fs::read(POLICY).unwrap(), admins_policy, "purge removed the admin's own policy");
     std::fs::remove_file(POLICY).unwrap();
     assert_eq!(differences(&before, &snapshot()), Vec::<String>::new(), "dpkg -P left something behind");
@@ -610,12 +667,13 @@ fn install_login_enforce_uninstall_and_deb_round_trip() {
     assert_eq!(std::fs::read_to_string(POLICY).unwrap(), default_policy, "dpkg -r keeps the policy");
     dpkg(&["-i", &deb_arg]);
     assert!(package_configured(), "reinstall after dpkg -r left the package unconfigured");
-    assert_pam_line_added(&guard.pam);
+    pam_auth.assert_line_added(&guard.pam);
     let mode = std::fs::metadata("/etc/init.d/sshidle").unwrap().mode();
     assert_eq!(mode & 0o111, 0o111, "the init script is executable again after the reinstall");
     dpkg(&["-P", "sshidle"]);
     assert!(!private_system::package_installed());
     assert_eq!(std::fs::read(PAM_FILE).unwrap(), guard.pam);
+    pam_auth.assert_as_before("dpkg -i, -r, -i, -P");
     assert_eq!(differences(&ssh_before, &snapshot_of("/etc/ssh")), Vec::<String>::new(), "/etc/ssh changed");
     assert_eq!(differences(&before, &snapshot()), Vec::<String>::new(), "dpkg -P left something behind");
     drop(guard);
