@@ -42,9 +42,22 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# What building needs beyond Rust itself, installed when missing (Debian, as root).
+# What building needs, installed when missing (Debian, as root): Debian's own
+# cargo where it is new enough (Rust 1.85: Debian 13 and later; Debian 12's
+# is 0.66, rustc 1.63), else rustup's.
+RUST_VERSION = 1.85
 build-deps:
-	@command -v $(CARGO) >/dev/null 2>&1 || { echo "make: $(CARGO) not found: install Rust 1.85 or newer, e.g. from https://rustup.rs" >&2; exit 1; }
+	@if ! command -v $(CARGO) >/dev/null 2>&1; then \
+	    candidate=$$(apt-cache show --no-all-versions rustc 2>/dev/null | sed -n 's/^Version: //p' | head -n 1); \
+	    if [ "$(CARGO)" = cargo ] && [ -n "$$candidate" ] && dpkg --compare-versions "$$candidate" ge $(RUST_VERSION); then \
+	        echo "make: installing cargo rustc (Debian's $$candidate)"; \
+	        export DEBIAN_FRONTEND=noninteractive; \
+	        apt-get install -y -q --no-install-recommends cargo rustc || exit 1; \
+	    else \
+	        echo "make: $(CARGO) not found: install Rust $(RUST_VERSION) or newer, e.g. from https://rustup.rs (this release's rustc is $${candidate:-not packaged})" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
 	@missing=""; \
 	dpkg -s libpam0g-dev >/dev/null 2>&1 || missing="$$missing libpam0g-dev"; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
