@@ -126,26 +126,32 @@ pub fn filter() -> Vec<libc::sock_filter> {
 
 /// Installs `prog` on the calling thread (and so on every process it forks
 /// from now on). Makes no allocation: safe between `fork` and `exec`.
+///
+/// `SECCOMP_FILTER_FLAG_SPEC_ALLOW`: on kernels that tie speculation
+/// mitigations to seccomp (`spec_store_bypass_disable=seccomp`, the default
+/// before Linux 5.16) a filter would otherwise slow every process of the
+/// session; this one is no sandbox, so the session runs as it would without
+/// it. Kernels before 4.17 reject the flag: then without it.
 pub fn install(prog: &[libc::sock_filter]) -> io::Result<()> {
     let fprog = libc::sock_fprog {
         len: u16::try_from(prog.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
         filter: prog.as_ptr().cast_mut(),
     };
-    // SAFETY: fprog points to `len` instructions that outlive the call (the
-    // kernel copies them).
-    let rc = unsafe {
-        libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-            &fprog as *const libc::sock_fprog as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
+    let set = |flags: libc::c_ulong| {
+        // SAFETY: fprog points to `len` instructions that outlive the call
+        // (the kernel copies them).
+        let rc = unsafe {
+            libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &fprog as *const libc::sock_fprog)
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    match set(libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW) {
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => set(0),
+        done => done,
     }
 }
 
