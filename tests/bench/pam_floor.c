@@ -8,6 +8,8 @@
  * pays on this machine; what pam_sshidle.so costs above it is ours to cut.
  *
  * open_session:
+ *   - TIOCSTI taken away from the session: one seccomp(2) installing the same
+ *     seccomp filter as core/src/tiocsti.rs (unless tiocsti=allow);
  *   - the account (getpwnam_r: the uid, and the primary group);
  *   - the calling process's start time (/proc/self/stat: PID reuse);
  *   - the policy file and its drop-in directory (the limits);
@@ -25,7 +27,12 @@
  * stacks (cc -O2 -shared -fPIC -Wl,-z,relro,-z,now ... -lpam).
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <grp.h>
 #include <pwd.h>
 #include <security/pam_ext.h>
@@ -34,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <syslog.h>
 #include <time.h>
@@ -46,6 +54,31 @@ static const char *arg(int argc, const char **argv, const char *key)
 		if (!strncmp(argv[i], key, len))
 			return argv[i] + len;
 	return NULL;
+}
+
+/* core/src/tiocsti.rs's filter for x86_64: ioctl(TIOCSTI) -> EPERM on the
+ * native, x32 and i386 ABIs, the request's low 32 bits compared. */
+static void deny_tiocsti(void)
+{
+#ifdef __x86_64__
+	struct sock_filter filter[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 4),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_STMT(BPF_ALU | BPF_AND | BPF_K, ~0x40000000u),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 16, 4, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 514, 3, 5),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_I386, 0, 4),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 54, 0, 2),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x5412, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+	};
+	struct sock_fprog prog = { sizeof filter / sizeof filter[0], filter };
+	syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_SPEC_ALLOW, &prog);
+#endif
 }
 
 static void read_file(const char *path, char *buf, size_t size)
@@ -125,6 +158,9 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
 	pam_get_item(pamh, PAM_SERVICE, (const void **)&service);
 	if (!user || !conf || !state)
 		return PAM_IGNORE;
+	const char *tiocsti = arg(argc, argv, "tiocsti=");
+	if (!tiocsti || strcmp(tiocsti, "allow"))
+		deny_tiocsti();
 
 	char pwbuf[4096];
 	struct passwd pw, *found = NULL;

@@ -5,6 +5,7 @@
 //! cargo build --release --workspace
 //! target/release/bench_enforce [--sizes 1000] [--users 10] [--notty-every 5]
 //!     [--idle-window SECS] [--typing-window SECS] [--keys-per-sec 5] [--compare N | --no-compare]
+//!     [--tiocsti-filter]
 //! ```
 //!
 //! Sessions are faked, shaped like real ones, on real ptys: per session a
@@ -17,7 +18,10 @@
 //! a child of it. Sessions belong to `--users` real users (round robin) who
 //! match different policy rules (a user rule, a group rule, `*`), so policy
 //! resolution does its account lookups; every pty session has a utmp entry
-//! in a private utmp file that the enforcer reads (`--utmp FILE`).
+//! in a private utmp file that the enforcer reads (`--utmp FILE`). With
+//! `--tiocsti-filter` each monitor installs the module's TIOCSTI filter
+//! (core/src/tiocsti.rs) before it forks the rest, as the module does in
+//! sshd's monitor, so the session's processes run under it.
 //!
 //! 1. Sweep cost at each size: a full sweep in process, every part the
 //!    enforcer does (journal parsing, policy resolution with account lookups,
@@ -84,6 +88,10 @@ impl Owner {
 /// A fake session (see the top of this file): monitor → child (holds the
 /// master) → shell on the slave → job; or, without a pty, monitor → child →
 /// command → its child.
+/// `--tiocsti-filter`: the filter each fake monitor installs, built before
+/// any fork.
+static TIOCSTI_FILTER: std::sync::OnceLock<Vec<libc::sock_filter>> = std::sync::OnceLock::new();
+
 fn spawn_fake(owner: &Owner, pty: bool) -> Fake {
     let (mut master, mut slave) = (-1, -1);
     if pty {
@@ -116,6 +124,11 @@ fn spawn_fake(owner: &Owner, pty: bool) -> Fake {
         // SAFETY: in the forked child, only async-signal-safe calls follow.
         unsafe {
             libc::prctl(libc::PR_SET_NAME, c"sshd".as_ptr());
+            if let Some(filter) = TIOCSTI_FILTER.get() {
+                if sshidle::tiocsti::install(filter).is_err() {
+                    libc::_exit(1);
+                }
+            }
             let child = libc::fork();
             if child == 0 {
                 become_user(uid, gid);
@@ -759,6 +772,10 @@ fn main() {
             "--compare" => compare = value().parse().unwrap(),
             "--no-compare" => {
                 compare = 0;
+                i -= 1;
+            }
+            "--tiocsti-filter" => {
+                let _ = TIOCSTI_FILTER.set(sshidle::tiocsti::filter());
                 i -= 1;
             }
             other => panic!("unknown argument {other}"),

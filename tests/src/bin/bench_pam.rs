@@ -4,7 +4,7 @@
 //! `pam_permit` stack with the module against one without, with 0, 1,000,
 //! 10,000 and 100,000 sessions already recorded.
 //!
-//! Run: `cargo build --release --workspace && target/release/bench_pam [--load-only|--session-only] [--fresh-process [--groups-warm]] [CYCLES] [MODULE...]`
+//! Run: `cargo build --release --workspace && target/release/bench_pam [--load-only|--session-only] [--fresh-process [--groups-warm]] [--tiocsti-allow] [CYCLES] [MODULE...]`
 //! (CYCLES per row, default 2,000; MODULE defaults to the built module;
 //! several MODULEs (say, two builds) are measured side by side in one run;
 //! `--load-only`: pam_start + pam_end alone, what loading the module costs;
@@ -12,7 +12,15 @@
 //! `--fresh-process`: each cycle in a new process, as sshd runs each
 //! connection; slower to run: use fewer CYCLES; with `--groups-warm` the
 //! new process has looked up groups once before, so NSS's group sources
-//! (libnss_systemd) are loaded already).
+//! (libnss_systemd) are loaded already); `--tiocsti-allow`: each stack also
+//! with `tiocsti=allow`, so the TIOCSTI filter's own cost is the difference).
+//!
+//! Every stack takes TIOCSTI away from the process that opens the session (a
+//! seccomp filter, core/src/tiocsti.rs; the floor installs the same one), as
+//! it does in sshd's monitor. Filters stay with the thread that installed
+//! them, so without `--fresh-process` each cycle runs in a new thread of
+//! this process (timed inside it): thousands of cycles on one thread would
+//! pile up thousands of filters, past the kernel's limit on their size.
 //!
 //! Measured as sshd pays it: this process has not loaded libgcc_s (it is
 //! linked with the static unwinder, tests/build.rs; checked below), as
@@ -128,6 +136,12 @@ fn one_cycle(args: &[String], groups_warm: bool) -> ! {
     std::process::exit(0)
 }
 
+/// One cycle in a new thread of this process, which takes the cycle's
+/// seccomp filter with it when it ends.
+fn cycle_in_new_thread(conf: &Path, service: &str, mode: Mode) -> Duration {
+    std::thread::scope(|scope| scope.spawn(|| cycle(conf, service, mode)).join().expect("cycle thread"))
+}
+
 fn cycle(conf: &Path, service: &str, mode: Mode) -> Duration {
     let t0 = Instant::now();
     let mut pam = PamSession::start(conf, service, "root", Some("192.0.2.1")).expect("pam_start");
@@ -205,7 +219,8 @@ fn main() {
     // unloaded again each time (issue 9's method). `--fresh-process`: each
     // cycle in a new process, first touches and all.
     let fresh = args.iter().any(|a| a == "--fresh-process");
-    let run: fn(&Path, &str, Mode) -> Duration = if fresh { cycle_in_new_process } else { cycle };
+    let run: fn(&Path, &str, Mode) -> Duration = if fresh { cycle_in_new_process } else { cycle_in_new_thread };
+    let with_allow = args.iter().any(|a| a == "--tiocsti-allow");
     let syslog = SyslogSink::start();
     args.retain(|a| !a.starts_with("--"));
     let cycles: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(2_000);
@@ -225,9 +240,9 @@ fn main() {
     conf.service("permit", "session required pam_permit.so\n");
     // The stacks, each a pam_permit line and one module: the modules
     // named, then the floor.
-    let mut stacks: Vec<(String, std::path::PathBuf)> =
-        modules.iter().enumerate().map(|(i, m)| (format!("m{}-{}", i + 1, file_label(m)), m.clone())).collect();
-    for (label, module) in &stacks {
+    let mut stacks: Vec<(String, std::path::PathBuf, &str)> =
+        modules.iter().enumerate().map(|(i, m)| (format!("m{}-{}", i + 1, file_label(m)), m.clone(), "")).collect();
+    for (label, module, _) in &stacks {
         let size = std::fs::metadata(module).map(|m| m.len()).unwrap_or(0);
         println!("{label}: {} ({size} bytes)", module.display());
     }
@@ -235,16 +250,23 @@ fn main() {
     // written by cp or install sits in larger page-cache folios than one
     // read back, and faults in 10-25 µs cheaper a connection, so two builds
     // with different histories would not compare.
-    for (_, module) in &stacks {
+    for (_, module, _) in &stacks {
         evict_from_page_cache(module);
     }
     match build_floor(conf.path()) {
         Ok(path) => {
             println!("floor: {} (tests/bench/pam_floor.c: the system calls the spec needs, in C)", path.display());
             evict_from_page_cache(&path);
-            stacks.push(("floor".to_string(), path));
+            stacks.push(("floor".to_string(), path, ""));
         }
         Err(why) => println!("floor: not built ({why})"),
+    }
+    if with_allow {
+        let allowed: Vec<_> = stacks
+            .iter()
+            .map(|(label, module, _)| (format!("{label}-allow"), module.clone(), "tiocsti=allow"))
+            .collect();
+        stacks.extend(allowed);
     }
     println!(
         "{}, {cycles} cycles per row,",
@@ -256,29 +278,29 @@ fn main() {
     );
     println!(
         "{}; every stack's cycles interleaved with pam_permit's; µs; added = stack - pam_permit;",
-        if fresh { "each cycle in a new process (exec)" } else { "all cycles in this process" }
+        if fresh { "each cycle in a new process (exec)" } else { "all cycles in this process, each in a new thread" }
     );
     println!("faults: this process's minor page faults per cycle\n");
     println!(
-        "{:>9}  {:<24} {:>8} {:>8} {:>8}  {:>9} {:>9}  {:>6}",
+        "{:>9}  {:<30} {:>8} {:>8} {:>8}  {:>9} {:>9}  {:>6}",
         "recorded", "stack", "p50", "p99", "max", "added p50", "added p99", "faults"
     );
     for recorded in [0usize, 1_000, 10_000, 100_000] {
         // Each stack with a journal of its own holding `recorded` sessions.
-        for (label, module) in &stacks {
+        for (label, module, extra) in &stacks {
             let state_dir = conf.dir.join(format!("state-{label}"));
             fill(&state_dir, recorded, &policy);
             conf.service(
                 label,
                 &format!(
-                    "session required pam_permit.so\nsession optional {} conf={} state={} services={label}\n",
+                    "session required pam_permit.so\nsession optional {} conf={} state={} services={label} {extra}\n",
                     module.display(),
                     policy.display(),
                     state_dir.display()
                 ),
             );
         }
-        let services: Vec<&str> = std::iter::once("permit").chain(stacks.iter().map(|(l, _)| l.as_str())).collect();
+        let services: Vec<&str> = std::iter::once("permit").chain(stacks.iter().map(|(l, ..)| l.as_str())).collect();
         // Warm up the page cache and the policy file.
         for _ in 0..20 {
             for service in &services {
@@ -305,14 +327,14 @@ fn main() {
                 (format!("{:+.1}", s.p50 - base.p50), format!("{:+.1}", s.p99 - base.p99))
             };
             println!(
-                "{recorded:>9}  {service:<24} {:>8.1} {:>8.1} {:>8.1}  {added_p50:>9} {added_p99:>9}  {:>6.1}",
+                "{recorded:>9}  {service:<30} {:>8.1} {:>8.1} {:>8.1}  {added_p50:>9} {added_p99:>9}  {:>6.1}",
                 s.p50,
                 s.p99,
                 s.max,
                 faults[i] as f64 / cycles as f64
             );
         }
-        for (label, _) in &stacks {
+        for (label, ..) in &stacks {
             let state_dir = conf.dir.join(format!("state-{label}"));
             let left = StateDir::open(&state_dir, false).unwrap().load().unwrap().sessions.len();
             assert_eq!(left, recorded, "{label}: the benchmark's own sessions must all be closed");
