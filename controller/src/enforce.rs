@@ -259,7 +259,7 @@ struct Enforcer {
     terminations: Vec<Termination>,
     problems: usize,
     /// `resolve` answers of the current batch.
-    resolved: std::collections::HashMap<String, Option<(Limits, String)>>,
+    resolved: std::collections::HashMap<(String, String), Option<(Limits, String)>>,
     /// Bad fields of the state file already logged (each is logged once).
     bad_fields_told: HashSet<String>,
     /// Group lookups timed out: none is tried again before this.
@@ -367,12 +367,13 @@ impl Enforcer {
         true
     }
 
-    /// The limits and rule the policy gives `user`; `None` without a policy
-    /// or for an unknown user.
+    /// The limits and rule the policy gives `user` logged in from `rhost`;
+    /// `None` without a policy or for an unknown user.
     /// Answers are cached for one batch (a reload, a policy change, utmp):
     /// thousands of sessions of few users cost few NSS lookups.
-    fn resolve(&mut self, user: &str) -> Option<(Limits, String)> {
-        if let Some(cached) = self.resolved.get(user) {
+    fn resolve(&mut self, user: &str, rhost: &str) -> Option<(Limits, String)> {
+        let cache_key = (user.to_string(), rhost.to_string());
+        if let Some(cached) = self.resolved.get(&cache_key) {
             return cached.clone();
         }
         let policy = self.policy.as_ref()?;
@@ -396,7 +397,7 @@ impl Enforcer {
                         .map_err(|why| timed_out = Some(why))
                         .ok()
                 };
-                let resolution = policy.resolve_with(&account.name, groups);
+                let resolution = policy.resolve_with(&account.name, rhost, groups);
                 (resolution.limits, resolution.describe())
             }),
         };
@@ -412,15 +413,19 @@ impl Enforcer {
             // A user not read is not cached as unknown.
             answer.as_ref()?;
         }
-        self.resolved.insert(user.to_string(), answer.clone());
+        self.resolved.insert(cache_key, answer.clone());
         answer
     }
 
     /// Applies the current policy to a session; records the new limits so
     /// `status` shows them.
     fn apply_policy(&mut self, key: SessionKey, now: i64) {
-        let Some(user) = self.life.get(&key).map(|t| t.session.record.user.clone()) else { return };
-        let Some((limits, rule)) = self.resolve(&user) else { return };
+        let Some((user, rhost)) =
+            self.life.get(&key).map(|t| (t.session.record.user.clone(), t.session.record.rhost.clone()))
+        else {
+            return;
+        };
+        let Some((limits, rule)) = self.resolve(&user, &rhost) else { return };
         // Without the groups a session keeps the limits it has: its login
         // read them, or got the rule that needs none.
         if rule.ends_with(policy::GROUPS_UNREAD) {
@@ -504,7 +509,7 @@ impl Enforcer {
             if self.life.contains(&key) || !is_sshd_login(entry.pid, start, entry.time, &sshd) {
                 continue;
             }
-            let Some((limits, rule)) = self.resolve(&entry.user) else { continue };
+            let Some((limits, rule)) = self.resolve(&entry.user, &entry.host) else { continue };
             if limits.is_unlimited() {
                 continue;
             }
@@ -562,7 +567,8 @@ impl Enforcer {
                 continue;
             }
             let Some(user) = users::user_name(c.uid) else { continue };
-            let Some((limits, rule)) = self.resolve(&user) else { continue };
+            let rhost = crate::sshd_control::peer_of(c.key.pid).unwrap_or_default();
+            let Some((limits, rule)) = self.resolve(&user, &rhost) else { continue };
             let key = c.key;
             if limits.is_unlimited() {
                 self.fx.say(Level::Info, &format!("session {key} of {user} has no record; no limit (rule {rule})"));
@@ -572,7 +578,7 @@ impl Enforcer {
                 key,
                 uid: c.uid,
                 user: user.clone(),
-                rhost: crate::sshd_control::peer_of(key.pid).unwrap_or_default(),
+                rhost,
                 service: DISCOVERED.into(),
                 login_time: procfs::start_unix(key.start).unwrap_or(now),
                 limits,
@@ -842,16 +848,18 @@ impl Enforcer {
             ),
         };
         let what = format!(
-            "session {key} of {} from {} on {}: {reason}",
+            "session {key} of {} from {} on {}: {reason}, end={}",
             r.user,
             display_or_dash(&r.rhost),
-            display_ttys(&act.ttys)
+            display_ttys(&act.ttys),
+            r.limits.end
         );
         let line = AuditLine {
             tty: Some(act.ttys.join(",")),
             idle: Some(act.idle_secs),
             limit: limit_of(cause, &r.limits),
             cause: Some(cause_name(cause)),
+            extra: vec![("end", r.limits.end.to_string())],
             ..audit_fields(r)
         };
         if let Some(term) = self.fx.end(table, r, cause, &reason, &what) {
@@ -861,14 +869,14 @@ impl Enforcer {
         }
     }
 
-    /// Finishes disconnects whose processes are gone or whose grace is over.
+    /// Moves the disconnects on (connection closed, last resorts) and
+    /// finishes those whose processes are gone or were killed.
     fn progress_terminations(&mut self, force: bool) {
         let mut finished = Vec::new();
         for (i, term) in self.terminations.iter_mut().enumerate() {
-            let over = force || term.started.elapsed() >= GRACE;
-            if term.survivors().is_empty() || over {
-                let killed = term.kill_survivors();
-                report_killed(term.key, &killed, &self.fx.log);
+            let done = term.step(force);
+            report_ending(term, &self.fx.log);
+            if done {
                 finished.push(i);
             }
         }
@@ -965,8 +973,9 @@ impl Enforcer {
             }
         }
         for term in &self.terminations {
-            // Look at the processes being ended every 200 ms until the grace is over.
-            consider((term.started + GRACE).min(Instant::now() + Duration::from_millis(200)));
+            // Look at the processes being ended every 200 ms, and when the
+            // next stage (the connection's close, a last resort) is due.
+            consider(term.next_due().min(Instant::now() + Duration::from_millis(200)));
         }
         if self.memory_dirty || self.ttys.dirty {
             consider(self.memory_saved + MEMORY_SAVE_EVERY);
@@ -1045,6 +1054,7 @@ fn metrics_row(session: &sshidle::lifecycle::Session, quiet_since: Option<i64>, 
         hard_limit_secs: r.limits.hard,
         time_left_secs: session.outlook(quiet_since, now).map(|(at, _)| (at - now).max(0)),
         rule: r.rule.clone(),
+        end: r.limits.end.to_string(),
         warned: r.warned_at.is_some(),
         adopted: r.service == ADOPTED || r.service == DISCOVERED,
     }
@@ -1142,7 +1152,7 @@ fn begin_termination(
     reason: &str,
     log: &dyn LogSink,
 ) -> Option<Termination> {
-    let Some(collected) = terminate::collect(table, r.key, r.uid) else {
+    let Some(collected) = terminate::collect(table, r.key, r.uid, r.limits.end) else {
         log.log(Level::Info, &format!("session {} of {}: already gone", r.key, r.user));
         return None;
     };
@@ -1151,21 +1161,48 @@ fn begin_termination(
             log.log(Level::Warning, &format!("noting why session {} ends: {err}", r.key));
         }
     }
-    Some(Termination::begin(r.key, r.uid, collected))
+    Some(Termination::begin(r.key, r.uid, r.limits.end, collected))
 }
 
-fn report_killed(key: SessionKey, killed: &[terminate::Victim], log: &dyn LogSink) {
+/// Logs what happened while ending a session beyond the hangup: how its
+/// connection was closed, and any last resort (a warning: sshd did not end
+/// the connection the ordinary way).
+fn report_ending(term: &mut Termination, log: &dyn LogSink) {
+    let key = term.key;
+    for note in term.take_notes() {
+        match note {
+            terminate::Note::ConnectionClosed(_) => {
+                log.log(Level::Info, &format!("session {key}: connection still open after the hangup; shut down"))
+            }
+            terminate::Note::CloseFailed(why) => log.log(
+                Level::Warning,
+                &format!("session {key}: cannot shut the connection down ({why}); sshd's monitor gets SIGTERM after {GRACE:?}"),
+            ),
+            terminate::Note::MonitorTerminated => log.log(
+                Level::Warning,
+                &format!("session {key}: sshd's monitor still ran {GRACE:?} after the hangup; sent SIGTERM"),
+            ),
+            terminate::Note::SshdKilled(victims) => log.log(
+                Level::Warning,
+                &format!("session {key}: sshd's processes {} still ran after SIGTERM; killed", pids(&victims)),
+            ),
+        }
+    }
+    let killed: Vec<terminate::Victim> = std::mem::take(&mut term.killed);
     if !killed.is_empty() {
-        let pids: Vec<String> = killed.iter().map(|v| v.pid.to_string()).collect();
         log.log(
             Level::Warning,
             &format!(
-                "session {key}: processes {} ignored SIGTERM/SIGHUP for {:?} and were killed",
-                pids.join(" "),
+                "session {key}: processes {} ignored SIGTERM/SIGHUP for {:?} and were killed (end=session)",
+                pids(&killed),
                 GRACE
             ),
         );
     }
+}
+
+fn pids(victims: &[terminate::Victim]) -> String {
+    victims.iter().map(|v| v.pid.to_string()).collect::<Vec<_>>().join(" ")
 }
 
 /// The daemon holds a few descriptors per session (its monitor's pidfd, a
@@ -1202,8 +1239,8 @@ pub fn run(paths: &Paths, args: &EnforceArgs) -> Outcome {
     if args.once {
         e.sweep(now, true);
         for term in &mut e.terminations {
-            let killed = term.finish(GRACE);
-            report_killed(term.key, &killed, &e.fx.log);
+            term.finish(GRACE);
+            report_ending(term, &e.fx.log);
         }
         e.terminations.clear();
         e.save_memory(true);
@@ -1340,8 +1377,8 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
                     sig => {
                         e.fx.log.log(Level::Info, &format!("signal {sig}: stopping"));
                         for term in &mut e.terminations {
-                            let killed = term.finish(GRACE);
-                            report_killed(term.key, &killed, &e.fx.log);
+                            term.finish(GRACE);
+                            report_ending(term, &e.fx.log);
                         }
                         e.terminations.clear();
                         e.save_memory(true);
@@ -1503,16 +1540,17 @@ pub fn disconnect(state_dir: &Path, args: &DisconnectArgs) -> Outcome {
         let act = observer.observe(r, now);
         let reason = format!("disconnected by the administrator (idle {})", format_duration(act.idle_secs));
         if args.dry_run {
-            match terminate::collect(&table, r.key, r.uid) {
+            match terminate::collect(&table, r.key, r.uid, r.limits.end) {
                 Some(c) => {
                     let pids: Vec<String> = c.victims.iter().map(|v| v.pid.to_string()).collect();
                     println!(
-                        "would disconnect session {} of {} from {} on {}: processes {}",
+                        "would disconnect session {} of {} from {} on {}: processes {} (end={})",
                         r.key,
                         r.user,
                         display_or_dash(&r.rhost),
                         display_ttys(&act.ttys),
-                        pids.join(" ")
+                        pids.join(" "),
+                        r.limits.end
                     );
                 }
                 None => println!("session {} of {} is already gone", r.key, r.user),
@@ -1536,6 +1574,7 @@ pub fn disconnect(state_dir: &Path, args: &DisconnectArgs) -> Outcome {
                     tty: Some(act.ttys.join(",")),
                     idle: Some(act.idle_secs),
                     cause: Some("admin"),
+                    extra: vec![("end", r.limits.end.to_string())],
                     ..audit_fields(r)
                 };
                 log.log(Level::Notice, &line.format(Event::Disconnect));
@@ -1545,8 +1584,8 @@ pub fn disconnect(state_dir: &Path, args: &DisconnectArgs) -> Outcome {
         }
     }
     for term in &mut terms {
-        let killed = term.finish(GRACE);
-        report_killed(term.key, &killed, &log);
+        term.finish(GRACE);
+        report_ending(term, &log);
         if !term.survivors().is_empty() {
             ok = false;
         }
@@ -1564,7 +1603,7 @@ mod tests {
 
     #[test]
     fn warning_texts() {
-        let limits = Limits { idle: Some(900), warn: Some(60), hard: Some(28_800) };
+        let limits = Limits { idle: Some(900), warn: Some(60), hard: Some(28_800), ..Default::default() };
         let idle = warning_text(Cause::Idle, &limits, 840, "1m");
         assert!(idle.contains("idle for 14m") && idle.contains("in 1m") && idle.contains("Press a key"), "{idle}");
         let hard = warning_text(Cause::Hard, &limits, 0, "1m");

@@ -28,6 +28,7 @@ use crate::sshd_control::{
 };
 use crate::{EXIT_OK, EXIT_PROBLEM};
 use clap::Args;
+use sshidle::patterns::MatchKind;
 use sshidle::policy::Selector;
 use sshidle::{format_duration, Level, Policy};
 use std::collections::BTreeMap;
@@ -58,7 +59,7 @@ The complete configuration is checked with `sshd -t` before and after writing, t
 sshd is reloaded (systemctl where systemd runs, else the init script, else SIGHUP to the PID in its PidFile) and \
 must answer on its ports again. On any failure the previous files are restored exactly.\n\n\
 The policy file's `keepalive ... unused=DUR` and per-rule `unused=DUR` also write UnusedConnectionTimeout \
-(global, and Match User/Group blocks), where the installed sshd supports it (OpenSSH 9.2 and later).\n\n\
+(global, and Match User/Group/Address/Host blocks), where the installed sshd supports it (OpenSSH 9.2 and later).\n\n\
 --show prints the effective values, the file and line each comes from, and how long sshd keeps a client that \
 stopped answering: 2 x ClientAliveInterval x (ClientAliveCountMax + 1) after its last packet, as measured on \
 OpenSSH 9.2 (it probes only every second interval).\n\n\
@@ -224,18 +225,46 @@ fn desired_values(config: &Path, args: &KeepaliveArgs) -> Result<Desired, String
     // the last one with unused= get the global value so they still shadow.
     if let Some(last) = policy.rules.iter().rposition(|r| r.unused_connection_timeout.is_some()) {
         for rule in &policy.rules[..=last] {
-            let criteria = match &rule.selector {
-                Selector::User(name) => format!("User {}", match_name(name, rule)?),
-                Selector::Group(name) => format!("Group {}", match_name(name, rule)?),
-                Selector::Any => "All".to_string(),
-            };
+            let criteria = match_criteria(&rule.selector, rule)?;
             desired.matches.push(MatchBlock { criteria, unused: rule.unused_connection_timeout.filter(|u| *u > 0) });
-            if rule.selector == Selector::Any {
+            if rule.selector.is_any() {
                 break;
             }
         }
     }
     Ok(desired)
+}
+
+/// A rule's selector as the criteria of an sshd `Match` line: `User`,
+/// `Group`, and `Address` or `Host` for `from` (sshd matches `Address`
+/// against the client's address and `Host` against its resolved name).
+fn match_criteria(selector: &Selector, rule: &sshidle::policy::Rule) -> Result<String, String> {
+    if selector.is_any() {
+        return Ok("All".to_string());
+    }
+    let mut parts = Vec::new();
+    if let Some(name) = &selector.user {
+        parts.push(format!("User {}", match_name(name, rule)?));
+    }
+    if let Some(name) = &selector.group {
+        parts.push(format!("Group {}", match_name(name, rule)?));
+    }
+    if let Some(from) = &selector.from {
+        let keyword = match from.match_kind() {
+            MatchKind::Address => "Address",
+            MatchKind::Host => "Host",
+            MatchKind::Mixed => {
+                return Err(format!(
+                    "{}:{}: 'from {from}' mixes addresses and host names: sshd's Match takes one or the other \
+                     (Address, Host); split the rule",
+                    rule.file.display(),
+                    rule.line
+                ))
+            }
+        };
+        parts.push(format!("{keyword} {from}"));
+    }
+    Ok(parts.join(" "))
 }
 
 /// A user/group name as sshd's Match takes it (a pattern list is not one name).
@@ -758,6 +787,22 @@ fn show(args: &KeepaliveArgs) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rules_with_from_become_match_address_or_host() {
+        let policy = sshidle::Policy::parse(
+            Path::new("/p"),
+            "user a group g from 10.0.0.0/8,!10.9.0.0/16 unused=1m\nfrom *.example.com unused=2m\n\
+             from 10.0.0.0/8,*.example.com unused=3m\n* unused=4m\n",
+        );
+        assert_eq!(policy.errors, vec![]);
+        let criteria: Vec<Result<String, String>> =
+            policy.rules.iter().map(|r| match_criteria(&r.selector, r)).collect();
+        assert_eq!(criteria[0], Ok("User a Group g Address 10.0.0.0/8,!10.9.0.0/16".to_string()));
+        assert_eq!(criteria[1], Ok("Host *.example.com".to_string()));
+        assert!(criteria[2].as_ref().unwrap_err().starts_with("/p:3: 'from 10.0.0.0/8,*.example.com' mixes"));
+        assert_eq!(criteria[3], Ok("All".to_string()));
+    }
 
     /// A private sshd configuration tree: main (Include conf.d/*.conf), a
     /// host key, an admin's drop-in.

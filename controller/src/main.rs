@@ -50,10 +50,16 @@ pub enum Command {
     Disconnect(enforce::DisconnectArgs),
     /// Validate the policy file; errors are printed as FILE:LINE: message
     Check,
-    /// Show which rule applies to USER and the resulting limits
+    /// Show which rule applies to USER (logging in from HOST) and why, the
+    /// resulting limits, and what ending the session ends
     Explain {
         /// User name to explain
         user: String,
+        /// Where the login comes from, as sshd gives it to PAM: the client's
+        /// address (or its name with UseDNS yes). Without it, rules with
+        /// `from` are listed, not applied
+        #[arg(long, value_name = "HOST")]
+        from: Option<String>,
     },
     /// Write sshd's ClientAliveInterval/ClientAliveCountMax, validate, reload and verify
     #[command(long_about = keepalive::LONG_ABOUT)]
@@ -134,7 +140,7 @@ fn main() -> ExitCode {
     let outcome = match &cli.command {
         Command::Status(args) => report::status(&paths.state_dir, &paths.config, args),
         Command::Check => report::check(&paths.config),
-        Command::Explain { user } => report::explain(&paths.config, user),
+        Command::Explain { user, from } => report::explain(&paths.config, user, from.as_deref()),
         Command::Enforce(args) => enforce::run(&paths, args),
         Command::Disconnect(args) => enforce::disconnect(&paths.state_dir, args),
         Command::Keepalive(args) => keepalive::run(&paths.config, args),

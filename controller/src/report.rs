@@ -51,6 +51,8 @@ pub struct SessionRow {
     /// changes; `None` when it never does.
     pub time_left_secs: Option<i64>,
     pub rule: String,
+    /// What ending the session ends: `logout` or `session` (`end=`).
+    pub end: String,
     pub warned: bool,
     /// Not recorded at login: found by the enforcer (or by `status` itself)
     /// among sshd's processes or in utmp.
@@ -84,6 +86,7 @@ impl SessionRow {
             hard_limit_secs: record.limits.hard,
             time_left_secs: ends.map(|(at, _)| (at - now).max(0)),
             rule: record.rule.clone(),
+            end: record.limits.end.to_string(),
             warned: record.warned_at.is_some(),
             adopted: ADOPTED_SERVICES.contains(&record.service.as_str()),
         }
@@ -101,9 +104,10 @@ pub fn unrecorded_sessions(recorded: &[SessionRecord], config: &Path) -> Vec<Ses
         .filter(|c| !recorded.iter().any(|r| r.key == c.key))
         .filter_map(|c| {
             let user = users::user_name(c.uid)?;
+            let rhost = crate::sshd_control::peer_of(c.key.pid).unwrap_or_default();
             let (limits, rule) = match (&policy, users::lookup_user(&user)) {
                 (Some(policy), Some(account)) => {
-                    let resolution = policy.resolve(&account.name, &mut || users::group_names(&account));
+                    let resolution = policy.resolve(&account.name, &rhost, &mut || users::group_names(&account));
                     (resolution.limits, resolution.describe())
                 }
                 _ => (Default::default(), "none".to_string()),
@@ -112,7 +116,7 @@ pub fn unrecorded_sessions(recorded: &[SessionRecord], config: &Path) -> Vec<Ses
                 key: c.key,
                 uid: c.uid,
                 user,
-                rhost: crate::sshd_control::peer_of(c.key.pid).unwrap_or_default(),
+                rhost,
                 service: UNRECORDED.into(),
                 login_time: procfs::start_unix(c.key.start).unwrap_or_else(sshidle::now_unix),
                 limits,
@@ -358,7 +362,7 @@ pub fn tiocsti_suggestion(sysctl: Option<&str>) -> Option<String> {
     })
 }
 
-pub fn explain(config: &Path, user: &str) -> Outcome {
+pub fn explain(config: &Path, user: &str, from: Option<&str>) -> Outcome {
     let policy = match Policy::load_logged(config, &to_stderr, " (line skipped)") {
         Ok(Some(policy)) => policy,
         Ok(None) => {
@@ -376,18 +380,74 @@ pub fn explain(config: &Path, user: &str) -> Outcome {
     // Bounded as at a login, so that explain shows what a login would get
     // while the directory does not answer.
     let groups = users::group_names_within(&account, users::DEFAULT_NSS_TIMEOUT);
-    let resolution = policy.resolve_with(&account.name, &mut || groups.clone().ok());
+    let resolution = policy.resolve_at(&account.name, from, &mut || groups.clone().ok());
     println!("user:   {} (uid {})", account.name, account.uid);
     match &groups {
         Ok(names) => println!("groups: {}", names.join(" ")),
         Err(why) => println!("groups: not read ({why}); group rules are skipped, as at a login"),
     }
+    match from {
+        Some(host) => println!("from:   {host}"),
+        None if resolution.from_rules.is_empty() => {}
+        None => {
+            println!("from:   not given (--from HOST); for a login these match, they decide first:");
+            for rule in &resolution.from_rules {
+                println!("          {}:{}: {} ({})", rule.file.display(), rule.line, rule.selector, rule.limits);
+            }
+        }
+    }
     match resolution.rule {
-        Some(_) => println!("rule:   {}", resolution.describe()),
+        Some(rule) => {
+            println!("rule:   {}", resolution.describe());
+            println!("why:    {}", why_it_matches(&rule.selector, &account.name, groups.as_deref().ok(), from));
+        }
         None => println!("rule:   none matches; no limit"),
     }
     println!("limits: {}", resolution.limits);
+    if resolution.rule.is_some() {
+        println!("end:    {}", end_text(resolution.limits.end));
+    }
     Ok(())
+}
+
+/// What each part of the deciding rule matched, for `explain`.
+fn why_it_matches(
+    selector: &sshidle::policy::Selector,
+    user: &str,
+    groups: Option<&[String]>,
+    from: Option<&str>,
+) -> String {
+    if selector.is_any() {
+        return "* matches every login".to_string();
+    }
+    let mut parts = Vec::new();
+    if let Some(pattern) = &selector.user {
+        parts.push(format!("user {pattern} matches {user}"));
+    }
+    if let Some(pattern) = &selector.group {
+        let group = groups
+            .and_then(|g| g.iter().find(|g| sshidle::policy::wildcard_match(pattern, g)))
+            .map_or_else(String::new, |g| format!(" (in {g})"));
+        parts.push(format!("group {pattern} matches a group of {user}{group}"));
+    }
+    if let (Some(patterns), Some(host)) = (&selector.from, from) {
+        parts.push(format!("from {patterns} matches {host}"));
+    }
+    parts.join("; ")
+}
+
+/// What `end=` ends, in the words of sshidle.conf(5).
+pub fn end_text(end: sshidle::policy::End) -> &'static str {
+    match end {
+        sshidle::policy::End::Logout => {
+            "logout: what a hangup of the connection ends (the session's processes and its commands get \
+             SIGHUP; nohup, disowned and setsid'ed jobs and tmux/screen servers keep running)"
+        }
+        sshidle::policy::End::Session => {
+            "session: every process of the user that the login started, also those that left the session \
+             (SIGHUP, SIGTERM, SIGKILL after 5 s)"
+        }
+    }
 }
 
 #[cfg(test)]
@@ -428,6 +488,7 @@ mod tests {
                 hard_limit_secs: None,
                 time_left_secs: Some(870),
                 rule: "x:1: *".into(),
+                end: "logout".into(),
                 warned: false,
                 adopted: false,
             }
@@ -486,6 +547,7 @@ mod tests {
             hard_limit_secs: None,
             time_left_secs: None,
             rule: "none".into(),
+            end: "logout".into(),
             warned: false,
             adopted: false,
         };

@@ -10,6 +10,7 @@ pub mod files;
 pub mod input;
 pub mod lifecycle;
 pub mod login;
+pub mod patterns;
 pub mod policy;
 pub mod procfs;
 pub mod props;

@@ -421,7 +421,7 @@ mod tests {
     use super::*;
 
     fn limits(idle: Option<u64>, warn: Option<u64>, hard: Option<u64>) -> Limits {
-        Limits { idle, warn, hard }
+        Limits { idle, warn, hard, ..Default::default() }
     }
 
     fn record(pid: i32, login: i64, limits: Limits) -> SessionRecord {
@@ -489,7 +489,7 @@ mod tests {
 
     #[test]
     fn sampling_interval() {
-        let l = |idle| Limits { idle, warn: None, hard: None };
+        let l = |idle| Limits { idle, warn: None, hard: None, ..Default::default() };
         assert_eq!(sample_every(&l(Some(20))), Some(2));
         assert_eq!(sample_every(&l(Some(5))), Some(1));
         assert_eq!(sample_every(&l(Some(7200))), Some(60));

@@ -241,7 +241,7 @@ fn record_login(host: &dyn Host, args: &ModuleArgs, items: &LoginItems, log: &dy
     };
     let policy = load_policy(args, log);
     let mut unread = None;
-    let resolution = policy.resolve_with(&account.name, &mut || {
+    let resolution = policy.resolve_with(&account.name, &items.rhost, &mut || {
         host.group_names(&account, args.nss_timeout).map_err(|why| unread = Some(why)).ok()
     });
     if let (true, Some(why)) = (resolution.groups_skipped, &unread) {

@@ -18,6 +18,7 @@
 //! last instead of shadowing every drop-in.
 
 use crate::duration::{format_duration, parse_duration};
+pub use crate::patterns::HostPatterns;
 use std::ffi::OsString;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
@@ -38,20 +39,78 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// The warning lead used when a rule sets `idle=` but no `warn=`.
 pub const DEFAULT_WARN_SECS: u64 = 60;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selector {
-    User(String),
-    Group(String),
-    Any,
+/// Who a rule is for: `*` (every login), or any of `user NAME`, `group NAME`
+/// and `from PATTERNS` on one line, all of which must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub from: Option<HostPatterns>,
+}
+
+impl Selector {
+    /// The `*` selector: every login.
+    pub fn any() -> Selector {
+        Selector::default()
+    }
+
+    pub fn is_any(&self) -> bool {
+        self.user.is_none() && self.group.is_none() && self.from.is_none()
+    }
 }
 
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Selector::User(name) => write!(f, "user {name}"),
-            Selector::Group(name) => write!(f, "group {name}"),
-            Selector::Any => f.write_str("*"),
+        if self.is_any() {
+            return f.write_str("*");
         }
+        let mut parts = Vec::new();
+        if let Some(name) = &self.user {
+            parts.push(format!("user {name}"));
+        }
+        if let Some(name) = &self.group {
+            parts.push(format!("group {name}"));
+        }
+        if let Some(from) = &self.from {
+            parts.push(format!("from {from}"));
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// What ending a session ends (`end=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum End {
+    /// What a hangup of the connection ends: the session's process tree and
+    /// its commands get SIGHUP (+ SIGCONT); what ignores it or left the tree
+    /// (nohup, tmux and screen servers, setsid) keeps running.
+    #[default]
+    Logout,
+    /// Every process of the session's user that the login started, also
+    /// those that left the tree: hangup, SIGTERM, SIGKILL after a grace.
+    Session,
+}
+
+impl End {
+    pub fn name(self) -> &'static str {
+        match self {
+            End::Logout => "logout",
+            End::Session => "session",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<End> {
+        match text {
+            "logout" => Some(End::Logout),
+            "session" => Some(End::Session),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -62,6 +121,8 @@ pub struct Limits {
     /// How long before a disconnect the user is warned.
     pub warn: Option<u64>,
     pub hard: Option<u64>,
+    /// What ending the session ends.
+    pub end: End,
 }
 
 impl Limits {
@@ -73,7 +134,12 @@ impl Limits {
 impl fmt::Display for Limits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let show = |v: Option<u64>| v.map_or_else(|| "off".to_string(), format_duration);
-        write!(f, "idle={} warn={} hard={}", show(self.idle), show(self.warn), show(self.hard))
+        write!(f, "idle={} warn={} hard={}", show(self.idle), show(self.warn), show(self.hard))?;
+        // The default is left out: the text stays what it was before `end=`.
+        if self.end != End::default() {
+            write!(f, " end={}", self.end)?;
+        }
+        Ok(())
     }
 }
 
@@ -147,6 +213,9 @@ pub struct Resolution<'a> {
     /// The user's groups could not be read and a `group` rule stood before
     /// the decision: group rules were skipped (see [`Policy::resolve_with`]).
     pub groups_skipped: bool,
+    /// Resolved without a remote host: the rules with `from` that stand
+    /// before the decision and match the user (see [`Policy::resolve_at`]).
+    pub from_rules: Vec<&'a Rule>,
 }
 
 impl Resolution<'_> {
@@ -329,26 +398,53 @@ impl Policy {
         }
     }
 
-    /// The first rule matching `user`. `groups` returns the names of the
-    /// user's primary and supplementary groups; it is called at most once, and
-    /// only when a `group` rule has to be tested.
-    pub fn resolve(&self, user: &str, groups: &mut dyn FnMut() -> Vec<String>) -> Resolution<'_> {
-        self.resolve_with(user, &mut || Some(groups()))
+    /// The first rule matching a login of `user` from `rhost` (what sshd gave
+    /// PAM as the remote host). `groups` returns the names of the user's
+    /// primary and supplementary groups; it is called at most once, and only
+    /// when a `group` rule has to be tested.
+    pub fn resolve(&self, user: &str, rhost: &str, groups: &mut dyn FnMut() -> Vec<String>) -> Resolution<'_> {
+        self.resolve_with(user, rhost, &mut || Some(groups()))
     }
 
     /// [`Policy::resolve`] when the groups may not be readable (`None`: the
     /// directory did not answer). Then every `group` rule is skipped, as if
-    /// the user were in none of its groups, and the first `user` or `*` rule
-    /// that matches decides: the answer depends on nothing that was not read,
-    /// and it is the one `sshidlectl explain` shows for that case.
-    pub fn resolve_with(&self, user: &str, groups: &mut dyn FnMut() -> Option<Vec<String>>) -> Resolution<'_> {
+    /// the user were in none of its groups, and the first rule without a
+    /// group that matches decides: the answer depends on nothing that was
+    /// not read, and it is the one `sshidlectl explain` shows for that case.
+    pub fn resolve_with(
+        &self,
+        user: &str,
+        rhost: &str,
+        groups: &mut dyn FnMut() -> Option<Vec<String>>,
+    ) -> Resolution<'_> {
+        self.resolve_at(user, Some(rhost), groups)
+    }
+
+    /// [`Policy::resolve_with`] where the remote host may be unknown (`None`,
+    /// `sshidlectl explain` without `--from`): then every rule with `from` is
+    /// passed over, and those that would have decided for a login they match
+    /// are listed in [`Resolution::from_rules`].
+    pub fn resolve_at(
+        &self,
+        user: &str,
+        rhost: Option<&str>,
+        groups: &mut dyn FnMut() -> Option<Vec<String>>,
+    ) -> Resolution<'_> {
         let mut group_names: Option<Option<Vec<String>>> = None;
         let mut groups_skipped = false;
+        let mut from_rules = Vec::new();
         for rule in &self.rules {
-            let matched = match &rule.selector {
-                Selector::Any => true,
-                Selector::User(pattern) => wildcard_match(pattern, user),
-                Selector::Group(pattern) => match group_names.get_or_insert_with(&mut *groups) {
+            let s = &rule.selector;
+            // The parts that cost nothing first: the groups only when the
+            // rest of the line matched.
+            if s.user.as_ref().is_some_and(|pattern| !wildcard_match(pattern, user))
+                || s.from.as_ref().zip(rhost).is_some_and(|(from, rhost)| !from.matches(rhost))
+            {
+                continue;
+            }
+            let matched = match &s.group {
+                None => true,
+                Some(pattern) => match group_names.get_or_insert_with(&mut *groups) {
                     Some(names) => names.iter().any(|g| wildcard_match(pattern, g)),
                     None => {
                         groups_skipped = true;
@@ -356,57 +452,80 @@ impl Policy {
                     }
                 },
             };
-            if matched {
-                return Resolution { rule: Some(rule), limits: rule.limits, groups_skipped };
+            if matched && rhost.is_none() && s.from.is_some() {
+                from_rules.push(rule);
+            } else if matched {
+                return Resolution { rule: Some(rule), limits: rule.limits, groups_skipped, from_rules };
             }
         }
-        Resolution { rule: None, limits: Limits::default(), groups_skipped }
+        Resolution { rule: None, limits: Limits::default(), groups_skipped, from_rules }
     }
 }
 
 fn parse_rule<'a>(
-    first: &str,
+    first: &'a str,
     words: &mut impl Iterator<Item = &'a str>,
     file: &Path,
     line: usize,
 ) -> Result<Rule, String> {
-    let selector = match first {
-        "*" => Selector::Any,
-        "user" | "group" => {
-            let name = words.next().ok_or_else(|| format!("'{first}' needs a name"))?;
-            if name.contains('=') {
-                return Err(format!("'{first}' needs a name before the settings, found '{name}'"));
+    let mut selector = Selector::any();
+    let mut next = Some(first);
+    if first == "*" {
+        next = words.next();
+    } else {
+        while let Some(kind @ ("user" | "group" | "from")) = next {
+            let value = words.next().ok_or_else(|| format!("'{kind}' needs a {}", value_name(kind)))?;
+            if value.contains('=') {
+                return Err(format!("'{kind}' needs a {} before the settings, found '{value}'", value_name(kind)));
             }
-            if first == "user" {
-                Selector::User(name.to_string())
-            } else {
-                Selector::Group(name.to_string())
+            let twice = match kind {
+                "user" => selector.user.replace(value.to_string()).is_some(),
+                "group" => selector.group.replace(value.to_string()).is_some(),
+                _ => selector.from.replace(HostPatterns::parse(value)?).is_some(),
+            };
+            if twice {
+                return Err(format!("'{kind}' is given twice on one line"));
             }
+            next = words.next();
         }
-        other => {
-            return Err(format!("unknown selector '{other}' (expected user NAME, group NAME, *, keepalive or metrics)"))
+        if selector.is_any() {
+            return Err(format!(
+                "unknown selector '{first}' (expected user NAME, group NAME, from PATTERNS, *, keepalive or metrics)"
+            ));
         }
-    };
+    }
+    if let Some(word @ ("*" | "user" | "group" | "from")) = next {
+        return Err(format!("'{word}' must come before the settings"));
+    }
     let mut idle: Option<Option<u64>> = None;
     let mut warn: Option<Option<u64>> = None;
     let mut hard: Option<Option<u64>> = None;
     let mut unused: Option<Option<u64>> = None;
-    for word in words {
+    let mut end: Option<End> = None;
+    for word in next.into_iter().chain(words) {
         let (key, value) = split_setting(word)?;
         let slot = match key {
             "idle" => &mut idle,
             "warn" => &mut warn,
             "hard" => &mut hard,
             "unused" => &mut unused,
-            _ => return Err(format!("unknown setting '{key}' (expected idle=, warn=, hard= or unused=)")),
+            "end" => {
+                let parsed =
+                    End::parse(value).ok_or_else(|| format!("end={value}: expected end=logout or end=session"))?;
+                if end.replace(parsed).is_some() {
+                    return Err(format!("'{key}' is set twice"));
+                }
+                continue;
+            }
+            _ => return Err(format!("unknown setting '{key}' (expected idle=, warn=, hard=, end= or unused=)")),
         };
         if slot.is_some() {
             return Err(format!("'{key}' is set twice"));
         }
         *slot = Some(parse_limit(key, value)?);
     }
-    if idle.is_none() && warn.is_none() && hard.is_none() && unused.is_none() {
-        return Err(format!("'{selector}' has no settings (expected idle=, warn=, hard=)"));
+    if idle.is_none() && warn.is_none() && hard.is_none() && unused.is_none() && end.is_none() {
+        return Err(format!("'{selector}' has no settings (expected idle=, warn=, hard=, end=)"));
     }
     let idle = idle.flatten();
     let hard = hard.flatten();
@@ -432,7 +551,7 @@ fn parse_rule<'a>(
     }
     Ok(Rule {
         selector,
-        limits: Limits { idle, warn, hard },
+        limits: Limits { idle, warn, hard, end: end.unwrap_or_default() },
         unused_connection_timeout: unused.flatten(),
         file: file.to_path_buf(),
         line,
@@ -516,6 +635,14 @@ fn parse_metrics<'a>(
     Ok(())
 }
 
+fn value_name(selector: &str) -> &'static str {
+    if selector == "from" {
+        "pattern list"
+    } else {
+        "name"
+    }
+}
+
 fn set_once(slot: &mut Option<u64>, value: u64, key: &str) -> Result<(), String> {
     if slot.replace(value).is_some() {
         return Err(format!("'{key}' is set twice"));
@@ -585,7 +712,7 @@ mod tests {
 
     fn resolve_for<'a>(policy: &'a Policy, user: &str, groups: &[&str]) -> Resolution<'a> {
         let groups: Vec<String> = groups.iter().map(|s| s.to_string()).collect();
-        policy.resolve(user, &mut || groups.clone())
+        policy.resolve(user, "192.0.2.1", &mut || groups.clone())
     }
 
     const SPEC_EXAMPLE: &str = "\
@@ -601,7 +728,10 @@ group  contractors    idle=10m  warn=1m  hard=8h
         let policy = parse(SPEC_EXAMPLE);
         assert_eq!(policy.errors, vec![]);
         assert_eq!(policy.rules.len(), 4);
-        assert_eq!(policy.rules[2].limits, Limits { idle: Some(600), warn: Some(60), hard: Some(8 * 3600) });
+        assert_eq!(
+            policy.rules[2].limits,
+            Limits { idle: Some(600), warn: Some(60), hard: Some(8 * 3600), ..Default::default() }
+        );
         assert_eq!(policy.rules[2].line, 4);
     }
 
@@ -613,10 +743,10 @@ group  contractors    idle=10m  warn=1m  hard=8h
         assert_eq!(r.rule.unwrap().line, 2);
         assert_eq!(r.limits, Limits::default());
         let r = resolve_for(&policy, "alice", &["alice", "admins", "contractors"]);
-        assert_eq!(r.rule.unwrap().selector, Selector::Group("admins".into()));
+        assert_eq!(r.rule.unwrap().selector, Selector { group: Some("admins".into()), ..Selector::any() });
         assert_eq!(r.limits.idle, Some(7200));
         let r = resolve_for(&policy, "carol", &["carol"]);
-        assert_eq!(r.rule.unwrap().selector, Selector::Any);
+        assert_eq!(r.rule.unwrap().selector, Selector::any());
         assert_eq!(r.describe(), "/etc/security/sshidle.conf:5: *");
     }
 
@@ -641,12 +771,12 @@ group  contractors    idle=10m  warn=1m  hard=8h
     fn groups_are_looked_up_lazily_and_once() {
         let policy = parse("user alice idle=5m\ngroup a idle=1m\ngroup b idle=2m\n*  idle=3m\n");
         let mut calls = 0;
-        policy.resolve("alice", &mut || {
+        policy.resolve("alice", "192.0.2.1", &mut || {
             calls += 1;
             vec![]
         });
         assert_eq!(calls, 0);
-        let r = policy.resolve("bob", &mut || {
+        let r = policy.resolve("bob", "192.0.2.1", &mut || {
             calls += 1;
             vec!["c".into()]
         });
@@ -657,7 +787,7 @@ group  contractors    idle=10m  warn=1m  hard=8h
     #[test]
     fn unreadable_groups_skip_group_rules_and_say_so() {
         let policy = parse("group contractors idle=10m hard=8h\nuser bob idle=1h\ngroup admins idle=2h\n* idle=15m\n");
-        let unread = |user| policy.resolve_with(user, &mut || None);
+        let unread = |user| policy.resolve_with(user, "192.0.2.1", &mut || None);
         let r = unread("bob");
         assert_eq!((r.rule.unwrap().line, r.groups_skipped), (2, true));
         assert_eq!(r.describe(), "/etc/security/sshidle.conf:2: user bob (groups unread)");
@@ -665,10 +795,10 @@ group  contractors    idle=10m  warn=1m  hard=8h
         assert_eq!((r.rule.unwrap().line, r.limits.idle), (4, Some(900)));
         // No group rule before the decision: nothing was skipped.
         let policy = parse("user bob idle=1h\ngroup admins idle=2h\n");
-        let r = policy.resolve_with("bob", &mut || None);
+        let r = policy.resolve_with("bob", "192.0.2.1", &mut || None);
         assert!(!r.groups_skipped);
         assert_eq!(r.describe(), "/etc/security/sshidle.conf:1: user bob");
-        let r = policy.resolve_with("eve", &mut || None);
+        let r = policy.resolve_with("eve", "192.0.2.1", &mut || None);
         assert!(r.rule.is_none() && r.groups_skipped && r.limits.is_unlimited());
     }
 
@@ -728,7 +858,10 @@ group  contractors    idle=10m  warn=1m  hard=8h
         assert_eq!(policy.rules[0].limits.warn, Some(60));
         assert_eq!(policy.rules[1].limits.warn, Some(20));
         assert_eq!(policy.rules[2].limits.warn, None);
-        assert_eq!(policy.rules[3].limits, Limits { idle: None, warn: Some(60), hard: Some(8 * 3600) });
+        assert_eq!(
+            policy.rules[3].limits,
+            Limits { idle: None, warn: Some(60), hard: Some(8 * 3600), ..Default::default() }
+        );
     }
 
     #[test]
@@ -765,11 +898,13 @@ user good idle=1m
         let f = "/etc/security/sshidle.conf";
         let expected = vec![
             format!("{f}:1: 'user' needs a name"),
-            format!("{f}:2: 'group admins' has no settings (expected idle=, warn=, hard=)"),
-            format!("{f}:3: unknown selector 'frobnicate' (expected user NAME, group NAME, *, keepalive or metrics)"),
+            format!("{f}:2: 'group admins' has no settings (expected idle=, warn=, hard=, end=)"),
+            format!(
+                "{f}:3: unknown selector 'frobnicate' (expected user NAME, group NAME, from PATTERNS, *, keepalive or metrics)"
+            ),
             format!("{f}:4: idle: invalid duration '5x': units are s, m, h, d, w"),
             format!("{f}:5: 'idle' is set twice"),
-            format!("{f}:6: unknown setting 'color' (expected idle=, warn=, hard= or unused=)"),
+            format!("{f}:6: unknown setting 'color' (expected idle=, warn=, hard=, end= or unused=)"),
             format!("{f}:7: expected KEY=VALUE, found 'idle'"),
             format!("{f}:8: idle=0 would disconnect at once; use idle=off for no limit"),
             format!("{f}:9: warn=2m must be shorter than the limit it warns of (1m)"),
@@ -784,6 +919,86 @@ user good idle=1m
         // The good line still applies.
         assert_eq!(policy.rules.len(), 1);
         assert_eq!(policy.rules[0].line, 16);
+    }
+
+    #[test]
+    fn end_is_logout_unless_a_rule_says_session() {
+        let policy =
+            parse("user a idle=5m\nuser b idle=5m end=session\nuser c end=logout idle=1m\nuser d end=session\n");
+        assert_eq!(policy.errors, vec![]);
+        let ends: Vec<End> = policy.rules.iter().map(|r| r.limits.end).collect();
+        assert_eq!(ends, vec![End::Logout, End::Session, End::Logout, End::Session]);
+        assert_eq!(policy.rules[0].limits.to_string(), "idle=5m warn=1m hard=off");
+        assert_eq!(policy.rules[1].limits.to_string(), "idle=5m warn=1m hard=off end=session");
+        // No rule: no limit, and the default ending.
+        assert_eq!(resolve_for(&policy, "zed", &[]).limits.end, End::Logout);
+        let bad = parse("user a idle=5m end=kill\nuser b idle=5m end=session end=logout\n");
+        let got: Vec<String> = bad.errors.iter().map(|e| e.to_string()).collect();
+        let f = "/etc/security/sshidle.conf";
+        assert_eq!(
+            got,
+            vec![format!("{f}:1: end=kill: expected end=logout or end=session"), format!("{f}:2: 'end' is set twice")]
+        );
+    }
+
+    #[test]
+    fn from_combines_with_user_and_group_and_all_must_match() {
+        let policy = parse(
+            "group ops from 10.0.0.0/8 user a* idle=1h\n\
+             from 127.0.0.2/32 idle=2m\n\
+             from ::1 idle=3m\n\
+             user carol from *,!192.0.2.0/24 idle=4m\n\
+             * idle=5m\n",
+        );
+        assert_eq!(policy.errors, vec![]);
+        let at = |user: &str, rhost: &str, groups: &[&str]| {
+            let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            policy.resolve(user, rhost, &mut || groups.clone()).rule.map(|r| r.line)
+        };
+        assert_eq!(at("alice", "10.1.1.1", &["ops"]), Some(1));
+        assert_eq!(at("alice", "10.1.1.1", &["dev"]), Some(5), "group must match too");
+        assert_eq!(at("bob", "10.1.1.1", &["ops"]), Some(5), "user must match too");
+        assert_eq!(at("alice", "11.1.1.1", &["ops"]), Some(5), "from must match too");
+        assert_eq!(at("x", "127.0.0.2", &[]), Some(2));
+        assert_eq!(at("x", "127.0.0.1", &[]), Some(5));
+        assert_eq!(at("x", "::1", &[]), Some(3));
+        assert_eq!(at("carol", "198.51.100.1", &[]), Some(4));
+        assert_eq!(at("carol", "192.0.2.9", &[]), Some(5), "negated");
+        assert_eq!(
+            policy.rules[0].selector.to_string(),
+            "user a* group ops from 10.0.0.0/8",
+            "shown in one order whatever the line's"
+        );
+        // The groups are read only when the rest of a group line matched.
+        let mut asked = 0;
+        policy.resolve("bob", "192.0.2.1", &mut || {
+            asked += 1;
+            vec![]
+        });
+        assert_eq!(asked, 0);
+    }
+
+    #[test]
+    fn bad_from_lines_name_the_problem() {
+        let bad = parse(
+            "from 10.0.0.0/33 idle=1m\nfrom idle=1m\nfrom\nuser a from ::1 from ::2 idle=1m\n\
+             user a idle=1m from ::1\nfrom 10.0.0.1/8 idle=1m\n* from ::1 idle=1m\n",
+        );
+        let got: Vec<String> = bad.errors.iter().map(|e| e.to_string()).collect();
+        let f = "/etc/security/sshidle.conf";
+        assert_eq!(
+            got,
+            vec![
+                format!("{f}:1: from: '10.0.0.0/33' is not a valid CIDR network (ADDRESS/BITS)"),
+                format!("{f}:2: 'from' needs a pattern list before the settings, found 'idle=1m'"),
+                format!("{f}:3: 'from' needs a pattern list"),
+                format!("{f}:4: 'from' is given twice on one line"),
+                format!("{f}:5: expected KEY=VALUE, found 'from'"),
+                format!("{f}:6: from: '10.0.0.1/8' has host bits set (did you mean 10.0.0.0/8?)"),
+                format!("{f}:7: 'from' must come before the settings"),
+            ]
+        );
+        assert!(bad.rules.is_empty());
     }
 
     #[test]
@@ -836,7 +1051,7 @@ user good idle=1m
 
     #[test]
     fn limits_display() {
-        let l = Limits { idle: Some(900), warn: Some(60), hard: None };
+        let l = Limits { idle: Some(900), warn: Some(60), hard: None, ..Default::default() };
         assert_eq!(l.to_string(), "idle=15m warn=1m hard=off");
     }
 }
@@ -871,7 +1086,7 @@ mod dropins {
 
     fn who(policy: &Policy, user: &str, groups: &[&str]) -> String {
         let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-        policy.resolve(user, &mut || groups.clone()).describe()
+        policy.resolve(user, "192.0.2.1", &mut || groups.clone()).describe()
     }
 
     #[test]
@@ -949,7 +1164,7 @@ mod dropins {
         let policy = Policy::load(&dir.main()).unwrap();
         assert!(!policy.main_file_read());
         assert_eq!(policy.files, vec![only]);
-        assert_eq!(policy.resolve("anyone", &mut Vec::new).limits.idle, Some(540));
+        assert_eq!(policy.resolve("anyone", "192.0.2.1", &mut Vec::new).limits.idle, Some(540));
     }
 
     #[test]
@@ -1051,7 +1266,7 @@ mod robustness {
             let policy = Policy::parse(Path::new("p"), &text);
             let lines = text.lines().count();
             assert!(policy.errors.iter().all(|e| e.line >= 1 && e.line <= lines), "{text:?}");
-            let _ = policy.resolve("user", &mut || vec!["x1".into()]);
+            let _ = policy.resolve("user", "10.1.2.3", &mut || vec!["x1".into()]);
         }
     }
 }

@@ -20,7 +20,7 @@ pub fn policy(bytes: &[u8]) {
     }
     assert!(policy.rules.len() <= lines, "{} rules from {lines} lines", policy.rules.len());
     for user in ["alice", "", "*", "a*b"] {
-        let _ = policy.resolve(user, &mut || vec!["admins".into(), "*".into()]);
+        let _ = policy.resolve(user, "10.0.0.1", &mut || vec!["admins".into(), "*".into()]);
     }
 }
 

@@ -8,6 +8,8 @@
 //! warned pid=4242 start=881234 at=1764270840
 //! close pid=4242 start=881234
 //! ```
+//! An `open` line of a session whose rule says `end=session` ends with
+//! `end=session` (and `warned=AT` once warned); without it, `end=logout`.
 //! Why a journal: the login path only appends one line (O(1), whatever the
 //! number of sessions), and a single `write(2)` of a short line is never torn
 //! by `kill -9`. Each line starts with a newline of its own, so one cut short
@@ -30,7 +32,7 @@
 //! privileged monitor) and that process's start time, which detects PID reuse.
 
 use crate::files::{self, Flock, LockError, Replace};
-use crate::policy::Limits;
+use crate::policy::{End, Limits};
 use crate::procfs;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
@@ -754,6 +756,9 @@ fn parse_entry(line: &str, bad_fields: &mut Vec<String>) -> Option<Entry> {
                 idle: secs(optional("idle", &limit)),
                 warn: secs(optional("warn", &limit)),
                 hard: secs(optional("hard", &limit)),
+                end: optional("end", &|v| End::parse(v).map(|_| Some(v.to_string())))
+                    .and_then(|v| End::parse(&v))
+                    .unwrap_or_default(),
             };
             let warned_at = optional("warned", &number).and_then(|v| v.parse().ok());
             Entry::Open(SessionRecord {
@@ -794,6 +799,9 @@ fn encode_open(r: &SessionRecord) -> String {
         limit(r.limits.hard),
         escape(&r.rule),
     );
+    if r.limits.end != End::default() {
+        line.push_str(&format!("\tend={}", r.limits.end));
+    }
     if let Some(at) = r.warned_at {
         line.push_str(&format!("\twarned={at}"));
     }
@@ -853,7 +861,7 @@ mod tests {
             rhost: "10.0.0.5".into(),
             service: "sshd".into(),
             login_time: 1_764_270_000,
-            limits: Limits { idle: Some(900), warn: Some(60), hard: None },
+            limits: Limits { idle: Some(900), warn: Some(60), hard: None, ..Default::default() },
             rule: "/etc/security/sshidle.conf:5: *".into(),
             warned_at: None,
         }
@@ -965,7 +973,7 @@ mod tests {
         assert_eq!(snap.sessions.len(), 1, "{snap:?}");
         let r = &snap.sessions[0];
         assert_eq!((r.user.as_str(), r.rhost.as_str(), r.login_time), ("alice", "", 100));
-        assert_eq!(r.limits, Limits { idle: None, warn: Some(60), hard: None });
+        assert_eq!(r.limits, Limits { idle: None, warn: Some(60), hard: None, ..Default::default() });
         assert_eq!((r.warned_at, r.rule.as_str()), (None, "x:1: *"));
         assert_eq!(snap.bad_fields, vec!["open pid=1: bad rhost", "open pid=1: bad idle", "open pid=1: bad warned"]);
         assert_eq!(snap.bad_lines, 2);

@@ -1,36 +1,62 @@
 //! Ending a session cleanly, and only the session.
 //!
-//! sshd's `[priv]` monitor gets SIGTERM: it forwards it to its child, runs
-//! `close_session` and writes the wtmp logout, and the client sees the
-//! connection closed. The session's other processes get SIGHUP and SIGTERM
-//! (and SIGCONT, so a stopped one can act on them): commands of sessions
-//! without a terminal run in a session of their own and would survive the
-//! connection. Whatever still runs after a grace period gets SIGKILL.
+//! sshd must see an ordinary end of the connection, as at a logout or when
+//! the client goes away: a signal to sshd's `[priv]` monitor or to its user
+//! child makes OpenSSH 10 log `error: mm_reap: child terminated by signal
+//! 15`, and on 9.2 the monitor then logs nothing of the session's close. So:
 //!
-//! Who is the session's: the monitor's descendants (the tree), plus the
-//! processes of the login's audit session (`/proc/PID/sessionid`, set by
-//! `pam_loginuid`), which catches commands that daemonized away from the
-//! tree. The audit session is only trusted when it is the login's own: set,
-//! owned by the user's login uid, not shared with the monitor's parent and
-//! holding no process older than the monitor. The audit session survives
-//! `sudo` and `su`, so it also holds what an admin started as root from the
-//! session (`sudo service x restart`): a process that left the tree is ended
-//! only when it runs as the session's user (real uid). In the tree, a process
-//! of another user (`sudo -s`) gets only what a logout gives it, the hangup
-//! (SIGHUP + SIGCONT), never SIGTERM or SIGKILL.
+//! 1. **Hangup.** The session's processes get the hangup a logout gives them
+//!    (SIGHUP + SIGCONT): in a session with a terminal, what the kernel
+//!    signals when the terminal hangs up (the session leader, the foreground
+//!    process group: a shell then hangs up its own jobs); every process
+//!    without a terminal (a channel's command, which sshd alone would leave
+//!    running, and its descendants). With `end=session`, every process of the
+//!    user's also gets SIGTERM, wherever it went (below).
+//! 2. **Close the connection.** A shell that exits makes sshd close its
+//!    channel and a responsive client disconnect by itself. Whatever still
+//!    holds the connection [`CLOSE_AFTER`] later (a command that ignores the
+//!    hangup, a client that does not answer, a ControlMaster kept open) has
+//!    its TCP connection shut down for reading (`shutdown(2)`, `SHUT_RD`, on
+//!    sshd's socket, taken with `pidfd_getfd(2)`): sshd reads the end of the
+//!    stream as when the client closes it, logs `Connection closed by ...`
+//!    at INFO, closes the connection and exits with a status, and the
+//!    monitor runs `close_session` and writes the logout. The client sees
+//!    the connection closed by the remote host.
+//! 3. **Last resort.** A monitor still running [`GRACE`] after the hangup
+//!    (no pidfds, `pidfd_getfd` refused) gets SIGTERM, which it forwards to
+//!    its child; at twice the grace, SIGKILL. Both are logged as warnings.
+//!
+//! Who is the session's: the monitor's descendants (the tree). With
+//! `end=session` also the processes of the login's audit session
+//! (`/proc/PID/sessionid`, set by `pam_loginuid`), which catches what
+//! daemonized away from the tree (nohup, setsid, tmux and screen servers).
+//! The audit session is only trusted when it is the login's own: set, owned
+//! by the user's login uid, not shared with the monitor's parent and holding
+//! no process older than the monitor. The audit session survives `sudo` and
+//! `su`, so it also holds what an admin started as root from the session
+//! (`sudo service x restart`): a process that left the tree is ended only
+//! when it runs as the session's user (real uid). In the tree, a process of
+//! another user (`sudo -s`) gets only what a logout gives it, the hangup,
+//! never SIGTERM or SIGKILL.
 //!
 //! Every signal goes through a pidfd opened while the process's start time
 //! matched, so a PID reused by another process is never signalled (with a
 //! fallback to `kill` right after a start time check on kernels before 5.3).
 
+use crate::policy::End;
 use crate::procfs::{self, ProcTable};
 use crate::state::SessionKey;
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-/// How long the session's processes get to exit before SIGKILL.
+/// How long the session's processes get to exit before the last resort.
 pub const GRACE: Duration = Duration::from_secs(5);
+
+/// How long after the hangup sshd's connection is closed, if it is still
+/// open: time for a shell that exited to close its channel and for the
+/// client to disconnect by itself, as at a logout.
+pub const CLOSE_AFTER: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -38,7 +64,8 @@ pub enum Role {
     Monitor,
     /// Another sshd process of the connection (the `@pts`/`@notty` child).
     Sshd,
-    /// A process of the session's user: hangup, SIGTERM, then SIGKILL.
+    /// A process of the session's user: the hangup; with `end=session` also
+    /// SIGTERM, then SIGKILL.
     User,
     /// A process in the monitor's tree running as another user (`sudo -s`):
     /// the hangup a logout gives it (SIGHUP + SIGCONT), nothing more.
@@ -78,13 +105,15 @@ pub struct Victim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collected {
     pub victims: Vec<Victim>,
-    /// The login's audit session, when it can be trusted.
+    /// The login's audit session, when it can be trusted and `end=session`
+    /// asks for what left the tree.
     pub audit: Option<u32>,
 }
 
-/// Collects the processes of session `key` (of user `uid`); `None` when the
-/// monitor is gone or its PID belongs to another process now.
-pub fn collect(table: &ProcTable, key: SessionKey, uid: u32) -> Option<Collected> {
+/// Collects the processes of session `key` (of user `uid`) that ending it
+/// with `end` reaches; `None` when the monitor is gone or its PID belongs to
+/// another process now.
+pub fn collect(table: &ProcTable, key: SessionKey, uid: u32, end: End) -> Option<Collected> {
     table.get(key.pid).filter(|p| p.start == key.start)?;
     if !procfs::is_same_process(key.pid, key.start) {
         return None;
@@ -104,7 +133,9 @@ pub fn collect(table: &ProcTable, key: SessionKey, uid: u32) -> Option<Collected
             }
         }
     }
-    let audit = trusted_audit_session(table, key, uid);
+    // What left the tree is the session's only for end=session: a logout
+    // leaves it running.
+    let audit = if end == End::Session { trusted_audit_session(table, key, uid) } else { None };
     if let Some(sid) = audit {
         for pid in table.audit_members(sid) {
             if protected.contains(pid) || seen.contains(pid) || procfs::login_uid(*pid) != Some(uid) {
@@ -161,6 +192,19 @@ fn trusted_audit_session(table: &ProcTable, key: SessionKey, uid: u32) -> Option
     // Inherited from elsewhere if anything in it is older than the login.
     let older = table.audit_members(sid).iter().any(|p| table.get(*p).is_some_and(|s| s.start < key.start));
     (!older).then_some(sid)
+}
+
+/// Whether a terminal's hangup reaches a process whose `/proc/PID/stat` is
+/// `stat`: without a controlling terminal (a command of a channel without
+/// one, or what dropped its terminal), or as what the kernel signals when a
+/// terminal hangs up: its session leader and its foreground process group.
+/// A background job hears of it from its shell, as at a logout.
+pub fn hangup_reaches(pid: i32, stat: &str) -> bool {
+    let field = |n| procfs::stat_field(stat, n).and_then(|v| v.parse::<i64>().ok());
+    let (Some(pgrp), Some(session), Some(tty_nr), Some(tpgid)) = (field(5), field(6), field(7), field(8)) else {
+        return false;
+    };
+    tty_nr == 0 || session == i64::from(pid) || (tpgid > 0 && pgrp == tpgid)
 }
 
 /// A handle on one process that cannot be confused with a later process of
@@ -228,68 +272,255 @@ impl Handle {
         self.gone = !alive;
         alive
     }
+
+    /// Whether the hangup of a terminal reaches this process (read now,
+    /// while the pidfd holds it).
+    fn hangup_reaches(&self) -> bool {
+        let pid = self.victim.pid;
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| hangup_reaches(pid, &stat))
+    }
+
+    /// Shuts down the connected TCP sockets this process holds (for sshd's
+    /// monitor: its connection), taken through its pidfd. Returns how many.
+    fn shut_down_connections(&self) -> Result<usize, String> {
+        let Some(pidfd) = self.pidfd.as_ref().filter(|_| !self.gone) else {
+            return Err("no pidfd for the process".to_string());
+        };
+        let dir = format!("/proc/{}/fd", self.victim.pid);
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+        let mut shut = 0;
+        let mut refused = None;
+        // One socket may stand at several descriptors: each is shut once.
+        let mut seen = HashSet::new();
+        for entry in entries.flatten() {
+            let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+            let Some(target_fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            if !target.as_os_str().as_encoded_bytes().starts_with(b"socket:") || !seen.insert(target) {
+                continue;
+            }
+            // SAFETY: plain syscall; returns a new descriptor or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
+            if fd < 0 {
+                refused = Some(std::io::Error::last_os_error());
+                continue;
+            }
+            // SAFETY: a descriptor just given to us, closed on drop.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            if is_connected_tcp(&fd) {
+                // Only the reading side: sshd reads the end of the stream,
+                // as when the client closes it, and closes the connection
+                // itself (the client then gets its FIN). Shutting the
+                // writing side too would have the client close first, and
+                // sshd could read a reset instead.
+                // SAFETY: a valid socket descriptor.
+                if unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) } == 0 {
+                    shut += 1;
+                }
+            }
+        }
+        match (shut, refused) {
+            (0, Some(err)) => Err(format!("pidfd_getfd: {err}")),
+            (0, None) => Err("no connected TCP socket".to_string()),
+            (n, _) => Ok(n),
+        }
+    }
 }
 
-/// A session being ended: signalled, waiting for its processes to exit.
+/// A connected TCP socket (IPv4 or IPv6, stream, with a peer).
+fn is_connected_tcp(fd: &OwnedFd) -> bool {
+    let opt = |name: libc::c_int| {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid fd and an int-sized buffer with its length.
+        let rc = unsafe {
+            libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, name, (&mut value as *mut libc::c_int).cast(), &mut len)
+        };
+        (rc == 0).then_some(value)
+    };
+    let inet = matches!(opt(libc::SO_DOMAIN), Some(libc::AF_INET | libc::AF_INET6));
+    if !inet || opt(libc::SO_TYPE) != Some(libc::SOCK_STREAM) {
+        return false;
+    }
+    // SAFETY: plain data.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: a valid fd and a buffer with its length.
+    unsafe { libc::getpeername(fd.as_raw_fd(), (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len) == 0 }
+}
+
+/// Where ending a session has got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// Hung up; waiting for sshd to close the connection by itself.
+    HungUp,
+    /// sshd's connection was shut down (or that was tried).
+    Closed,
+    /// The last resort was used: SIGTERM to the monitor (and, for
+    /// `end=session`, SIGKILL to the user's survivors).
+    Forced,
+    /// Everything that had to exit did, or was killed.
+    Done,
+}
+
+/// What happened while ending a session, to be logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// The connection was shut down (this many sockets).
+    ConnectionClosed(usize),
+    /// It could not be, and why: the last resort will follow.
+    CloseFailed(String),
+    /// sshd's monitor was still there after the grace: it got SIGTERM.
+    MonitorTerminated,
+    /// sshd's processes were still there after twice the grace: SIGKILL.
+    SshdKilled(Vec<Victim>),
+}
+
+/// A session being ended: hung up, its connection closed, waiting for its
+/// processes to exit.
 #[derive(Debug)]
 pub struct Termination {
     pub key: SessionKey,
     pub uid: u32,
+    pub end: End,
     pub audit: Option<u32>,
     pub started: Instant,
     handles: Vec<Handle>,
-    /// Victims that received SIGKILL.
+    stage: Stage,
+    /// Victims of the user's that received SIGKILL (`end=session`).
     pub killed: Vec<Victim>,
+    /// What happened beyond the hangup, oldest first; [`Termination::take_notes`].
+    notes: Vec<Note>,
 }
 
 impl Termination {
-    /// Signals the collected processes politely: SIGTERM to the monitor,
-    /// SIGHUP + SIGTERM + SIGCONT to the user's processes (sshd's other
-    /// processes hear from the monitor).
-    pub fn begin(key: SessionKey, uid: u32, collected: Collected) -> Termination {
+    /// Hangs the session up: SIGHUP + SIGCONT to what a terminal's hangup
+    /// reaches (see [`hangup_reaches`]); with `end=session`, SIGHUP +
+    /// SIGTERM + SIGCONT to every process of the user's. sshd's own
+    /// processes get no signal: they see the hangup's effects, or the
+    /// connection closed.
+    pub fn begin(key: SessionKey, uid: u32, end: End, collected: Collected) -> Termination {
         let mut handles: Vec<Handle> = collected.victims.into_iter().filter_map(Handle::open).collect();
         for h in &mut handles {
-            match h.victim.role {
-                Role::Monitor => {
-                    h.signal(libc::SIGTERM);
-                }
-                Role::User => {
-                    for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGCONT] {
-                        h.signal(sig);
-                    }
-                }
-                Role::HangupOnly => {
-                    for sig in [libc::SIGHUP, libc::SIGCONT] {
-                        h.signal(sig);
-                    }
-                }
-                Role::Sshd => {}
+            let signals: &[libc::c_int] = match (h.victim.role, end) {
+                (Role::Monitor | Role::Sshd, _) => &[],
+                (Role::User, End::Session) => &[libc::SIGHUP, libc::SIGTERM, libc::SIGCONT],
+                (Role::HangupOnly, End::Session) => &[libc::SIGHUP, libc::SIGCONT],
+                (Role::User | Role::HangupOnly, End::Logout) if h.hangup_reaches() => &[libc::SIGHUP, libc::SIGCONT],
+                (Role::User | Role::HangupOnly, End::Logout) => &[],
+            };
+            for sig in signals {
+                h.signal(*sig);
             }
         }
-        Termination { key, uid, audit: collected.audit, started: Instant::now(), handles, killed: Vec::new() }
+        Termination {
+            key,
+            uid,
+            end,
+            audit: collected.audit,
+            started: Instant::now(),
+            handles,
+            stage: Stage::HungUp,
+            killed: Vec::new(),
+            notes: Vec::new(),
+        }
     }
 
-    /// The collected processes still running.
+    /// The collected processes still running that have to exit: sshd's
+    /// always, the user's only with `end=session`.
     pub fn survivors(&mut self) -> Vec<Victim> {
-        self.handles
-            .iter_mut()
-            .filter(|h| h.victim.role != Role::HangupOnly)
-            .filter_map(|h| h.alive().then_some(h.victim))
-            .collect()
+        let end = self.end;
+        let must = |role| match role {
+            Role::Monitor | Role::Sshd => true,
+            Role::User => end == End::Session,
+            Role::HangupOnly => false,
+        };
+        self.handles.iter_mut().filter(|h| must(h.victim.role)).filter_map(|h| h.alive().then_some(h.victim)).collect()
     }
 
-    /// SIGKILL for every survivor, and for processes of the login's audit
-    /// session that were forked meanwhile. Returns who got it.
-    pub fn kill_survivors(&mut self) -> Vec<Victim> {
+    fn monitor_alive(&mut self) -> bool {
+        self.handles.iter_mut().any(|h| h.victim.role == Role::Monitor && h.alive())
+    }
+
+    /// When the next stage is due, if nothing exits before.
+    pub fn next_due(&self) -> Instant {
+        let after = match self.stage {
+            Stage::HungUp => CLOSE_AFTER,
+            Stage::Closed => GRACE,
+            Stage::Forced | Stage::Done => 2 * GRACE,
+        };
+        self.started + after
+    }
+
+    /// What happened since the last call (connection closed, last resorts).
+    pub fn take_notes(&mut self) -> Vec<Note> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// Moves the ending on as time passes (`force`: as if the grace were
+    /// over now). Returns true once it is done.
+    pub fn step(&mut self, force: bool) -> bool {
+        let elapsed = self.started.elapsed();
+        if self.stage < Stage::Closed && (force || elapsed >= CLOSE_AFTER) {
+            self.close_connection();
+        }
+        if self.survivors().is_empty() {
+            self.stage = Stage::Done;
+            return true;
+        }
+        if self.stage < Stage::Forced && (force || elapsed >= GRACE) {
+            self.stage = Stage::Forced;
+            self.last_resort();
+            if !force {
+                return self.survivors().is_empty();
+            }
+        }
+        if force || elapsed >= 2 * GRACE {
+            self.kill_survivors();
+            self.stage = Stage::Done;
+            return true;
+        }
+        false
+    }
+
+    /// Shuts down sshd's connection if its monitor still runs.
+    fn close_connection(&mut self) {
+        self.stage = Stage::Closed;
+        let Some(monitor) = self.handles.iter_mut().find(|h| h.victim.role == Role::Monitor) else { return };
+        if !monitor.alive() {
+            return;
+        }
+        let note = match monitor.shut_down_connections() {
+            Ok(n) => Note::ConnectionClosed(n),
+            Err(why) => Note::CloseFailed(why),
+        };
+        self.notes.push(note);
+    }
+
+    /// SIGTERM to a monitor still running; with `end=session`, SIGKILL to
+    /// the user's processes still running.
+    fn last_resort(&mut self) {
+        if self.monitor_alive() {
+            if let Some(h) = self.handles.iter_mut().find(|h| h.victim.role == Role::Monitor) {
+                if h.signal(libc::SIGTERM) {
+                    self.notes.push(Note::MonitorTerminated);
+                }
+            }
+        }
+        if self.end == End::Session {
+            let killed = self.kill_users();
+            self.killed.extend(killed);
+        }
+    }
+
+    /// SIGKILL for every process of the user's still running (`end=session`),
+    /// and for processes of the login's audit session forked meanwhile.
+    fn kill_users(&mut self) -> Vec<Victim> {
         let mut killed = Vec::new();
         let uid = self.uid;
         for h in &mut self.handles {
-            if h.victim.role == Role::HangupOnly {
-                continue;
-            }
             // A user's process that became another user's meanwhile (it ran
             // `sudo`) is not the session's any more.
-            if h.victim.role == Role::User && procfs::real_uid(h.victim.pid) != Some(uid) {
+            if h.victim.role != Role::User || procfs::real_uid(h.victim.pid) != Some(uid) {
                 continue;
             }
             if h.alive() && h.signal(libc::SIGKILL) {
@@ -314,18 +545,48 @@ impl Termination {
                 }
             }
         }
-        self.killed.extend(&killed);
         killed
     }
 
-    /// Waits until every process exited or `grace` passed since `begin`, then
-    /// kills the survivors. Returns who had to be killed.
+    /// SIGKILL for everything that had to exit and still runs. Returns who
+    /// got it.
+    pub fn kill_survivors(&mut self) -> Vec<Victim> {
+        let mut killed = Vec::new();
+        if self.end == End::Session {
+            killed = self.kill_users();
+            self.killed.extend(&killed);
+        }
+        let mut sshd = Vec::new();
+        for h in &mut self.handles {
+            if matches!(h.victim.role, Role::Monitor | Role::Sshd) && h.alive() && h.signal(libc::SIGKILL) {
+                sshd.push(h.victim);
+            }
+        }
+        if !sshd.is_empty() {
+            killed.extend(&sshd);
+            self.notes.push(Note::SshdKilled(sshd));
+        }
+        killed
+    }
+
+    /// Steps until everything that had to exit did, or `grace` has passed
+    /// twice (the last resort at `grace`). Returns the user's processes that
+    /// had to be killed.
     pub fn finish(&mut self, grace: Duration) -> Vec<Victim> {
-        let deadline = self.started + grace;
-        while !self.survivors().is_empty() && Instant::now() < deadline {
+        let start = Instant::now();
+        loop {
+            let waited = start.elapsed();
+            // `grace` may be shorter than GRACE (tests): forced at its end.
+            if self.step(waited >= 2 * grace) {
+                break;
+            }
+            if waited >= grace && self.stage < Stage::Forced {
+                self.stage = Stage::Forced;
+                self.last_resort();
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.kill_survivors()
+        self.killed.clone()
     }
 }
 
@@ -346,6 +607,7 @@ mod tests {
         let mut t = Termination::begin(
             SessionKey { pid, start: start + 1 },
             0,
+            End::Session,
             Collected { victims: vec![Victim { pid, start: start + 1, role: Role::User }], audit: None },
         );
         assert!(t.survivors().is_empty());
@@ -356,32 +618,116 @@ mod tests {
         child.wait().unwrap();
     }
 
-    #[test]
-    fn polite_then_kill() {
-        // A "monitor" that exits on SIGTERM, with a child that ignores it.
-        let mut monitor = spawn("trap '' HUP; sh -c 'trap \"\" TERM HUP; sleep 30' & sleep 30");
-        let pid = monitor.id() as i32;
+    /// Polls `collect` until the tree under `pid` holds `count` processes
+    /// (a loaded machine forks slowly).
+    fn collect_all(pid: i32, count: usize, end: End) -> (SessionKey, Collected) {
         let key = SessionKey { pid, start: procfs::start_time(pid).unwrap() };
-        // Until the tree is complete: the monitor, its child shell, and the
-        // two sleeps (polled: a loaded machine forks slowly).
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut collected = collect(&ProcTable::scan(), key, 0).unwrap();
-        while collected.victims.len() < 4 && Instant::now() < deadline {
+        let mut collected = collect(&ProcTable::scan(), key, 0, end).unwrap();
+        while collected.victims.len() < count && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
-            collected = collect(&ProcTable::scan(), key, 0).unwrap();
+            collected = collect(&ProcTable::scan(), key, 0, end).unwrap();
         }
-        assert!(collected.victims.len() >= 4, "{collected:?}");
+        assert!(collected.victims.len() >= count, "{collected:?}");
+        (key, collected)
+    }
+
+    #[test]
+    fn session_end_terms_then_kills_and_the_monitor_gets_sigterm_only_as_a_last_resort() {
+        // A "monitor" with no connection to close, with a child that ignores
+        // SIGHUP and SIGTERM.
+        let mut monitor = spawn("sh -c 'trap \"\" TERM HUP; sleep 30' & exec sleep 30");
+        let (key, collected) = collect_all(monitor.id() as i32, 3, End::Session);
         assert_eq!(collected.victims[0].role, Role::Monitor);
         assert!(!collected.victims.iter().any(|v| v.pid == std::process::id() as i32));
-        let mut t = Termination::begin(key, 0, collected);
-        monitor.wait().unwrap();
+        let mut t = Termination::begin(key, 0, End::Session, collected);
+        std::thread::sleep(Duration::from_millis(200));
+        let early = monitor.try_wait().unwrap();
+        assert!(early.is_none(), "the monitor was signalled at the hangup: {early:?}");
         let killed = t.finish(Duration::from_millis(500));
         assert!(!killed.is_empty(), "the TERM-ignoring child should have needed SIGKILL");
+        let notes = t.take_notes();
+        assert!(matches!(notes[0], Note::CloseFailed(_)), "{notes:?}");
+        assert!(notes.contains(&Note::MonitorTerminated), "{notes:?}");
+        monitor.wait().unwrap();
         let deadline = Instant::now() + Duration::from_secs(2);
         while !t.survivors().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(t.survivors(), vec![]);
+    }
+
+    #[test]
+    fn logout_hangs_up_and_leaves_what_ignores_it_running() {
+        // Two commands without a terminal under the "monitor": one dies of
+        // SIGHUP, one ignores it (nohup).
+        let mut monitor = spawn("sleep 31 & sh -c 'trap \"\" HUP; exec sleep 32' & wait");
+        let (key, collected) = collect_all(monitor.id() as i32, 3, End::Logout);
+        assert_eq!(collected.audit, None, "a logout never reaches outside the tree");
+        let pid_of = |name: &str| {
+            let table = ProcTable::scan();
+            let found = table.descendants(key.pid).iter().map(|p| p.pid).find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.replace('\0', " ").trim() == name)
+            });
+            found.unwrap_or_else(|| panic!("no {name}"))
+        };
+        let (plain, deaf) = (pid_of("sleep 31"), pid_of("sleep 32"));
+        let deaf_start = procfs::start_time(deaf).unwrap();
+        let plain_start = procfs::start_time(plain).unwrap();
+        let mut t = Termination::begin(key, 0, End::Logout, collected);
+        // The "monitor" has no connection to close: SIGTERM at the grace's end.
+        assert!(t.finish(Duration::from_millis(300)).is_empty(), "nothing is killed at a logout");
+        monitor.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while procfs::is_same_process(plain, plain_start) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!procfs::is_same_process(plain, plain_start), "the plain command was not hung up");
+        assert!(procfs::is_same_process(deaf, deaf_start), "the process that ignores SIGHUP was ended");
+        // SAFETY: plain kill of the process checked just now.
+        unsafe { libc::kill(deaf, libc::SIGKILL) };
+    }
+
+    #[test]
+    fn the_connection_is_shut_down_and_its_holder_exits_unsignalled() {
+        use std::io::Read;
+        // A "monitor" holding a TCP connection, reading it to its end.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut monitor = Command::new("bash")
+            .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; exec cat <&3 >/dev/null")])
+            .spawn()
+            .unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        let pid = monitor.id() as i32;
+        // Until bash has exec'ed cat.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while procfs::read_stat(pid).is_none_or(|s| s.comm != "cat") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (key, collected) = collect_all(pid, 1, End::Logout);
+        let mut t = Termination::begin(key, 0, End::Logout, collected);
+        assert!(t.finish(Duration::from_secs(5)).is_empty());
+        assert_eq!(t.take_notes(), vec![Note::ConnectionClosed(1)]);
+        let status = monitor.wait().unwrap();
+        assert!(status.success(), "the holder did not exit by itself: {status:?}");
+        // The other end sees the connection closed (FIN, not reset).
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(peer.read(&mut [0u8; 16]).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_hangup_reaches_the_leader_the_foreground_and_what_has_no_terminal() {
+        // pid (comm) state ppid pgrp session tty_nr tpgid ...
+        let stat = |pid: i32, pgrp: i32, session: i32, tty: i32, tpgid: i32| {
+            format!("{pid} (x y) S 1 {pgrp} {session} {tty} {tpgid} 4194560 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0")
+        };
+        assert!(hangup_reaches(100, &stat(100, 100, 100, 34816, 120)), "session leader");
+        assert!(hangup_reaches(120, &stat(120, 120, 100, 34816, 120)), "foreground group");
+        assert!(!hangup_reaches(130, &stat(130, 130, 100, 34816, 120)), "background job: its shell hangs it up");
+        assert!(hangup_reaches(140, &stat(140, 140, 140, 0, -1)), "no terminal");
+        assert!(hangup_reaches(141, &stat(141, 140, 140, 0, -1)), "no terminal");
+        assert!(!hangup_reaches(1, "garbage"));
     }
 
     #[test]
@@ -435,13 +781,13 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         };
         let key = SessionKey { pid, start: procfs::start_time(pid).unwrap() };
-        let collected = collect(&ProcTable::scan(), key, 0).unwrap();
+        let collected = collect(&ProcTable::scan(), key, 0, End::Session).unwrap();
         let role = collected.victims.iter().find(|v| v.pid == other).map(|v| v.role);
         assert_eq!(role, Some(Role::HangupOnly), "{collected:?}");
         let other_start = procfs::start_time(other).unwrap();
-        let mut t = Termination::begin(key, 0, collected);
-        monitor.wait().unwrap();
+        let mut t = Termination::begin(key, 0, End::Session, collected);
         t.finish(Duration::from_millis(300));
+        monitor.wait().unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert!(procfs::is_same_process(other, other_start), "another user's process was killed");
         // SAFETY: plain kill of the process we checked just now.
@@ -452,6 +798,6 @@ mod tests {
     fn gone_monitor_collects_nothing() {
         let table = ProcTable::scan();
         let me = SessionKey::current_process().unwrap();
-        assert_eq!(collect(&table, SessionKey { pid: me.pid, start: me.start + 1 }, 0), None);
+        assert_eq!(collect(&table, SessionKey { pid: me.pid, start: me.start + 1 }, 0, End::Logout), None);
     }
 }

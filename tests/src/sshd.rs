@@ -36,6 +36,10 @@ pub struct SshdOptions {
     /// whose audit session cannot be set is refused, so a test that relies
     /// on `/proc/PID/sessionid` cannot pass without one.
     pub loginuid_required: bool,
+    /// sshd logs to syslog (no `-e`), with each message's priority, so a
+    /// test can tell its error lines from the others; [`Sshd::log`] is then
+    /// empty.
+    pub syslog: bool,
 }
 
 pub struct Sshd {
@@ -139,7 +143,7 @@ impl Sshd {
                 None => Command::new(&binary),
             };
             let mut child = command
-                .args(["-D", "-e", "-f"])
+                .args(if opts.syslog { &["-D", "-f"][..] } else { &["-D", "-e", "-f"][..] })
                 .arg(&config_path)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -42,6 +42,9 @@ impl SyslogCapture {
             }
         }
         let socket = UnixDatagram::bind(DEV_LOG).expect("bind /dev/log");
+        // Writable by everyone, as a syslog daemon's is: sshd's user child
+        // logs as the user.
+        std::fs::set_permissions(DEV_LOG, std::os::unix::fs::PermissionsExt::from_mode(0o666)).expect("chmod /dev/log");
         socket.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
         let messages = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -79,6 +82,12 @@ impl SyslogCapture {
 pub fn facility(message: &str) -> Option<i32> {
     let pri: i32 = message.strip_prefix('<')?.split('>').next()?.parse().ok()?;
     Some(pri & !7)
+}
+
+/// The severity of a raw syslog datagram (`libc::LOG_ERR`, ...).
+pub fn severity(message: &str) -> Option<i32> {
+    let pri: i32 = message.strip_prefix('<')?.split('>').next()?.parse().ok()?;
+    Some(pri & 7)
 }
 
 impl Drop for SyslogCapture {

@@ -229,7 +229,7 @@ pub fn stranger_record(i: usize, rule: &str) -> SessionRecord {
         rhost: "203.0.113.50".into(),
         service: "sshd".into(),
         login_time: sshidle::now_unix(),
-        limits: Limits { idle: Some(900), warn: Some(60), hard: None },
+        limits: Limits { idle: Some(900), warn: Some(60), hard: None, ..Default::default() },
         rule: rule.into(),
         warned_at: None,
     }

@@ -166,8 +166,10 @@ fn a_shell_that_drops_its_tty_is_still_judged_by_the_ttys_input() {
     }
     let limit = Duration::from_secs(12);
     let names = [alone.name.as_str(), muxed.name.as_str(), honest.name.as_str()];
-    let sshd =
-        Sshd::start("advnotty", SshdOptions { policy: policy_for(&names, "idle=12s warn=4s"), ..Default::default() });
+    let sshd = Sshd::start(
+        "advnotty",
+        SshdOptions { policy: policy_for(&names, "idle=12s warn=4s end=session"), ..Default::default() },
+    );
     let mut enforcer = start_niced_enforcer(&sshd, &[]);
     let control = |user: &TestUser, tag: &str| {
         format!("ControlPath={}", sshd.dir.join(format!("{tag}-{}.sock", user.name)).display())
@@ -350,7 +352,10 @@ fn sshd_run_inside_a_session_is_the_sessions_and_ends_with_it() {
     let limit = Duration::from_secs(12);
     let sshd = Sshd::start(
         "advsshd",
-        SshdOptions { policy: policy_for(&[&below.name, &execs.name], "idle=12s warn=0"), ..Default::default() },
+        SshdOptions {
+            policy: policy_for(&[&below.name, &execs.name], "idle=12s warn=0 end=session"),
+            ..Default::default()
+        },
     );
     let _outside_run = outside.start_outside(&below);
     let _others_run = others.start_outside(&other);

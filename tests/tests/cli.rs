@@ -133,7 +133,7 @@ fn status_lists_live_sessions_and_hides_dead_ones() {
         rhost: "192.0.2.4".into(),
         service: "sshd".into(),
         login_time: sshidle::now_unix() - 30,
-        limits: sshidle::Limits { idle: Some(600), warn: Some(60), hard: None },
+        limits: sshidle::Limits { idle: Some(600), warn: Some(60), hard: None, ..Default::default() },
         rule: "x:1: *".into(),
         warned_at: None,
     };

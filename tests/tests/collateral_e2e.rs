@@ -71,7 +71,9 @@ fn root_daemon_started_with_sudo_survives_and_users_daemon_does_not() {
     assert!(std::path::Path::new("/usr/bin/sudo").exists(), "sudo is missing: install it (it is in .ci/deps)");
     let user = TestUser::create("cad", &[]);
     let _sudo = SudoRule::allow(&user);
-    let policy = format!("user {} idle=10s warn=off\n", user.name);
+    // end=session, which ends the user's processes that left the tree: the
+    // root one must survive even so (end=logout leaves both running).
+    let policy = format!("user {} idle=10s warn=off end=session\n", user.name);
     let sshd = Sshd::start("collat", SshdOptions { policy, ..Default::default() });
     sshd.authorize(&user);
     let enforcer = Enforcer::start(&sshd, &[]);

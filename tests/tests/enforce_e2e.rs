@@ -336,7 +336,7 @@ fn stale_record_with_reused_pid_is_never_signalled() {
             rhost: "192.0.2.1".into(),
             service: "sshd".into(),
             login_time: sshidle::now_unix() - 3600,
-            limits: Limits { idle: Some(1), warn: None, hard: Some(1) },
+            limits: Limits { idle: Some(1), warn: None, hard: Some(1), ..Default::default() },
             rule: "test".into(),
             warned_at: None,
         })
@@ -534,7 +534,7 @@ fn session_known_only_from_utmp_is_adopted() {
     };
     assert!(audit("adoption").contains(" limit=12 ") && audit("adoption").contains(" cause=unrecorded source="));
     assert!(audit("warning").contains(" tty=pts/") && audit("warning").contains(" cause=idle left="));
-    assert!(audit("disconnect").contains(" limit=12 ") && audit("disconnect").ends_with(" cause=idle"));
+    assert!(audit("disconnect").contains(" limit=12 ") && audit("disconnect").ends_with(" cause=idle end=logout"));
     assert!(wait_until(Duration::from_secs(8), || user_processes(&user).is_empty()), "{:?}", user_processes(&user));
     // The enforcer wrote the adopted record; the module's close_session closed it.
     assert!(

@@ -64,8 +64,10 @@ fn every_fake_is_disconnected_at_its_limit_and_typists_are_kept() {
     let mut names: Vec<&str> = fake_users.iter().map(|u| u.name.as_str()).collect();
     names.extend([typist.name.as_str(), mesg.name.as_str(), muxer.name.as_str()]);
     let limit = Duration::from_secs(12);
-    let sshd =
-        Sshd::start("itfake", SshdOptions { policy: policy_for(&names, "idle=12s warn=4s"), ..Default::default() });
+    let sshd = Sshd::start(
+        "itfake",
+        SshdOptions { policy: policy_for(&names, "idle=12s warn=4s end=session"), ..Default::default() },
+    );
     // Another user's process that calls itself sshd, outside any session.
     let mut other: Child = Command::new("su")
         .args(["-s", "/bin/bash", &bystander.name, "-c", "exec -a sshd sleep 1000"])
@@ -149,8 +151,10 @@ fn idle_ptys_end_within_a_second_and_a_half_wherever_in_the_8s_block() {
     let users: Vec<TestUser> = (0..5).map(|_| TestUser::create("itb", &[])).collect();
     let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
     let limit = Duration::from_secs(10);
-    let sshd =
-        Sshd::start("itblock", SshdOptions { policy: policy_for(&names, "idle=10s warn=0"), ..Default::default() });
+    let sshd = Sshd::start(
+        "itblock",
+        SshdOptions { policy: policy_for(&names, "idle=10s warn=0 end=session"), ..Default::default() },
+    );
     let enforcer = start_niced_enforcer(&sshd, &[]);
     // Each login in a thread of its own, 1.7 s after the previous one: five
     // logins spread over more than one 8-s block, each watched until it ends.
@@ -190,8 +194,10 @@ fn a_restarted_enforcer_keeps_both_promises() {
     let users: Vec<TestUser> = (0..4).map(|_| TestUser::create("itr", &[])).collect();
     let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
     let limit = Duration::from_secs(12);
-    let sshd =
-        Sshd::start("itrestart", SshdOptions { policy: policy_for(&names, "idle=12s warn=0"), ..Default::default() });
+    let sshd = Sshd::start(
+        "itrestart",
+        SshdOptions { policy: policy_for(&names, "idle=12s warn=0 end=session"), ..Default::default() },
+    );
     let first = start_niced_enforcer(&sshd, &[]);
     let mut users = users.into_iter();
     let mut idle = Login::new(&sshd, "idle", users.next().unwrap(), &[]);
@@ -227,8 +233,10 @@ fn a_restarted_enforcer_keeps_both_promises() {
         assert!(ended - restarted <= bound, "{}: ended {:?} after the restart", l.name, ended - restarted);
         assert!(
             wait_until(Duration::from_secs(8), || user_processes(&l.user).is_empty()),
-            "{}: processes left",
-            l.name
+            "{}: processes left: {:?}\n{}",
+            l.name,
+            user_processes(&l.user),
+            enforcer.output()
         );
     }
 }
@@ -246,7 +254,10 @@ fn processes_starting_and_exiting_are_not_io() {
     let limit = Duration::from_secs(12);
     let sshd = Sshd::start(
         "itnotty",
-        SshdOptions { policy: policy_for(&[&churn.name, &chatty.name], "idle=12s warn=0"), ..Default::default() },
+        SshdOptions {
+            policy: policy_for(&[&churn.name, &chatty.name], "idle=12s warn=0 end=session"),
+            ..Default::default()
+        },
     );
     sshd.authorize(&churn);
     sshd.authorize(&chatty);

@@ -184,7 +184,7 @@ fn node_exporter_shows_a_login_and_a_disconnect_within_a_second() {
     assert!(
         log.lines().any(|l| l.contains(&format!("event=disconnect user={} session={id} rhost=127.0.0.1 ", user.name))
             && l.contains(" limit=6 ")
-            && l.ends_with(" cause=idle")),
+            && l.ends_with(" cause=idle end=logout")),
         "{log}"
     );
 

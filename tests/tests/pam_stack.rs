@@ -77,7 +77,10 @@ fn open_records_and_close_removes() {
     assert_eq!(record.key.pid, std::process::id() as i32);
     assert!(record.key.is_alive());
     assert!((sshidle::now_unix() - record.login_time).abs() < 5);
-    assert_eq!(record.limits, sshidle::Limits { idle: Some(600), warn: Some(60), hard: Some(8 * 3600) });
+    assert_eq!(
+        record.limits,
+        sshidle::Limits { idle: Some(600), warn: Some(60), hard: Some(8 * 3600), ..Default::default() }
+    );
     assert_eq!(record.rule, format!("{}:2: group {}", stack.policy.display(), group.name));
     let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777;
     assert_eq!(mode(&stack.state_dir), 0o700);

@@ -29,7 +29,9 @@ fn detached_children_are_ended_through_the_audit_session() {
         return;
     }
     let user = TestUser::create("pdt", &[]);
-    let policy = format!("user {} idle=12s warn=4s\n", user.name);
+    // end=session: what left the tree goes too (end=logout would leave it,
+    // as logout_e2e shows).
+    let policy = format!("user {} idle=12s warn=4s end=session\n", user.name);
     let sshd = Sshd::start("pdetach", SshdOptions { policy, loginuid_required: true, ..Default::default() });
     sshd.authorize(&user);
     // Started by the test, not by the login: another audit session.

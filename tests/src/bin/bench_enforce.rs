@@ -388,7 +388,7 @@ fn sweep_cost(size: usize, owners: &[Owner], policy_text: &str, notty_every: usi
         .iter()
         .map(|f| {
             let account = sshidle::users::lookup_user(&f.user).expect("account");
-            let resolution = policy.resolve(&f.user, &mut || sshidle::users::group_names(&account));
+            let resolution = policy.resolve(&f.user, "127.0.0.1", &mut || sshidle::users::group_names(&account));
             record(f, resolution.limits, &resolution.describe())
         })
         .collect();
@@ -412,7 +412,7 @@ fn sweep_cost(size: usize, owners: &[Owner], policy_text: &str, notty_every: usi
         for r in &sessions {
             resolved.entry(r.user.clone()).or_insert_with(|| {
                 let account = sshidle::users::lookup_user(&r.user).expect("account");
-                policy.resolve(&account.name, &mut || sshidle::users::group_names(&account)).limits
+                policy.resolve(&account.name, &r.rhost, &mut || sshidle::users::group_names(&account)).limits
             });
         }
         let t2 = cpu_now();
@@ -662,7 +662,7 @@ fn compare_with_autolog(n: usize) {
         std::thread::sleep(Duration::from_millis(8000 / n.max(1) as u64).min(Duration::from_millis(400)));
     }
     let state = StateDir::open(&state_path, true).unwrap();
-    let limits = Limits { idle: Some(LIMIT as u64), warn: Some(10), hard: None };
+    let limits = Limits { idle: Some(LIMIT as u64), warn: Some(10), hard: None, ..Default::default() };
     for f in &ours {
         state.record_open(&record(f, limits, &format!("{}:1", policy.display()))).unwrap();
     }
