@@ -41,10 +41,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// What every root has besides debootstrap's minimal base.
+/// What every root has besides debootstrap's minimal base (sid's
+/// openssh-server no longer brings the client the checks log in with).
 macro_rules! base {
     () => {
-        "systemd,systemd-sysv,dbus,openssh-server,libpam-systemd,tmux,procps"
+        "systemd,systemd-sysv,dbus,openssh-server,openssh-client,libpam-systemd,tmux,procps"
     };
 }
 /// Debian 13 and later: logins recorded in wtmpdb (what a Debian 13 install
