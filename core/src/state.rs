@@ -980,6 +980,22 @@ mod tests {
     }
 
     #[test]
+    fn end_session_is_written_and_read_back_and_absent_means_logout() {
+        let mut r = record(7, "alice");
+        assert!(!encode_open(&r).contains("end="), "the default is not written");
+        r.limits.end = End::Session;
+        let line = encode_open(&r);
+        assert!(line.ends_with("\tend=session\n"), "{line}");
+        let mut journal = header(0);
+        journal.push_str(&line);
+        journal.push_str("open\tpid=8\tstart=9\tuid=1\tuser=bob\tlogin=100\tend=kill\n");
+        let snap = parse_journal(journal.as_bytes());
+        assert_eq!(snap.sessions[0].limits.end, End::Session);
+        assert_eq!(snap.sessions[1].limits.end, End::Logout, "a bad value falls back to the default");
+        assert_eq!(snap.bad_fields, vec!["open pid=8: bad end"]);
+    }
+
+    #[test]
     fn corrupt_file_is_moved_aside() {
         let path = temp_dir("corrupt");
         let state = StateDir::open(&path, true).unwrap();
