@@ -388,6 +388,13 @@ fn package_on_a_real_systemd(release: &Release) {
     let ssh = "ssh -i /root/key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes";
     c.ok(&format!("tmux new-session -d -s busy -x 100 -y 20 '{ssh} busy@127.0.0.1 sleep 600'"));
     assert!(wait_until(Duration::from_secs(15), || c.status_users().contains(&"busy".to_string())));
+    // The module took TIOCSTI away from the session before its first process
+    // (sshd-session's user child on OpenSSH 10): busy's command runs under
+    // the seccomp filter (core/src/tiocsti.rs).
+    let seccomp = c.ok(
+        "for i in $(seq 100); do p=$(pgrep -u busy -x sleep) && break; sleep 0.1; done; grep Seccomp: /proc/$p/status",
+    );
+    assert_eq!(seccomp.split_whitespace().nth(1), Some("2"), "{name}: busy's command has no filter: {seccomp}");
 
     // Reload: the sessions stay known.
     c.ok("systemctl reload sshidle");
