@@ -517,17 +517,10 @@ fn package_on_a_real_systemd(release: &Release) {
     // for an ordinary logout.
     let enforced = error_lines(&sshd_journal_since(&c, &cursor));
     eprintln!("{name}: sshd's error lines for the enforced disconnects: {enforced:#?}");
-    // PENDING ISSUE 20 (how a session is ended: core/src/terminate.rs, not
-    // this issue's to change): OpenSSH 10 logs `error: mm_reap: preauth
-    // child terminated by signal 15` for each session ended with a SIGTERM
-    // to its monitor. Until issue 20 lands, that line alone is reported
-    // (KNOWN FAILURE), not failed on; delete this exception with it. Any
-    // other error line fails now (seen failing on Debian 13 without it).
-    let (pending, extra): (Vec<&String>, Vec<&String>) =
-        enforced.difference(&ordinary).partition(|l| l.contains("mm_reap:"));
-    if !pending.is_empty() {
-        eprintln!("{name}: KNOWN FAILURE, pending issue 20: sshd logged for the enforced disconnects {pending:#?}");
-    }
+    // OpenSSH 10 logs `error: mm_reap: ... child terminated by signal 15`
+    // for a session whose monitor got a SIGTERM (seen failing here before
+    // issue 20 ended sessions the way a client's close does).
+    let extra: Vec<&String> = enforced.difference(&ordinary).collect();
     assert!(extra.is_empty(), "{name}: sshd logged errors for the enforced disconnects only: {extra:#?}");
 
     // keepalive reloads sshd through systemctl; the listener answers; sshd
