@@ -1254,6 +1254,15 @@ mod robustness {
             "interval=",
             "count-max=",
             "0",
+            "from",
+            "end=",
+            "session",
+            "logout",
+            "10.0.0.0/8",
+            "::1/129",
+            "!",
+            ",",
+            "/",
         ];
         for _ in 0..5000 {
             let mut text = String::new();
