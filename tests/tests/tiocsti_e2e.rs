@@ -78,7 +78,7 @@ impl Drop for Sudoer {
 /// Each pusher, started once from its idle session's shell as its last
 /// key, pushes a byte every 2 s, and every push is refused: the session is
 /// warned when due and ended within [limit, limit + 1.5 s] of that key, with
-/// nothing of it left. A typist and a ControlMaster connection with one
+/// nothing of it left (`end=session`: the pushers left the shell's tree). A typist and a ControlMaster connection with one
 /// typing tty are kept.
 #[test]
 fn pushers_are_ended_at_their_limit_and_typists_kept() {
@@ -106,8 +106,10 @@ fn pushers_are_ended_at_their_limit_and_typists_kept() {
     let mut names: Vec<&str> = pushers.iter().map(|u| u.name.as_str()).collect();
     names.extend([typist.name.as_str(), muxer.name.as_str()]);
     let limit = Duration::from_secs(12);
-    let sshd =
-        Sshd::start("tiocsti", SshdOptions { policy: policy_for(&names, "idle=12s warn=4s"), ..Default::default() });
+    let sshd = Sshd::start(
+        "tiocsti",
+        SshdOptions { policy: policy_for(&names, "idle=12s warn=4s end=session"), ..Default::default() },
+    );
     let mut enforcer = start_niced_enforcer(&sshd, &[]);
     let kept_typist = Login::new(&sshd, "typist", typist, &[]);
     let socket = sshd.dir.join("mux.sock");
@@ -194,9 +196,11 @@ fn a_session_works_with_the_filter_and_tiocsti_allow_turns_it_off() {
     shows(&tmux, "echo SECCOMP=$(awk '/^Seccomp:/ {print $2}' /proc/$$/status)", "SECCOMP=2");
     shows(&tmux, "sudo -n awk '/^Seccomp:/ {print \"ROOT\" \"SECCOMP=\" $2}' /proc/self/status", "ROOTSECCOMP=2");
     shows(&tmux, "sudo -n id -u | sed 's/^/UID=/'", "UID=0");
-    // Pushing "echo PUSHED\n" into the shell's input, as root.
-    let push = "sudo -n perl -e 'open(T, \"<\", $ARGV[0]) or die; for (split //, \"echo PU\" . \"SHED\\n\") \
-                { my $c = $_; ioctl(T, 0x5412, $c) or die \"TIOC\" . \"STI: $!\\n\" }' $(tty)";
+    // Pushing "echo PUSHED\n" into the shell's input, as root, from a
+    // background job a second later: the shell is then reading its input
+    // (a sudo in the foreground would read and relay it to its own pty).
+    let push = "T=$(tty); (sleep 1; sudo -n perl -e 'open(T, \"<\", $ARGV[0]) or die; for (split //, \
+                \"echo PU\" . \"SHED\\n\") { my $c = $_; ioctl(T, 0x5412, $c) or die \"TIOC\" . \"STI: $!\\n\" }' $T) &";
     shows(&tmux, push, "TIOCSTI: Operation not permitted");
     // bash: a foreground job interrupted by Ctrl-C (the line discipline's
     // signal), then the next command.
