@@ -464,14 +464,18 @@ impl Termination {
             self.close_connection();
         }
         if self.survivors().is_empty() {
-            self.stage = Stage::Done;
+            self.done();
             return true;
         }
         if self.stage < Stage::Forced && (force || elapsed >= GRACE) {
             self.stage = Stage::Forced;
             self.last_resort();
+            if !force && self.survivors().is_empty() {
+                self.done();
+                return true;
+            }
             if !force {
-                return self.survivors().is_empty();
+                return false;
             }
         }
         if force || elapsed >= 2 * GRACE {
@@ -480,6 +484,17 @@ impl Termination {
             return true;
         }
         false
+    }
+
+    /// Everything that had to exit did. With `end=session`, what the
+    /// session's user forked in the login's audit session while it was being
+    /// ended (a process started by a dying shell) gets SIGKILL too.
+    fn done(&mut self) {
+        if self.end == End::Session && self.stage != Stage::Done {
+            let killed = self.kill_users();
+            self.killed.extend(killed);
+        }
+        self.stage = Stage::Done;
     }
 
     /// Shuts down sshd's connection if its monitor still runs.
