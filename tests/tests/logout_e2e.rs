@@ -89,6 +89,16 @@ fn assert_ordinary_close(messages: &[String], service: &str, user: &str, enforce
     );
 }
 
+/// A client stopped with SIGSTOP, killed on drop (also when the test fails).
+struct StoppedClient(std::process::Child);
+
+impl Drop for StoppedClient {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn assert_logout_in_wtmp(user: &TestUser) {
     let last = Command::new("last").args(["-w", "-f", "/var/log/wtmp", &user.name]).output().expect("last");
     let last = String::from_utf8_lossy(&last.stdout).into_owned();
@@ -111,10 +121,14 @@ fn detached_work_survives_end_logout_and_not_end_session_and_sshd_sees_an_ordina
     // A remote command without a terminal that ignores the hangup: only
     // closing the connection ends its session.
     let deaf = TestUser::create("lgn", &[]);
-    // The default for two, end=session for one; the same limit.
+    // A pty login whose client was stopped (a laptop gone to sleep): it
+    // answers nothing, so only closing the connection ends it.
+    let asleep = TestUser::create("lgs", &[]);
+    // The default for three, end=session for one; the same limit.
     let policy = format!(
-        "user {} idle=10s warn=off\nuser {} idle=10s warn=off end=session\nuser {} idle=10s warn=off\n",
-        keep.name, free.name, deaf.name
+        "user {} idle=10s warn=off\nuser {} idle=10s warn=off end=session\nuser {} idle=10s warn=off\n\
+         user {} idle=10s warn=off\n",
+        keep.name, free.name, deaf.name, asleep.name
     );
     // pam_loginuid required: end=session finds what left the tree by the
     // login's audit session.
@@ -123,6 +137,7 @@ fn detached_work_survives_end_logout_and_not_end_session_and_sshd_sees_an_ordina
     sshd.authorize(&keep);
     sshd.authorize(&free);
     sshd.authorize(&deaf);
+    sshd.authorize(&asleep);
     // Bystanders: each user's process started outside the login (another
     // audit session), which neither ending may touch.
     let bystander = |user: &TestUser, n: u16| {
@@ -155,8 +170,24 @@ fn detached_work_survives_end_logout_and_not_end_session_and_sshd_sees_an_ordina
             .expect("ssh")
     };
     let deaf_job = process_of(&deaf, &deaf_cmd);
+    // Not in tmux, which would SIGCONT its stopped pane: a pty forced with
+    // -tt, its input a pipe the test holds open.
+    let asleep_client = {
+        let args = session::ssh_with(&sshd, &asleep.name, &["-tt"]);
+        Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh")
+    };
+    let stopped = StoppedClient(asleep_client);
     let rows = |user: &TestUser| wait_recorded(&sshd, &user.name, 1).remove(0);
-    let (keep_row, free_row, deaf_row) = (rows(&keep), rows(&free), rows(&deaf));
+    let (keep_row, free_row, deaf_row, asleep_row) = (rows(&keep), rows(&free), rows(&deaf), rows(&asleep));
+    // Its shell is up (its pty is found): the client goes to sleep.
+    wait_until(Duration::from_secs(10), || !sessions_of(&sshd, &asleep.name)[0]["ttys"].as_array().unwrap().is_empty());
+    signal(stopped.0.id() as i32, libc::SIGSTOP);
     // status --json shows what ending each session ends.
     assert_eq!(keep_row["end"], "logout", "{keep_row}");
     assert_eq!(free_row["end"], "session", "{free_row}");
@@ -168,7 +199,7 @@ fn detached_work_survives_end_logout_and_not_end_session_and_sshd_sees_an_ordina
     assert!(ended, "not all disconnected:\n{}\n{}\n{}", keep_login.capture(), free_login.capture(), enforcer.output());
     enforcer.assert_alive();
     // Each session ended, by sshd's own close_session, and the logout is in wtmp.
-    for (row, user) in [(&keep_row, &keep), (&free_row, &free), (&deaf_row, &deaf)] {
+    for (row, user) in [(&keep_row, &keep), (&free_row, &free), (&deaf_row, &deaf), (&asleep_row, &asleep)] {
         let closed = format!("session {} of {} closed: ended by sshidle", pid(row), user.name);
         if syslog.wait_for(&closed, Duration::from_secs(5)).is_none() {
             let ours: Vec<String> = syslog.messages().into_iter().filter(|m| m.contains(&sshd.service)).collect();
@@ -177,6 +208,7 @@ fn detached_work_survives_end_logout_and_not_end_session_and_sshd_sees_an_ordina
     }
     assert_logout_in_wtmp(&keep);
     assert_logout_in_wtmp(&free);
+    assert_logout_in_wtmp(&asleep);
 
     // end=logout: the detached work lives on, as after any logout...
     std::thread::sleep(Duration::from_secs(1));
@@ -189,8 +221,11 @@ fn detached_work_survives_end_logout_and_not_end_session_and_sshd_sees_an_ordina
     // So does a command that ignores the hangup, as after a logout; its
     // connection was closed under it.
     assert!(procfs::is_same_process(deaf_job.0, deaf_job.1), "end=logout ended a command that ignores SIGHUP");
-    let shut = format!("session {}: connection still open after the hangup; shut down", pid(&deaf_row));
-    assert!(enforcer.output().contains(&shut), "{}", enforcer.output());
+    for row in [&deaf_row, &asleep_row] {
+        let shut = format!("session {}: connection still open after the hangup; shut down", pid(row));
+        let mine: Vec<String> = syslog.messages().into_iter().filter(|m| m.contains(&sshd.service)).collect();
+        assert!(enforcer.output().contains(&shut), "{}\n{mine:#?}", enforcer.output());
+    }
     // ... and the user finds the tmux session again at the next login.
     let out = sshd.ssh(&keep.name, &format!("tmux -S {} list-sessions", keep_work.socket));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("work:"), "tmux session lost: {}", describe(&out));
@@ -220,7 +255,9 @@ fn detached_work_survives_end_logout_and_not_end_session_and_sshd_sees_an_ordina
     assert_ordinary_close(&messages, &sshd.service, &keep.name, &enforcer);
     assert_ordinary_close(&messages, &sshd.service, &free.name, &enforcer);
     assert_ordinary_close(&messages, &sshd.service, &deaf.name, &enforcer);
-    let ours = |m: &&String| m.contains(&sshd.service) || m.contains(&keep.name) || m.contains(&free.name);
+    assert_ordinary_close(&messages, &sshd.service, &asleep.name, &enforcer);
+    let users = [&keep, &free, &deaf, &asleep];
+    let ours = |m: &&String| m.contains(&sshd.service) || users.iter().any(|u| m.contains(&u.name));
     // From the first login on (the harness's readiness probe, a bare TCP
     // connect, makes sshd log an error of its own before).
     let first_login = messages.iter().position(|m| m.contains("Accepted publickey")).expect("a login");
@@ -235,7 +272,7 @@ fn detached_work_survives_end_logout_and_not_end_session_and_sshd_sees_an_ordina
         messages.iter().filter(ours).filter(|m| m.contains("SIGTERM") && m.contains("sshd")).collect();
     assert!(resorts.is_empty(), "{resorts:#?}\n{}", enforcer.output());
     // The audit lines say which ending applied.
-    for (user, end) in [(&keep, "end=logout"), (&free, "end=session"), (&deaf, "end=logout")] {
+    for (user, end) in [(&keep, "end=logout"), (&free, "end=session"), (&deaf, "end=logout"), (&asleep, "end=logout")] {
         let audit = messages
             .iter()
             .find(|m| m.contains("event=disconnect") && m.contains(&format!("user={}", user.name)))
