@@ -610,8 +610,23 @@ mod tests {
     use super::*;
     use std::process::{Command, Stdio};
 
+    /// `sh -c script` with the dispositions a session's processes start
+    /// with: a runner started under `nohup` would hand down SIGHUP ignored,
+    /// which `sh` cannot undo.
     fn spawn(script: &str) -> std::process::Child {
-        Command::new("sh").args(["-c", script]).stdout(Stdio::null()).spawn().unwrap()
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new("sh");
+        command.args(["-c", script]).stdout(Stdio::null());
+        // SAFETY: async-signal-safe calls only, between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                for signal in [libc::SIGHUP, libc::SIGTERM] {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+                Ok(())
+            })
+        };
+        command.spawn().unwrap()
     }
 
     #[test]
@@ -677,16 +692,26 @@ mod tests {
         // Two commands without a terminal under the "monitor": one dies of
         // SIGHUP, one ignores it (nohup).
         let mut monitor = spawn("sleep 31 & sh -c 'trap \"\" HUP; exec sleep 32' & wait");
-        let (key, collected) = collect_all(monitor.id() as i32, 3, End::Logout);
-        assert_eq!(collected.audit, None, "a logout never reaches outside the tree");
+        // Both are looked for as what they exec'ed: a child still `sh` may not
+        // have set its trap yet.
         let pid_of = |name: &str| {
-            let table = ProcTable::scan();
-            let found = table.descendants(key.pid).iter().map(|p| p.pid).find(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.replace('\0', " ").trim() == name)
-            });
-            found.unwrap_or_else(|| panic!("no {name}"))
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let table = ProcTable::scan();
+                let found = table.descendants(monitor.id() as i32).iter().map(|p| p.pid).find(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| c.replace('\0', " ").trim() == name)
+                });
+                match found {
+                    Some(pid) => return pid,
+                    None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    None => panic!("no {name}"),
+                }
+            }
         };
         let (plain, deaf) = (pid_of("sleep 31"), pid_of("sleep 32"));
+        let (key, collected) = collect_all(monitor.id() as i32, 3, End::Logout);
+        assert_eq!(collected.audit, None, "a logout never reaches outside the tree");
         let deaf_start = procfs::start_time(deaf).unwrap();
         let plain_start = procfs::start_time(plain).unwrap();
         let mut t = Termination::begin(key, 0, End::Logout, collected);
