@@ -28,7 +28,7 @@
 use crate::metrics::{self, Counters, Textfile};
 use crate::report::SessionRow;
 use crate::syslog::Logger;
-use crate::ttywatch::TtyWatch;
+use crate::ttywatch::{PtyLook, TtyWatch};
 use crate::{Failure, Outcome, Paths};
 use clap::Args;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -666,7 +666,11 @@ impl Enforcer {
         if self.life.iter().any(|(_, t)| t.seen.members.is_none()) {
             return;
         }
-        let keep = self.life.iter().filter_map(|(_, t)| t.seen.members.as_ref()).flat_map(|m| m.ttys.iter().copied());
+        let keep = self
+            .life
+            .iter()
+            .filter_map(|(k, t)| Some((*k, t.seen.members.as_ref()?)))
+            .flat_map(|(k, m)| m.ttys.iter().map(move |dev| (*dev, k)));
         self.ttys.retain(&keep.collect());
     }
 
@@ -711,7 +715,7 @@ impl Enforcer {
             let Some(t) = self.life.get_mut(&key) else { continue };
             if let Some(m) = activity::members(&table, key) {
                 for dev in &m.ttys {
-                    self.ttys.watch(*dev, now_ms, t.session.record.login_time);
+                    self.ttys.watch(*dev, key, now_ms, t.session.record.login_time, true);
                 }
                 t.seen.members = Some(m);
             }
@@ -745,7 +749,21 @@ impl Enforcer {
             let had = essence(&t.seen.memo);
             let now_ms = now_millis().max(now.saturating_mul(1000));
             let login = t.session.record.login_time;
-            let tty_quiet = members.ttys.iter().filter_map(|dev| self.ttys.watch(*dev, now_ms, login)).max();
+            let mut tty_quiet = None;
+            let mut stale = false;
+            for dev in &members.ttys {
+                match self.ttys.watch(*dev, key, now_ms, login, fresh) {
+                    PtyLook::Quiet(q) => tty_quiet = tty_quiet.max(Some(q)),
+                    PtyLook::Stale => stale = true,
+                    PtyLook::Gone => {}
+                }
+            }
+            if stale && !fresh {
+                // A pty of the session's list was closed, or its number is
+                // another login's now: the list is older than the ptys.
+                scan = true;
+                continue;
+            }
             let probes = &mut t.seen.probes;
             let sample = |commands: &[(i32, u64)], before: Option<&_>| probes.sample(commands, before);
             let act = activity::assess_sampled(&t.session.record, members, &mut t.seen.memo, sample, tty_quiet, now);

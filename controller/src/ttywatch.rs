@@ -15,15 +15,29 @@
 //!
 //! Each watched pty is also held by an `O_PATH` descriptor (it opens nothing
 //! of the tty itself): its timestamps after an event are one `fstat(2)`, with
-//! no path to build or look up, and always of that very pty. Events are read
+//! no path to build or look up, and always of that very pty.
+//!
+//! **One allocation, one history.** The kernel gives a new pty the lowest
+//! free number, and devpts gives `/dev/pts/N` the same inode number at every
+//! allocation: neither the number nor the inode number tells one login's pty
+//! from the next one's. What does: the closed pty's inode lives on for as
+//! long as a descriptor holds it, with no link left (`devpts_pty_kill`), and
+//! its watch ends with `IN_DELETE_SELF`/`IN_IGNORED`. So a pty is forgotten
+//! at its watch's end, a kept handle whose link count is 0 is a closed pty,
+//! and each pty is also bound to the session whose sshd opened it: a look
+//! on behalf of another session, or of the same one from a list of its ptys
+//! older than the pty, is told to look at the session's processes again
+//! ([`PtyLook::Stale`]) and inherits nothing. Events are read
 //! into one buffer kept for the purpose, and looked up by their raw watch
 //! number, so a batch of keystrokes allocates nothing.
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use sshidle::activity::pty_times;
-use sshidle::input::{PtyInput, PtySaved};
+use sshidle::activity::SavedPtys;
+use sshidle::input::PtyInput;
 use sshidle::input::{PtyTimes, Stamp};
 use sshidle::procfs::{self, KeptFd};
+use sshidle::state::SessionKey;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -38,9 +52,12 @@ pub const BUSY: Duration = Duration::from_millis(20);
 type Wd = i32;
 
 struct Pty {
+    /// The session whose sshd opened the pty (it held the master when the
+    /// pty was first watched).
+    owner: SessionKey,
     wd: Option<Wd>,
-    /// The inode watched: `/dev/pts/N` of a closed pty is another file when
-    /// the number comes back.
+    /// The inode number watched (the same at every allocation of the number:
+    /// only the last resort, when no handle could be kept).
     ino: u64,
     input: PtyInput,
     /// `O_PATH` on the pty slave; `None` when it could not be opened (then
@@ -51,15 +68,41 @@ struct Pty {
 }
 
 impl Pty {
-    /// The pty's timestamps now; `None` when it is gone.
+    /// Still the allocation first watched: its kept handle still has its link
+    /// (a closed pty's inode has none, and only a live pty has the name), or,
+    /// without a handle, the name's inode is the one watched.
+    fn is_open(&self, dev: u32) -> bool {
+        match &self.fd {
+            Some(fd) => fstat(fd).is_some_and(|st| st.st_nlink > 0 && st.st_rdev as u32 == dev),
+            None => procfs::pts_name(dev)
+                .and_then(|name| std::fs::metadata(format!("/dev/{name}")).ok())
+                .is_some_and(|meta| meta.ino() == self.ino && meta.rdev() as u32 == dev),
+        }
+    }
+
+    /// The pty's timestamps now; `None` when it is gone (a closed pty's
+    /// handle still answers, with its last timestamps: not taken).
     fn times(&self, dev: u32) -> Option<PtyTimes> {
-        let Some(fd) = &self.fd else { return pty_times(dev) };
-        let st = fstat(fd)?;
+        let Some(fd) = &self.fd else { return self.is_open(dev).then(|| pty_times(dev)).flatten() };
+        let st = fstat(fd).filter(|st| st.st_nlink > 0)?;
         Some(PtyTimes {
             atime: Stamp::new(st.st_atime, st.st_atime_nsec),
             ctime: Stamp::new(st.st_ctime, st.st_ctime_nsec),
         })
     }
+}
+
+/// What the watch says of one of a session's ptys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PtyLook {
+    /// From when on it has certainly had no input (unix seconds).
+    Quiet(i64),
+    /// Not (or no longer) known as this session's: it was closed, or its
+    /// number now names another allocation. The session's processes are to
+    /// be looked at again before anything is judged from it.
+    Stale,
+    /// Gone, or not a pty.
+    Gone,
 }
 
 fn fstat(fd: &impl AsRawFd) -> Option<libc::stat> {
@@ -91,8 +134,9 @@ pub struct TtyWatch {
     ptys: HashMap<u32, Pty>,
     by_wd: HashMap<Wd, u32>,
     pts_dir: Option<Wd>,
-    /// What the previous enforcer saved, taken up when a pty is first watched.
-    saved: HashMap<u32, PtySaved>,
+    /// What the previous enforcer saved, taken up when a pty is first watched
+    /// for the session it was saved for.
+    saved: SavedPtys,
     /// The ptys (`/dev/pts/N`: N) that appeared since [`TtyWatch::take_created`].
     created: Vec<u32>,
     /// The inotify fd is not read before this.
@@ -110,7 +154,7 @@ pub struct TtyWatch {
 impl TtyWatch {
     /// A watch; without inotify (`--once`, or it failed) ptys are judged from
     /// their timestamps only.
-    pub fn new(events: bool, saved: HashMap<u32, PtySaved>) -> TtyWatch {
+    pub fn new(events: bool, saved: SavedPtys) -> TtyWatch {
         let inotify = events.then(|| Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()).flatten();
         let pts_dir = inotify.as_ref().and_then(|i| add_watch(i, "/dev/pts", AddWatchFlags::IN_CREATE));
         TtyWatch {
@@ -139,22 +183,40 @@ impl TtyWatch {
         self.resume
     }
 
-    /// Watches the pty `dev` (a `/dev/pts/N` device number) of a session
-    /// logged in at `login_time` if it is not yet; returns from when on it has certainly had no input (unix seconds),
-    /// `None` when it is gone. `now_ms`: unix milliseconds.
-    pub fn watch(&mut self, dev: u32, now_ms: i64, login_time: i64) -> Option<i64> {
-        let name = procfs::pts_name(dev)?;
+    /// Watches the pty `dev` (a `/dev/pts/N` device number) of the session
+    /// `owner`, logged in at `login_time`, if it is not yet, and says from
+    /// when on it has certainly had no input. `fresh`: the session's sshd was
+    /// just seen holding the pty's master (its processes were read now), so
+    /// the pty now under that number is the session's; otherwise the
+    /// session's list of ptys may be older than the pty, and a pty not known
+    /// as this very allocation of this session's is [`PtyLook::Stale`].
+    /// `now_ms`: unix milliseconds.
+    pub fn watch(&mut self, dev: u32, owner: SessionKey, now_ms: i64, login_time: i64, fresh: bool) -> PtyLook {
+        if let Some(p) = self.ptys.get(&dev) {
+            if p.owner == owner && p.is_open(dev) {
+                return self.quiet_since(dev, now_ms).map_or(PtyLook::Gone, PtyLook::Quiet);
+            }
+            if !fresh {
+                // Closed: forgotten. Another session's: left to it.
+                if !p.is_open(dev) {
+                    self.forget(dev);
+                }
+                return PtyLook::Stale;
+            }
+            // Just seen as this session's: what was known is another
+            // allocation's, or another session's (that session's list is old).
+            self.forget(dev);
+        } else if !fresh {
+            return PtyLook::Stale;
+        }
+        let Some(name) = procfs::pts_name(dev) else { return PtyLook::Gone };
         let path = format!("/dev/{name}");
-        let meta = std::fs::metadata(&path).ok()?;
+        let Ok(meta) = std::fs::metadata(&path) else { return PtyLook::Gone };
         if meta.rdev() as u32 != dev {
-            return None;
+            return PtyLook::Gone;
         }
-        if self.ptys.get(&dev).is_some_and(|p| p.ino == meta.ino()) {
-            return self.quiet_since(dev, now_ms);
-        }
-        self.forget(dev);
-        let times = pty_times(dev)?;
-        let input = match self.saved.remove(&dev) {
+        let Some(times) = pty_times(dev) else { return PtyLook::Gone };
+        let input = match self.saved.remove(&(dev, owner)) {
             Some(saved) => PtyInput::restore(&saved, &times, now_ms, login_time),
             None => PtyInput::first_look(&times, now_ms, login_time),
         };
@@ -167,14 +229,14 @@ impl TtyWatch {
         let quiet = input.quiet_since();
         // Opened after the stat above: the same inode, or no handle at all.
         let fd = open_path(&path).filter(|fd| fstat(fd).is_some_and(|st| st.st_ino == meta.ino()));
-        self.ptys.insert(dev, Pty { wd, ino: meta.ino(), input, fd, pending: None });
+        self.ptys.insert(dev, Pty { owner, wd, ino: meta.ino(), input, fd, pending: None });
         self.dirty = true;
-        Some(quiet)
+        PtyLook::Quiet(quiet)
     }
 
     /// From when on the pty has had no input, as far as the watch knows.
     /// An unwatched pty (no inotify) is looked at again.
-    pub fn quiet_since(&mut self, dev: u32, now_ms: i64) -> Option<i64> {
+    fn quiet_since(&mut self, dev: u32, now_ms: i64) -> Option<i64> {
         let p = self.ptys.get_mut(&dev)?;
         if p.wd.is_none() {
             let times = p.times(dev)?;
@@ -183,12 +245,16 @@ impl TtyWatch {
         Some(p.input.quiet_since())
     }
 
-    /// Stops watching the ptys not in `keep`.
-    pub fn retain(&mut self, keep: &HashSet<u32>) {
-        let gone: Vec<u32> = self.ptys.keys().filter(|d| !keep.contains(d)).copied().collect();
+    /// Stops watching the ptys whose (number, session) is not in `keep`, and
+    /// drops what was saved for sessions not among them.
+    pub fn retain(&mut self, keep: &HashSet<(u32, SessionKey)>) {
+        let gone: Vec<u32> =
+            self.ptys.iter().filter(|(d, p)| !keep.contains(&(**d, p.owner))).map(|(d, _)| *d).collect();
         for dev in gone {
             self.forget(dev);
         }
+        let owners: HashSet<SessionKey> = keep.iter().map(|(_, key)| *key).collect();
+        self.saved.retain(|(_, key), _| owners.contains(key));
     }
 
     fn forget(&mut self, dev: u32) {
@@ -257,13 +323,16 @@ impl TtyWatch {
                         self.created.push(index);
                     }
                 } else if let Some(dev) = self.by_wd.get(&wd).copied() {
-                    let Some(p) = self.ptys.get_mut(&dev) else { continue };
                     if mask.intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF) {
-                        // The pty was closed: its watch is gone with it.
+                        // The pty was closed (its watch is gone with it): the
+                        // next pty of that number is another one.
                         self.by_wd.remove(&wd);
-                        p.wd = None;
+                        if self.ptys.remove(&dev).is_some() {
+                            self.dirty = true;
+                        }
                         continue;
                     }
+                    let Some(p) = self.ptys.get_mut(&dev) else { continue };
                     if p.pending.is_none() {
                         self.touched.push(dev);
                     }
@@ -310,13 +379,121 @@ impl TtyWatch {
     /// enforcer). The time saved is taken before the timestamps and the
     /// events pending are read after them, so a read the save does not
     /// credit shows in the timestamps, or falls in the atime's block.
-    pub fn saved(&mut self, now: Instant, now_ms: i64) -> HashMap<u32, PtySaved> {
-        let times: Vec<_> = self.ptys.iter().filter_map(|(dev, p)| Some((*dev, p.times(*dev)?))).collect();
+    pub fn saved(&mut self, now: Instant, now_ms: i64) -> SavedPtys {
+        let times: Vec<_> = self.ptys.iter().filter_map(|(dev, p)| Some((*dev, p.owner, p.times(*dev)?))).collect();
         self.read(now, wall_ms().max(now_ms));
-        times.into_iter().filter_map(|(dev, t)| Some((dev, self.ptys.get(&dev)?.input.saved(&t, now_ms)))).collect()
+        times
+            .into_iter()
+            .filter_map(|(dev, owner, t)| {
+                let p = self.ptys.get(&dev).filter(|p| p.owner == owner)?;
+                Some(((dev, owner), p.input.saved(&t, now_ms)))
+            })
+            .collect()
     }
 }
 
 fn wall_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// A new pty: its master and its number.
+    fn open_pty() -> (OwnedFd, u32) {
+        // SAFETY: a path literal; the fd returned is owned below.
+        let fd = unsafe { libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+        assert!(fd >= 0, "/dev/ptmx: {}", std::io::Error::last_os_error());
+        // SAFETY: just opened, owned from here on.
+        let master = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut index: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes an unsigned int; unlockpt takes the fd.
+        unsafe {
+            assert_eq!(libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut index), 0);
+            assert_eq!(libc::unlockpt(master.as_raw_fd()), 0);
+        }
+        (master, index)
+    }
+
+    fn device(n: u32) -> u32 {
+        std::fs::metadata(format!("/dev/pts/{n}")).expect("pty").rdev() as u32
+    }
+
+    /// Input read on the slave of `master` (`/dev/pts/n`), as a shell reads a key.
+    fn type_key(master: &OwnedFd, n: u32) {
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(format!("/dev/pts/{n}"))
+            .expect("slave");
+        // SAFETY: writes 2 bytes from a literal; reads into a local buffer.
+        unsafe {
+            assert_eq!(libc::write(master.as_raw_fd(), c"k\n".as_ptr().cast(), 2), 2);
+            let mut buf = [0u8; 8];
+            assert!(libc::read(slave.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) > 0);
+        }
+    }
+
+    /// The pty `pts/n` again, if the kernel hands that number out within a
+    /// few tries (the lowest free number: the ptys below it are held).
+    fn reopen(n: u32) -> Option<OwnedFd> {
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            let (master, index) = open_pty();
+            if index == n {
+                return Some(master);
+            }
+            if index > n {
+                return None;
+            }
+            held.push(master);
+        }
+        None
+    }
+
+    #[test]
+    fn a_closed_pty_and_its_number_given_again_inherit_nothing() {
+        let (a, b) = (SessionKey { pid: 10, start: 1 }, SessionKey { pid: 20, start: 2 });
+        for events in [true, false] {
+            let mut w = TtyWatch::new(events, SavedPtys::new());
+            let (master, n) = open_pty();
+            let dev = device(n);
+            let login = wall_ms() / 1000 - 100;
+            assert!(matches!(w.watch(dev, a, wall_ms(), login, true), PtyLook::Quiet(_)));
+            // A key, read as it happens (with inotify) or once the watch is
+            // looked at (without).
+            type_key(&master, n);
+            std::thread::sleep(Duration::from_millis(20));
+            w.read(Instant::now(), wall_ms());
+            let PtyLook::Quiet(quiet) = w.watch(dev, a, wall_ms(), login, false) else { panic!("not watched") };
+            assert!(quiet > login + 50, "events {events}: no input credited ({quiet})");
+            assert_eq!(w.ptys[&dev].input.last_input_ms().is_some(), events, "the key seen as it happened");
+            assert_eq!(w.watch(dev, b, wall_ms(), login, false), PtyLook::Stale, "another session's pty");
+            drop(master);
+            std::thread::sleep(Duration::from_millis(20));
+            w.read(Instant::now(), wall_ms());
+            // Closed: its history is not the session's quiet time any more.
+            assert_eq!(w.watch(dev, a, wall_ms(), login, false), PtyLook::Stale, "events {events}: closed pty");
+            let Some(again) = reopen(n) else {
+                eprintln!("pts/{n} was not handed out again (another process took it): reuse not tried");
+                continue;
+            };
+            assert_eq!(device(n), dev);
+            // Seen by session B's fresh look: a first look, nothing
+            // inherited (a new pty, untouched since its creation: quiet from
+            // the end of its creation's 8-s block at the latest, never the
+            // old key's time).
+            let login_b = wall_ms() / 1000;
+            let PtyLook::Quiet(q) = w.watch(dev, b, wall_ms(), login_b, true) else { panic!("new pty not watched") };
+            assert!(q <= login_b + 8, "events {events}: the new pty's quiet time {q} (login {login_b})");
+            assert_eq!((w.ptys[&dev].owner, w.ptys[&dev].input.last_input_ms()), (b, None), "history inherited");
+            // Session A's old list of ptys still names the number: stale.
+            assert_eq!(w.watch(dev, a, wall_ms(), login, false), PtyLook::Stale);
+            assert_eq!(w.ptys.len(), 1);
+            drop(again);
+        }
+    }
 }

@@ -45,7 +45,10 @@ pub use crate::input::TTY_TIME_GRANULARITY;
 
 /// The file in the state directory where the enforcer keeps its [`Memory`].
 pub const MEMORY_FILE: &str = "activity";
-const MEMORY_HEADER: &str = "sshidle-activity 1";
+const MEMORY_HEADER: &str = "sshidle-activity 2";
+/// The format before ptys were keyed by their session too: its session
+/// lines are taken up, its pty lines (keyed by the pty number alone) are not.
+const MEMORY_HEADER_V1: &str = "sshidle-activity 1";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Activity {
@@ -121,12 +124,15 @@ pub fn pts_device(index: u32) -> Option<u32> {
     (meta.file_type().is_char_device() && procfs::pts_name(dev).is_some()).then_some(dev)
 }
 
-/// The `pts/N` lines utmp holds for the monitor `pid`, as indexes.
-pub fn utmp_ptys(pid: i32) -> Vec<u32> {
+/// The `pts/N` lines utmp holds for the monitor `key`, as indexes: entries
+/// of its PID written since it started (an older one is another process's
+/// that had the PID and left its entry, e.g. killed before its logout).
+pub fn utmp_ptys(key: SessionKey) -> Vec<u32> {
+    let Some(started) = procfs::start_unix(key.start) else { return Vec::new() };
     crate::utmp::read(Path::new(crate::utmp::DEFAULT_UTMP))
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| e.pid == pid)
+        .filter(|e| e.pid == key.pid && e.time >= started)
         .filter_map(|e| e.line.strip_prefix("pts/")?.parse().ok())
         .collect()
 }
@@ -136,7 +142,7 @@ pub fn utmp_ptys(pid: i32) -> Vec<u32> {
 pub fn members(table: &ProcTable, key: SessionKey) -> Option<Members> {
     table.get(key.pid).filter(|p| p.start == key.start)?;
     let sshd = sshd_processes(table, key);
-    let ttys = sshd_ptys(&sshd, &|| utmp_ptys(key.pid));
+    let ttys = sshd_ptys(&sshd, &|| utmp_ptys(key));
     Some(classify(table, key, sshd, ttys))
 }
 
@@ -350,12 +356,14 @@ pub fn pty_times(tty_nr: u32) -> Option<PtyTimes> {
 
 /// From when on the session's sshd ptys have certainly had no input, judged
 /// without watching them: from what an enforcer saved of them where that
-/// still holds, else from their timestamps ([`PtyInput::restore`]).
-pub fn ptys_quiet_since(ttys: &[u32], saved: &HashMap<u32, PtySaved>, now_ms: i64, login_time: i64) -> Option<i64> {
+/// still holds, else from their timestamps ([`PtyInput::restore`]). Only
+/// what was saved for this session's own pty counts: a pty number the kernel
+/// gave to another login since inherits nothing.
+pub fn ptys_quiet_since(ttys: &[u32], saved: &SavedPtys, key: SessionKey, now_ms: i64, login_time: i64) -> Option<i64> {
     ttys.iter()
         .filter_map(|t| {
             let times = pty_times(*t)?;
-            Some(match saved.get(t) {
+            Some(match saved.get(&(*t, key)) {
                 Some(s) => PtyInput::restore(s, &times, now_ms, login_time).quiet_since(),
                 None => PtyInput::first_look(&times, now_ms, login_time).quiet_since(),
             })
@@ -363,15 +371,22 @@ pub fn ptys_quiet_since(ttys: &[u32], saved: &HashMap<u32, PtySaved>, now_ms: i6
         .max()
 }
 
+/// What the enforcer saved of each sshd pty, by its device number and the
+/// session whose sshd opened it: the pair names one allocation of the
+/// number (a session opens `/dev/pts/N` once; the saved timestamps tell a
+/// second opening by the same connection, see [`PtyInput::restore`]).
+pub type SavedPtys = HashMap<(u32, SessionKey), PtySaved>;
+
 /// The enforcer's memory, persisted in the state directory (`activity`):
 /// per session, what it saw of its commands
-/// (`PID START FINGERPRINT LAST_ACTIVE SAMPLED_AT`), and per sshd pty, what it
-/// knew of its input (`pty DEV ATIME CTIME QUIET_SINCE_MS SAVED_MS`, times as
-/// `SEC.NSEC`), so that `status` and the next enforcer take it up.
+/// (`PID START FINGERPRINT LAST_ACTIVE SAMPLED_AT`), and per sshd pty of a
+/// session, what it knew of its input (`pty DEV PID START ATIME CTIME
+/// QUIET_SINCE_MS SAVED_MS`, times as `SEC.NSEC`), so that `status` and the
+/// next enforcer take it up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Memory {
     pub entries: HashMap<SessionKey, IoMemo>,
-    pub ptys: HashMap<u32, PtySaved>,
+    pub ptys: SavedPtys,
 }
 
 fn parse_stamp(text: &str) -> Option<Stamp> {
@@ -379,12 +394,13 @@ fn parse_stamp(text: &str) -> Option<Stamp> {
     Some(Stamp::new(sec.parse().ok()?, nsec.parse().ok()?))
 }
 
-fn parse_pty(fields: &mut std::str::Split<'_, char>) -> Option<(u32, PtySaved)> {
+fn parse_pty(fields: &mut std::str::Split<'_, char>) -> Option<((u32, SessionKey), PtySaved)> {
     let dev = fields.next()?.parse().ok()?;
+    let key = SessionKey { pid: fields.next()?.parse().ok()?, start: fields.next()?.parse().ok()? };
     let times = PtyTimes { atime: parse_stamp(fields.next()?)?, ctime: parse_stamp(fields.next()?)? };
     let saved =
         PtySaved { times, quiet_since_ms: fields.next()?.parse().ok()?, saved_ms: fields.next()?.parse().ok()? };
-    Some((dev, saved))
+    Some(((dev, key), saved))
 }
 
 impl Memory {
@@ -400,15 +416,17 @@ impl Memory {
     pub fn parse(text: &str) -> Memory {
         let mut lines = text.lines();
         let mut memory = Memory::default();
-        if lines.next() != Some(MEMORY_HEADER) {
-            return memory;
-        }
+        let v1 = match lines.next() {
+            Some(MEMORY_HEADER) => false,
+            Some(MEMORY_HEADER_V1) => true,
+            _ => return memory,
+        };
         for line in lines {
             let mut f = line.split(' ');
             if line.starts_with("pty ") {
                 f.next();
-                if let Some((dev, saved)) = parse_pty(&mut f) {
-                    memory.ptys.insert(dev, saved);
+                if let Some((id, saved)) = parse_pty(&mut f).filter(|_| !v1) {
+                    memory.ptys.insert(id, saved);
                 }
                 continue;
             }
@@ -439,14 +457,14 @@ impl Memory {
                 key.pid, key.start, m.fingerprint, m.last_active, m.sampled_at
             ));
         }
-        let mut devs: Vec<_> = self.ptys.keys().collect();
-        devs.sort();
-        for dev in devs {
-            let p = &self.ptys[dev];
-            let (a, c) = (p.times.atime, p.times.ctime);
+        let mut ids: Vec<_> = self.ptys.keys().collect();
+        ids.sort();
+        for id in ids {
+            let p = &self.ptys[id];
+            let ((dev, key), a, c) = (id, p.times.atime, p.times.ctime);
             out.push_str(&format!(
-                "pty {dev} {}.{} {}.{} {} {}\n",
-                a.sec, a.nsec, c.sec, c.nsec, p.quiet_since_ms, p.saved_ms
+                "pty {dev} {} {} {}.{} {}.{} {} {}\n",
+                key.pid, key.start, a.sec, a.nsec, c.sec, c.nsec, p.quiet_since_ms, p.saved_ms
             ));
         }
         out
@@ -475,7 +493,8 @@ impl Observer {
     pub fn observe(&self, record: &SessionRecord, now: i64) -> Activity {
         match members(&self.table, record.key) {
             Some(m) => {
-                let ttys = ptys_quiet_since(&m.ttys, &self.memory.ptys, now.saturating_mul(1000), record.login_time);
+                let now_ms = now.saturating_mul(1000);
+                let ttys = ptys_quiet_since(&m.ttys, &self.memory.ptys, record.key, now_ms, record.login_time);
                 peek(record, &m, self.memory.entries.get(&record.key), ttys, now)
             }
             None => {
@@ -501,9 +520,16 @@ mod tests {
         memory.entries.insert(SessionKey { pid: 42, start: 7 }, IoMemo::new(0xdead_beef, 100, 120));
         memory.entries.insert(SessionKey { pid: 1, start: 2 }, IoMemo::new(0, 3, 4));
         let times = PtyTimes { atime: Stamp::new(1000, 0), ctime: Stamp::new(990, 123_456_789) };
-        memory.ptys.insert(34816, PtySaved { times, quiet_since_ms: 1_002_300, saved_ms: 1_030_000 });
+        let key = SessionKey { pid: 42, start: 7 };
+        memory.ptys.insert((34816, key), PtySaved { times, quiet_since_ms: 1_002_300, saved_ms: 1_030_000 });
         assert_eq!(Memory::parse(&memory.render()), memory);
-        assert!(memory.render().contains("\npty 34816 1000.0 990.123456789 1002300 1030000\n"), "{}", memory.render());
+        let line = "\npty 34816 42 7 1000.0 990.123456789 1002300 1030000\n";
+        assert!(memory.render().contains(line), "{}", memory.render());
+        // The first format keyed a pty by its number alone: its pty lines are
+        // not taken up (a later login on that number would inherit them).
+        let v1 = "sshidle-activity 1\n42 7 deadbeef 100 120\npty 34816 1000.0 990.123456789 1002300 1030000\n";
+        let old = Memory::parse(v1);
+        assert_eq!((old.entries.len(), old.ptys.len()), (1, 0));
         assert_eq!(Memory::parse("garbage\n1 2 3 4 5\n"), Memory::default());
         let dir = std::env::temp_dir().join(format!("sshidle-activity-{}", std::process::id()));
         let state = StateDir::open(&dir, true).unwrap();

@@ -168,6 +168,34 @@ impl Login {
         sshd.authorize(&user);
         let l = tty_login_timed(sshd, &user.name, opts);
         let client = l.tmux.pane_pid();
+        Login::watching(name, user, l.tmux, client, l.key, l.echoed)
+    }
+
+    /// A login typed into `pane`'s shell: the client's pty is the pane's,
+    /// made before, so sshd gives the login the lowest pty number free now
+    /// (one the previous login of the pane just freed, on a quiet machine).
+    pub fn in_pane(sshd: &Sshd, name: &'static str, user: TestUser, pane: &Pane, opts: &[&str]) -> Login {
+        sshd.authorize(&user);
+        let mut o = vec!["-tt"];
+        o.extend_from_slice(opts);
+        let argv = ssh_with(sshd, &user.name, &o);
+        let before = pane.clients();
+        pane.tmux.type_line(&argv.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" "));
+        let mut client = None;
+        let started = wait_until(Duration::from_secs(10), || {
+            client = pane.clients().into_iter().find(|pid| !before.contains(pid));
+            client.is_some()
+        });
+        assert!(started, "{name}: no ssh client started in the pane:\n{}", pane.tmux.capture());
+        let marker = unique_name("in");
+        let key = Instant::now();
+        pane.tmux.type_line(&format!("echo {}''{}", &marker[..3], &marker[3..]));
+        let shown = pane.tmux.wait_for(&marker, Duration::from_secs(15));
+        assert!(shown, "{name}: no shell:\n{}\n{}", pane.tmux.capture(), sshd.log());
+        Login::watching(name, user, pane.tmux.handle(), client.expect("found"), key, Instant::now())
+    }
+
+    fn watching(name: &'static str, user: TestUser, tmux: Tmux, client: i32, key: Instant, echoed: Instant) -> Login {
         assert!(client > 0 && crate::util::process_alive(client), "{name}: no ssh client in the pane");
         let end = Arc::new(OnceLock::new());
         let watched = Arc::clone(&end);
@@ -182,7 +210,7 @@ impl Login {
             }
             let _ = watched.set(Instant::now());
         });
-        Login { name, user, tmux: l.tmux, end, key: l.key, echoed: l.echoed }
+        Login { name, user, tmux, end, key, echoed }
     }
 
     /// When the key was sent (unix ms), for the messages.
@@ -229,6 +257,91 @@ impl Login {
         );
         self.echoed = Instant::now();
     }
+}
+
+/// A tmux pane running a shell, made before the logins typed into it
+/// ([`Login::in_pane`]): it holds the client's pty from first to last, so
+/// each of its logins takes the server's lowest free pty number at its start
+/// (the kernel hands out the lowest free number), the one the previous login
+/// freed: the way a server reuses `pts/0` all day.
+pub struct Pane {
+    pub tmux: Tmux,
+    shell: i32,
+}
+
+impl Pane {
+    pub fn new() -> Pane {
+        let tmux = Tmux::new(&["sh".to_string()]);
+        let shell = tmux.pane_pid();
+        assert!(shell > 0, "no shell in the pane");
+        Pane { tmux, shell }
+    }
+
+    /// The shell's children now (the ssh clients it runs).
+    fn clients(&self) -> Vec<i32> {
+        crate::util::descendants(self.shell)
+            .into_iter()
+            .filter(|pid| sshidle::procfs::parent_pid(*pid) == Some(self.shell))
+            .collect()
+    }
+}
+
+impl Default for Pane {
+    fn default() -> Pane {
+        Pane::new()
+    }
+}
+
+/// Ptys the test holds open on every free number below `pts/N`, so that the
+/// next pty the kernel hands out is `pts/N` (the lowest free number) even on
+/// a machine where other processes free lower ones meanwhile. Released on
+/// drop.
+pub struct PtyHoles {
+    _held: Vec<std::os::fd::OwnedFd>,
+}
+
+impl PtyHoles {
+    /// Fills the free numbers below `pts/N` (`tty`); `None` when `pts/N`
+    /// itself is taken already (another process got it).
+    pub fn below(tty: &str) -> Option<PtyHoles> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let n: u32 = tty.strip_prefix("pts/")?.parse().ok()?;
+        let mut held = Vec::new();
+        loop {
+            // SAFETY: a path literal; the fd returned is owned below.
+            let fd = unsafe { libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+            assert!(fd >= 0, "open /dev/ptmx: {}", std::io::Error::last_os_error());
+            // SAFETY: a descriptor just opened, owned from here on.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let mut index: libc::c_uint = 0;
+            // SAFETY: TIOCGPTN writes the pty's number into an unsigned int.
+            let ok = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTN, &mut index) } == 0;
+            assert!(ok, "TIOCGPTN: {}", std::io::Error::last_os_error());
+            if index < n {
+                held.push(fd);
+                continue;
+            }
+            // pts/N was free (it is again: this one is closed) or taken.
+            return (index == n).then_some(PtyHoles { _held: held });
+        }
+    }
+}
+
+/// The ttys `status` gives the only session of `user` (as `pts/N`), once
+/// recorded and found.
+pub fn ttys_of(sshd: &Sshd, user: &str) -> Vec<String> {
+    let mut ttys = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        ttys = sessions_of(sshd, user)
+            .first()
+            .and_then(|s| s["ttys"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect();
+        !ttys.is_empty()
+    });
+    ttys
 }
 
 /// Waits until each login has ended or `timeout` passes; returns when each

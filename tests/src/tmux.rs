@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct Tmux {
     socket: String,
     conf: std::path::PathBuf,
+    /// The server is this one's to stop (not a [`Tmux::handle`]'s).
+    owned: bool,
 }
 
 impl Tmux {
@@ -16,7 +18,7 @@ impl Tmux {
         let socket = unique_name("sshidle-tmux-");
         let conf = std::env::temp_dir().join(format!("{socket}.conf"));
         std::fs::write(&conf, "set -g remain-on-exit on\nset -g history-limit 5000\n").expect("tmux conf");
-        let tmux = Tmux { socket, conf };
+        let tmux = Tmux { socket, conf, owned: true };
         let out = tmux.tmux(&["new-session", "-d", "-s", "main", "-x", "160", "-y", "50", "--"], argv);
         assert!(out.status.success(), "tmux new-session: {}", crate::util::describe(&out));
         tmux
@@ -106,8 +108,19 @@ impl Tmux {
     }
 }
 
+impl Tmux {
+    /// Another handle on the same server and pane, which leaves the server
+    /// running when dropped (the first one stops it).
+    pub fn handle(&self) -> Tmux {
+        Tmux { socket: self.socket.clone(), conf: self.conf.clone(), owned: false }
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         self.tmux(&["kill-server"], &[]);
         let _ = std::fs::remove_file(&self.conf);
     }

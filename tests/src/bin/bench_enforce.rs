@@ -425,7 +425,7 @@ fn sweep_cost(size: usize, owners: &[Owner], policy_text: &str, notty_every: usi
         for r in &sessions {
             let m = activity::members(&table, r.key).expect("members");
             // The ptys judged from their timestamps, as at an enforcer's start.
-            let ttys = activity::ptys_quiet_since(&m.ttys, &Default::default(), now * 1000, r.login_time);
+            let ttys = activity::ptys_quiet_since(&m.ttys, &Default::default(), r.key, now * 1000, r.login_time);
             let a = activity::assess(r, &m, memos.entry(r.key).or_default(), ttys, now);
             let _ = sshidle::lifecycle::decide(&resolved[&r.user], r.login_time, a.quiet_since, r.warned_at, now);
             members.push(m);
@@ -436,7 +436,7 @@ fn sweep_cost(size: usize, owners: &[Owner], policy_text: &str, notty_every: usi
         // The cheap look at a deadline: known members only, no scan.
         let t = cpu_now();
         for (r, m) in sessions.iter().zip(&members) {
-            let ttys = activity::ptys_quiet_since(&m.ttys, &Default::default(), now * 1000, r.login_time);
+            let ttys = activity::ptys_quiet_since(&m.ttys, &Default::default(), r.key, now * 1000, r.login_time);
             let a = activity::assess(r, m, memos.entry(r.key).or_default(), ttys, now);
             let _ = sshidle::lifecycle::decide(&resolved[&r.user], r.login_time, a.quiet_since, r.warned_at, now);
         }
