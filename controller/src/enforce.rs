@@ -37,6 +37,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sshidle::activity::{self, Activity, IoMemo, IoProbes, Members, Memory};
 use sshidle::audit::{AuditLine, Event};
+use sshidle::input::block_end;
 use sshidle::lifecycle::{Cause, Lifecycle, Observation, Step};
 use sshidle::policy::{self, Policy};
 use sshidle::procfs::{self, Pidfd, ProcTable};
@@ -256,6 +257,9 @@ struct Enforcer {
     ptys_refreshed: Instant,
     memory_dirty: bool,
     memory_saved: Instant,
+    /// When the memory is to be saved again although nothing changed (see
+    /// [`Enforcer::save_memory`]).
+    memory_resave_at: Option<Instant>,
     terminations: Vec<Termination>,
     problems: usize,
     /// `resolve` answers of the current batch.
@@ -296,6 +300,7 @@ impl Enforcer {
             ptys_refreshed: Instant::now(),
             memory_dirty: false,
             memory_saved: Instant::now(),
+            memory_resave_at: None,
             terminations: Vec::new(),
             problems: 0,
             resolved: Default::default(),
@@ -475,6 +480,7 @@ impl Enforcer {
         for key in new {
             self.apply_policy(key, now);
         }
+        self.retain_ptys();
         self.metrics_dirty = true;
     }
 
@@ -660,18 +666,15 @@ impl Enforcer {
         }
     }
 
-    /// Stops watching the ptys no tracked session has (not while a session's
-    /// processes are not known: its ptys may be among them).
+    /// Stops watching the ptys that are closed or whose session is not
+    /// tracked any more, or no longer has them (a session whose processes
+    /// are not known yet keeps what it had), and drops what was saved for
+    /// sessions gone.
     fn retain_ptys(&mut self) {
-        if self.life.iter().any(|(_, t)| t.seen.members.is_none()) {
-            return;
-        }
-        let keep = self
-            .life
-            .iter()
-            .filter_map(|(k, t)| Some((*k, t.seen.members.as_ref()?)))
-            .flat_map(|(k, m)| m.ttys.iter().map(move |dev| (*dev, k)));
-        self.ttys.retain(&keep.collect());
+        let life = &self.life;
+        self.ttys.retain(|dev, owner| {
+            life.get(&owner).is_some_and(|t| t.seen.members.as_ref().is_none_or(|m| m.ttys.contains(&dev)))
+        });
     }
 
     /// A pty appeared: the sessions still waiting for theirs (logged in less
@@ -909,6 +912,7 @@ impl Enforcer {
         }
         if !gone.is_empty() {
             self.fx.drop_ended(&gone);
+            self.retain_ptys();
             self.metrics_dirty = true;
         }
     }
@@ -955,14 +959,22 @@ impl Enforcer {
 
     fn save_memory(&mut self, force: bool) {
         self.memory_dirty |= self.ttys.dirty;
+        // Due at a block's end: not held back by MEMORY_SAVE_EVERY (at most
+        // one more write per block in which a pty had input).
+        let resave = self.memory_resave_at.is_some_and(|at| at <= Instant::now());
+        if resave {
+            self.memory_resave_at = None;
+            self.memory_dirty = true;
+        }
         // When stopping, what is known of the ptys is saved as of now, so the
         // next enforcer takes it up to the second.
         if force && !self.ttys.is_empty() {
             self.memory_dirty = true;
         }
-        if !self.memory_dirty || (!force && self.memory_saved.elapsed() < MEMORY_SAVE_EVERY) {
+        if !self.memory_dirty || (!force && !resave && self.memory_saved.elapsed() < MEMORY_SAVE_EVERY) {
             return;
         }
+        let now_ms = now_millis();
         let memory = Memory {
             entries: self
                 .life
@@ -971,12 +983,22 @@ impl Enforcer {
                     t.seen.memo.as_ref().map(|m| (*k, IoMemo::new(m.fingerprint, m.last_active, m.sampled_at)))
                 })
                 .collect(),
-            ptys: self.ttys.saved(Instant::now(), now_millis()),
+            ptys: self.ttys.saved(Instant::now(), now_ms),
         };
         self.ttys.dirty = false;
         self.fx.save_memory(&memory);
         self.memory_dirty = false;
         self.memory_saved = Instant::now();
+        // A pty saved within the 8-s block of its atime is read back (by
+        // `status`) as possibly read until the block's end: saved again then,
+        // what status shows is what the enforcer acts on, to the second.
+        self.memory_resave_at = memory
+            .ptys
+            .values()
+            .map(|p| block_end(p.times.atime.sec).saturating_mul(1000))
+            .filter(|end| *end > now_ms)
+            .min()
+            .map(|end| Instant::now() + Duration::from_millis((end - now_ms) as u64));
     }
 
     /// The earliest moment something is due.
@@ -997,6 +1019,9 @@ impl Enforcer {
         }
         if self.memory_dirty || self.ttys.dirty {
             consider(self.memory_saved + MEMORY_SAVE_EVERY);
+        }
+        if let Some(at) = self.memory_resave_at {
+            consider(at);
         }
         for at in [self.ttys.resume_at(), self.ptys_refresh_at].into_iter().flatten() {
             consider(at);

@@ -3,7 +3,8 @@
 //! (an attribute change), judged by [`PtyInput`] (see `sshidle::input`), so
 //! the last input is known to the moment it was read, not to the kernel's
 //! 8-second block. A watch on `/dev/pts` itself tells when a pty appears, so
-//! a new session's pty is watched from its first key.
+//! a new session's pty is watched from its first key, and when one is
+//! removed (closed).
 //!
 //! Events are read as they come, so the timestamps read after them are
 //! those of the moment: a key read right after a `touch`/`chmod` of the same
@@ -21,9 +22,11 @@
 //! free number, and devpts gives `/dev/pts/N` the same inode number at every
 //! allocation: neither the number nor the inode number tells one login's pty
 //! from the next one's. What does: the closed pty's inode lives on for as
-//! long as a descriptor holds it, with no link left (`devpts_pty_kill`), and
-//! its watch ends with `IN_DELETE_SELF`/`IN_IGNORED`. So a pty is forgotten
-//! at its watch's end, a kept handle whose link count is 0 is a closed pty,
+//! long as a descriptor holds it (ours), with no link left
+//! (`devpts_pty_kill`); its own watch then hears nothing of its end, but
+//! `/dev/pts` gets `IN_DELETE` for its name. So a pty is forgotten when its
+//! name is removed (or its watch ends, without a handle), a kept handle
+//! whose link count is 0 is a closed pty,
 //! and each pty is also bound to the session whose sshd opened it: a look
 //! on behalf of another session, or of the same one from a list of its ptys
 //! older than the pty, is told to look at the session's processes again
@@ -38,7 +41,7 @@ use sshidle::input::PtyInput;
 use sshidle::input::{PtyTimes, Stamp};
 use sshidle::procfs::{self, KeptFd};
 use sshidle::state::SessionKey;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::time::{Duration, Instant};
@@ -156,7 +159,9 @@ impl TtyWatch {
     /// their timestamps only.
     pub fn new(events: bool, saved: SavedPtys) -> TtyWatch {
         let inotify = events.then(|| Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()).flatten();
-        let pts_dir = inotify.as_ref().and_then(|i| add_watch(i, "/dev/pts", AddWatchFlags::IN_CREATE));
+        let pts_dir = inotify
+            .as_ref()
+            .and_then(|i| add_watch(i, "/dev/pts", AddWatchFlags::IN_CREATE | AddWatchFlags::IN_DELETE));
         TtyWatch {
             inotify,
             ptys: HashMap::new(),
@@ -245,16 +250,33 @@ impl TtyWatch {
         Some(p.input.quiet_since())
     }
 
-    /// Stops watching the ptys whose (number, session) is not in `keep`, and
-    /// drops what was saved for sessions not among them.
-    pub fn retain(&mut self, keep: &HashSet<(u32, SessionKey)>) {
+    /// Stops watching the ptys that are closed or that `keep` (given the pty
+    /// and the session that opened it) does not keep, and drops what was
+    /// saved for sessions `keep` does not know.
+    pub fn retain(&mut self, keep: impl Fn(u32, SessionKey) -> bool) {
         let gone: Vec<u32> =
-            self.ptys.iter().filter(|(d, p)| !keep.contains(&(**d, p.owner))).map(|(d, _)| *d).collect();
+            self.ptys.iter().filter(|(d, p)| !keep(**d, p.owner) || !p.is_open(**d)).map(|(d, _)| *d).collect();
         for dev in gone {
             self.forget(dev);
         }
-        let owners: HashSet<SessionKey> = keep.iter().map(|(_, key)| *key).collect();
-        self.saved.retain(|(_, key), _| owners.contains(key));
+        self.saved.retain(|(dev, key), _| keep(*dev, *key));
+    }
+
+    /// `/dev/pts/N` was removed: the pty of that number is closed. (While
+    /// its `O_PATH` handle is held, the kernel sends the pty's own watch
+    /// nothing at its end: the directory's `IN_DELETE` is what says it.)
+    fn deleted(&mut self, index: u32) {
+        let closed: Vec<u32> = self
+            .ptys
+            .iter()
+            .filter(|(dev, p)| {
+                procfs::pts_name(**dev).is_some_and(|n| n == format!("pts/{index}")) && !p.is_open(**dev)
+            })
+            .map(|(dev, _)| *dev)
+            .collect();
+        for dev in closed {
+            self.forget(dev);
+        }
     }
 
     fn forget(&mut self, dev: u32) {
@@ -296,6 +318,7 @@ impl TtyWatch {
         let fd = inotify.as_fd().as_raw_fd();
         let mut overflow = false;
         let mut any = false;
+        let mut deleted = Vec::new();
         loop {
             // SAFETY: the buffer is writable for its length.
             let n = unsafe { libc::read(fd, self.buf.as_mut_ptr().cast(), self.buf.len()) };
@@ -320,7 +343,11 @@ impl TtyWatch {
                     // The name, NUL-padded: "N" (or "ptmx", which is no pty).
                     let name = name.split(|b| *b == 0).next().unwrap_or_default();
                     if let Some(index) = std::str::from_utf8(name).ok().and_then(|n| n.parse().ok()) {
-                        self.created.push(index);
+                        if mask.contains(AddWatchFlags::IN_DELETE) {
+                            deleted.push(index);
+                        } else {
+                            self.created.push(index);
+                        }
                     }
                 } else if let Some(dev) = self.by_wd.get(&wd).copied() {
                     if mask.intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF) {
@@ -345,6 +372,9 @@ impl TtyWatch {
                 self.resume = Some(now + BATCH);
             }
             self.last_read = Some(now);
+        }
+        for index in deleted {
+            self.deleted(index);
         }
         let mut inputs = 0;
         if overflow {
@@ -475,6 +505,14 @@ mod tests {
             drop(master);
             std::thread::sleep(Duration::from_millis(20));
             w.read(Instant::now(), wall_ms());
+            // Its name's removal from /dev/pts (its own watch hears nothing
+            // while our handle holds the inode) forgets it; without inotify,
+            // the next retain does.
+            if !events {
+                assert_eq!(w.ptys.len(), 1);
+                w.retain(|_, _| true);
+            }
+            assert!(w.ptys.is_empty() && w.by_wd.is_empty(), "events {events}: a closed pty is still watched");
             // Closed: its history is not the session's quiet time any more.
             assert_eq!(w.watch(dev, a, wall_ms(), login, false), PtyLook::Stale, "events {events}: closed pty");
             let Some(again) = reopen(n) else {

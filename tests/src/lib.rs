@@ -10,6 +10,7 @@ pub mod journal;
 pub mod pam;
 pub mod private_system;
 pub mod session;
+pub mod soak;
 pub mod sshd;
 pub mod syslog;
 pub mod tmux;
