@@ -493,7 +493,9 @@ impl Observer {
     pub fn observe(&self, record: &SessionRecord, now: i64) -> Activity {
         match members(&self.table, record.key) {
             Some(m) => {
-                let now_ms = now.saturating_mul(1000);
+                // To the millisecond: what the enforcer saved within this
+                // second is not from the future (that is a clock set back).
+                let now_ms = crate::now_unix_ms().max(now.saturating_mul(1000));
                 let ttys = ptys_quiet_since(&m.ttys, &self.memory.ptys, record.key, now_ms, record.login_time);
                 peek(record, &m, self.memory.entries.get(&record.key), ttys, now)
             }

@@ -388,13 +388,22 @@ pub fn policy_for(users: &[&str], settings: &str) -> String {
     users.iter().map(|u| format!("user {u} {settings}\n")).collect()
 }
 
-/// `sshidlectl enforce` at a higher scheduling priority (`nice -n -10`): it
-/// credits a key when it reads the event, and on a machine loaded far beyond
-/// its cores a normal-priority process reads it seconds late (a daemon of
-/// its own machine has no such competition). `extra` as for [`Enforcer::start`].
+/// `sshidlectl enforce` at a higher scheduling priority (nice value -10,
+/// whatever the test's own): it credits a key when it reads the event, and
+/// on a machine loaded far beyond its cores a normal-priority process reads
+/// it seconds late (a daemon of its own machine has no such competition; a
+/// bench run under `nice` does not lower it). `extra` as for
+/// [`Enforcer::start`].
 pub fn start_niced_enforcer(sshd: &Sshd, extra: &[&str]) -> Enforcer {
-    let mut nice = Command::new("nice");
-    nice.args(["-n", "-10"]).arg(crate::util::sshidlectl_path());
-    nice.arg("--config").arg(&sshd.policy_path).arg("--state-dir").arg(&sshd.state_dir).arg("enforce").args(extra);
-    Enforcer::spawn(sshd, nice)
+    use std::os::unix::process::CommandExt;
+    let mut command = crate::util::sshidlectl(&sshd.policy_path, &sshd.state_dir);
+    command.arg("enforce").args(extra);
+    // SAFETY: setpriority is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, -10);
+            Ok(())
+        });
+    }
+    Enforcer::spawn(sshd, command)
 }

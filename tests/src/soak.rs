@@ -48,12 +48,22 @@ pub const NOTTY_SLACK: Duration = Duration::from_millis(4500);
 /// A restart within the 8-s block of a session's last key may end it up to
 /// the block's end late (the new enforcer reads the atime: idle_truth_e2e).
 pub const RESTART_SLACK: Duration = Duration::from_secs(8);
+/// The soak's enforcer adopts no login from utmp: another soak (a bench)
+/// running on the machine has logins of the same kind there.
+const ENFORCER_ARGS: &[&str] = &["--utmp", "none"];
 const TYPE_EVERY: Duration = Duration::from_millis(2500);
 const WARNING: &str = "will be disconnected in";
 
+/// The part of this process's test user names after their prefix
+/// (`unique_name`): the rules name this day's users only.
+fn tag() -> String {
+    format!("{:x}", std::process::id() & 0xfffff)
+}
+
 fn policy(idler_limit: Duration) -> String {
+    let tag = tag();
     format!(
-        "# the soak's day\nuser ski* idle={}s warn=3s\nuser sk* idle={}s warn=3s\n",
+        "# the soak's day\nuser ski{tag}* idle={}s warn=3s\nuser sk?{tag}* idle={}s warn=3s\n",
         idler_limit.as_secs(),
         LIMIT.as_secs()
     )
@@ -347,7 +357,7 @@ pub fn run_day(day: &Day) -> DayReport {
         ended_monitors: Mutex::new(Vec::new()),
         ptys: Mutex::new(HashMap::new()),
     });
-    let enforcer = crate::session::start_niced_enforcer(&shared.sshd, &[]);
+    let enforcer = crate::session::start_niced_enforcer(&shared.sshd, ENFORCER_ARGS);
     let pid = enforcer.child.id() as i32;
     *shared.enforcer.lock().unwrap() = Some(enforcer);
     std::thread::sleep(Duration::from_millis(500));
@@ -493,7 +503,7 @@ fn sampler(s: &Shared) {
             let mut guard = s.enforcer.lock().unwrap();
             drop(guard.take());
             *s.restarted.lock().unwrap() = Some(Instant::now());
-            *guard = Some(crate::session::start_niced_enforcer(&s.sshd, &[]));
+            *guard = Some(crate::session::start_niced_enforcer(&s.sshd, ENFORCER_ARGS));
             s.say("enforcer restarted");
         }
         let pid = s.enforcer.lock().unwrap().as_ref().map(|e| e.child.id() as i32).unwrap_or(0);
