@@ -750,7 +750,7 @@ fn notty_lane(s: &Shared) {
     let mut turn = 0usize;
     while s.go_on() {
         turn += 1;
-        let busy = turn.is_multiple_of(2);
+        let busy = turn % 2 == 0; // not is_multiple_of: Rust 1.87, Debian 13 has 1.85
         let user = TestUser::create("skn", &[]);
         s.sshd.authorize(&user);
         let remote = if busy { "for i in 1 2 3 4 5 6; do echo tick; sleep 2; done" } else { "exec sleep 600" };
