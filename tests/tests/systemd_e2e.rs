@@ -609,7 +609,8 @@ fn the_package_on_debian_sid() {
 }
 
 /// Builds the work tree in a chroot of `release`'s root (on an overlay, in a
-/// mount namespace of its own) with that release's gcc, rustc and cargo:
+/// mount namespace of its own, with this machine's /dev: the unit tests open
+/// ptys) with that release's gcc, rustc and cargo:
 /// `cargo build --workspace`, every target too (the tests and benches
 /// `make test` builds: Debian 13's rustc 1.85 is the workspace's
 /// rust-version, and an API stabilized later fails there only), then the
@@ -654,6 +655,7 @@ fn builds_on(release: &Release) {
         "set -e; r={d}/root; \
          mount -t overlay overlay -o lowerdir={p},upperdir={d}/upper,workdir={d}/work $r; \
          mount -t proc proc $r/proc; \
+         mount --rbind /dev $r/dev; \
          mkdir -p $r/src $r/build $r/cargo; \
          mount --bind -o ro {ws} $r/src; \
          mount --bind {build} $r/build; \
