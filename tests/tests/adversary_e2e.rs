@@ -95,13 +95,14 @@ fn process_of(user: &TestUser, cmdline: &str) -> (i32, u64) {
 }
 
 /// Panics unless the process has no controlling terminal and is the child
-/// of an sshd process (so it is where a channel's command is).
+/// of an sshd process (so it is where a channel's command is): `sshd` up to
+/// OpenSSH 9.7, `sshd-session` from 9.8 (Debian 13, sid).
 fn assert_dropped_its_tty(pid: i32) {
     let stat = procfs::read_stat(pid).expect("stat");
     assert_eq!(stat.tty_nr, 0, "{pid} still has a controlling terminal: {stat:?}");
     let parent = procfs::exe(stat.ppid);
     assert!(
-        parent.as_deref().is_some_and(|p| p.ends_with("sshd")),
+        parent.as_deref().is_some_and(|p| p.ends_with("sshd") || p.ends_with("sshd-session")),
         "{pid} is not a channel's command (parent {} runs {parent:?})",
         stat.ppid
     );
