@@ -27,16 +27,40 @@ release:
 # another user they fail unless SSHIDLE_SKIP_E2E=REASON skips them on purpose).
 # The end says how many tests did not run, and why: skips the harness
 # recorded in $(SKIPS) and tests cargo reports as ignored.
+#
+# Three stages, to keep the whole run short on two cores:
+# 1. The slow binaries (the Debian package built, Debian 12 and 13 roots
+#    debootstrapped and booted, valgrind: they mostly wait on the network,
+#    the disk or one niced core) run beside the unit tests and the other
+#    end-to-end tests; their output is printed when they are done.
+# 2. Then, alone, the tests whose enforcer looks for unrecorded connections
+#    among every sshd process of the machine (--find-unrecorded): they
+#    would adopt, and end, the connections of tests running beside them.
 SKIPS = $(TARGET_DIR)/sshidle-test-skips.txt
 TEST_LOG = $(TARGET_DIR)/sshidle-test.log
+SLOW_TESTS = install_e2e systemd_e2e valgrind
+FINDING_TESTS = adversary_e2e unrecorded_e2e
+OTHER_TESTS = $(filter-out $(SLOW_TESTS) $(FINDING_TESTS),$(basename $(notdir $(wildcard tests/tests/*.rs))))
+CARGO_TEST = $(CARGO) test --no-fail-fast
+TEST_ARGS = -- --test-threads=4
 test: test-deps build lint
-	@rm -f $(SKIPS)
-	@{ $(CARGO) test --workspace --no-fail-fast -- --test-threads=4; echo $$? > $(TEST_LOG).rc; } 2>&1 | tee $(TEST_LOG)
+	@rm -f $(SKIPS) $(TEST_LOG)*
+	$(CARGO) test --workspace --no-run
+	@echo "make test: running $(SLOW_TESTS) beside the other tests (their output follows theirs)"
+	@{ $(CARGO_TEST) -p sshidle-tests $(SLOW_TESTS:%=--test %) $(TEST_ARGS) > $(TEST_LOG).slow 2>&1; \
+	    echo $$? > $(TEST_LOG).slow.rc; } & \
+	{ $(CARGO_TEST) --workspace --lib --bins $(OTHER_TESTS:%=--test %) $(TEST_ARGS); echo $$? > $(TEST_LOG).rc; } 2>&1 | \
+	    tee $(TEST_LOG); \
+	wait; cat $(TEST_LOG).slow; cat $(TEST_LOG).slow >> $(TEST_LOG)
+	@{ $(CARGO_TEST) -p sshidle-tests $(FINDING_TESTS:%=--test %) $(TEST_ARGS); echo $$? > $(TEST_LOG).finding.rc; } 2>&1 | \
+	    tee -a $(TEST_LOG)
 	@skipped=$$(cat $(SKIPS) 2>/dev/null | wc -l); \
 	ignored=$$(sed -n 's/^test result:.* \([0-9][0-9]*\) ignored.*/\1/p' $(TEST_LOG) | awk '{n += $$1} END {print n + 0}'); \
 	echo "make test: $$((skipped + ignored)) test(s) did not run ($$skipped skipped on purpose, $$ignored ignored)"; \
 	if [ -s $(SKIPS) ]; then sed 's/^/  skipped: /' $(SKIPS); fi; \
-	exit $$(cat $(TEST_LOG).rc)
+	status=0; for rc in $(TEST_LOG).rc $(TEST_LOG).slow.rc $(TEST_LOG).finding.rc; do \
+	    [ "$$(cat $$rc 2>/dev/null)" = 0 ] || { echo "make test: failed ($$rc: $$(cat $$rc 2>/dev/null || echo missing))"; status=1; }; \
+	done; exit $$status
 
 lint:
 	$(CARGO) fmt --all -- --check
