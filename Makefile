@@ -30,9 +30,10 @@ release:
 #
 # Three stages, to keep the whole run short on two cores:
 # 1. The slow binaries (the Debian package built, Debian 12 and 13 roots
-#    debootstrapped and booted, valgrind: they mostly wait on the network,
-#    the disk or one niced core) run beside the unit tests and the other
-#    end-to-end tests; their output is printed when they are done.
+#    debootstrapped and booted, valgrind) run beside the unit tests and the
+#    other end-to-end tests, niced, so that the timed tests keep the cores
+#    (the slow ones' own bounds are seconds wide); their output is printed
+#    when they are done.
 # 2. Then, alone, the tests whose enforcer looks for unrecorded connections
 #    among every sshd process of the machine (--find-unrecorded): they
 #    would adopt, and end, the connections of tests running beside them.
@@ -47,7 +48,7 @@ test: test-deps build lint
 	@rm -f $(SKIPS) $(TEST_LOG)*
 	$(CARGO) test --workspace --no-run
 	@echo "make test: running $(SLOW_TESTS) beside the other tests (their output follows theirs)"
-	@{ $(CARGO_TEST) -p sshidle-tests $(SLOW_TESTS:%=--test %) $(TEST_ARGS) > $(TEST_LOG).slow 2>&1; \
+	@{ nice -n 10 $(CARGO_TEST) -p sshidle-tests $(SLOW_TESTS:%=--test %) $(TEST_ARGS) > $(TEST_LOG).slow 2>&1; \
 	    echo $$? > $(TEST_LOG).slow.rc; } & \
 	{ $(CARGO_TEST) --workspace --lib --bins $(OTHER_TESTS:%=--test %) $(TEST_ARGS); echo $$? > $(TEST_LOG).rc; } 2>&1 | \
 	    tee $(TEST_LOG); \

@@ -23,9 +23,7 @@ pub fn built_deb() -> PathBuf {
         let lock = std::fs::File::create(out_dir.join("build.lock")).expect("build lock");
         // SAFETY: flock on a descriptor we own; released when `lock` drops.
         assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
-        // Niced: make test builds it beside the timed end-to-end tests.
-        let out = Command::new("nice")
-            .args(["-n", "10", "sh"])
+        let out = Command::new("sh")
             .arg(workspace_root().join("packaging/build-deb.sh"))
             .arg(&out_dir)
             .output()

@@ -648,8 +648,7 @@ fn builds_on(release: &Release) {
     let inside = format!(
         "cd /src && export CARGO_HOME=/cargo CARGO_TARGET_DIR=/build CARGO_HTTP_CAINFO=/etc/ssl/host-ca.crt \
          CARGO_TERM_COLOR=never && cargo --version && gcc --version | head -n 1 && \
-         nice -n 10 cargo build --workspace --locked {offline} && \
-         nice -n 10 cargo build --workspace --all-targets --locked {offline} && \
+         cargo build --workspace --locked {offline} && cargo build --workspace --all-targets --locked {offline} && \
          cargo test --locked {offline} -p sshidle-core -p sshidlectl -p pam-sshidle --lib --bins 2>&1"
     );
     let script = format!(

@@ -31,12 +31,8 @@ fn a_thousand_cycles_under_memcheck_have_no_errors_and_no_definite_leaks() {
     // module's code again at every load, so one process would take minutes.
     let runs: Vec<_> = (0..4)
         .map(|_| {
-            // Niced: make test runs this beside the timed end-to-end tests.
-            Command::new("nice")
+            Command::new("valgrind")
                 .args([
-                    "-n",
-                    "10",
-                    "valgrind",
                     "--tool=memcheck",
                     "--error-exitcode=99",
                     "--leak-check=full",
