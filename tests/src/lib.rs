@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod deb;
 pub mod journal;
+pub mod logouts;
 pub mod pam;
 pub mod private_system;
 pub mod session;

@@ -84,6 +84,7 @@ impl Sshd {
                  session  {} pam_loginuid.so\n\
                  {}\n\
                  session  optional {} conf={} state={} services={} debug {}\n\
+                 {}\n\
                  {}\n",
                 if opts.loginuid_required { "required" } else { "optional" },
                 opts.pam_before,
@@ -92,7 +93,8 @@ impl Sshd {
                 state_dir.display(),
                 service,
                 opts.module_args,
-                opts.pam_after
+                opts.pam_after,
+                crate::logouts::pam_session_line()
             ),
         )
         .expect("pam service file");
