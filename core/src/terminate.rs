@@ -273,6 +273,23 @@ impl Handle {
         alive
     }
 
+    /// What the hangup gives this process under `end`: SIGHUP + SIGCONT
+    /// where a terminal's hangup reaches (`end=logout`), SIGHUP + SIGTERM +
+    /// SIGCONT to every process of the user's (`end=session`); sshd's own
+    /// processes nothing (they see its effects, or the connection closed).
+    fn hang_up(&mut self, end: End) {
+        let signals: &[libc::c_int] = match (self.victim.role, end) {
+            (Role::Monitor | Role::Sshd, _) => &[],
+            (Role::User, End::Session) => &[libc::SIGHUP, libc::SIGTERM, libc::SIGCONT],
+            (Role::HangupOnly, End::Session) => &[libc::SIGHUP, libc::SIGCONT],
+            (Role::User | Role::HangupOnly, End::Logout) if self.hangup_reaches() => &[libc::SIGHUP, libc::SIGCONT],
+            (Role::User | Role::HangupOnly, End::Logout) => &[],
+        };
+        for sig in signals {
+            self.signal(*sig);
+        }
+    }
+
     /// Whether the hangup of a terminal reaches this process (read now,
     /// while the pidfd holds it).
     fn hangup_reaches(&self) -> bool {
@@ -401,16 +418,7 @@ impl Termination {
     pub fn begin(key: SessionKey, uid: u32, end: End, collected: Collected) -> Termination {
         let mut handles: Vec<Handle> = collected.victims.into_iter().filter_map(Handle::open).collect();
         for h in &mut handles {
-            let signals: &[libc::c_int] = match (h.victim.role, end) {
-                (Role::Monitor | Role::Sshd, _) => &[],
-                (Role::User, End::Session) => &[libc::SIGHUP, libc::SIGTERM, libc::SIGCONT],
-                (Role::HangupOnly, End::Session) => &[libc::SIGHUP, libc::SIGCONT],
-                (Role::User | Role::HangupOnly, End::Logout) if h.hangup_reaches() => &[libc::SIGHUP, libc::SIGCONT],
-                (Role::User | Role::HangupOnly, End::Logout) => &[],
-            };
-            for sig in signals {
-                h.signal(*sig);
-            }
+            h.hang_up(end);
         }
         Termination {
             key,
@@ -509,6 +517,21 @@ impl Termination {
             Err(why) => Note::CloseFailed(why),
         };
         self.notes.push(note);
+        self.hang_up_late_comers();
+    }
+
+    /// Hangs up what joined the session's tree since the hangup: a channel's
+    /// command that sshd started meanwhile (it runs in a session of its own
+    /// and would outlive the connection). Looked for once the connection no
+    /// longer reads requests, while the monitor still holds the tree.
+    fn hang_up_late_comers(&mut self) {
+        let Some(now) = collect(&ProcTable::scan(), self.key, self.uid, self.end) else { return };
+        let known = |v: &Victim| self.handles.iter().any(|h| h.victim.pid == v.pid && h.victim.start == v.start);
+        let late: Vec<Victim> = now.victims.into_iter().filter(|v| !known(v)).collect();
+        for mut h in late.into_iter().filter_map(Handle::open) {
+            h.hang_up(self.end);
+            self.handles.push(h);
+        }
     }
 
     /// SIGTERM to a monitor still running; with `end=session`, SIGKILL to
@@ -726,6 +749,47 @@ mod tests {
         assert!(procfs::is_same_process(deaf, deaf_start), "the process that ignores SIGHUP was ended");
         // SAFETY: plain kill of the process checked just now.
         unsafe { libc::kill(deaf, libc::SIGKILL) };
+    }
+
+    #[test]
+    fn what_joins_the_tree_after_the_hangup_is_hung_up_when_the_connection_closes() {
+        // The "monitor" starts a command only after the hangup reached its
+        // first child, as sshd may start a channel's command while the
+        // session is being ended.
+        let mut monitor = spawn("sleep 0.2; sleep 34 & wait");
+        let (key, collected) = collect_all(monitor.id() as i32, 2, End::Logout);
+        let mut t = Termination::begin(key, 0, End::Logout, collected);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let late = loop {
+            let table = ProcTable::scan();
+            let found = table.descendants(key.pid).iter().map(|p| p.pid).find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.replace('\0', " ").trim() == "sleep 34")
+            });
+            match found {
+                Some(pid) => break pid,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                None => panic!("no late command"),
+            }
+        };
+        let late_start = procfs::start_time(late).unwrap();
+        t.finish(Duration::from_millis(600));
+        let _ = monitor.wait();
+        let gone = wait_gone(late, late_start);
+        if !gone {
+            // SAFETY: plain kill of the process checked just now.
+            unsafe { libc::kill(late, libc::SIGKILL) };
+        }
+        assert!(gone, "a command started after the hangup outlived the session");
+    }
+
+    /// Waits up to 2 s for a process to exit.
+    fn wait_gone(pid: i32, start: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while procfs::is_same_process(pid, start) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !procfs::is_same_process(pid, start)
     }
 
     #[test]
