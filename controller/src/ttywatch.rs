@@ -269,8 +269,12 @@ impl TtyWatch {
         let closed: Vec<u32> = self
             .ptys
             .iter()
+            // Without a handle the inode number is all there is, and the
+            // same number may already name the next pty: forgotten too (a
+            // pty just watched is then looked at afresh).
             .filter(|(dev, p)| {
-                procfs::pts_name(**dev).is_some_and(|n| n == format!("pts/{index}")) && !p.is_open(**dev)
+                procfs::pts_name(**dev).is_some_and(|n| n == format!("pts/{index}"))
+                    && (p.fd.is_none() || !p.is_open(**dev))
             })
             .map(|(dev, _)| *dev)
             .collect();
