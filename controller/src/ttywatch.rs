@@ -16,23 +16,22 @@
 //!
 //! Each watched pty is also held by an `O_PATH` descriptor (it opens nothing
 //! of the tty itself): its timestamps after an event are one `fstat(2)`, with
-//! no path to build or look up, and always of that very pty.
+//! no path to build or look up, and always of that very pty. Events are read
+//! into one buffer kept for the purpose, and looked up by their raw watch
+//! number, so a batch of keystrokes allocates nothing.
 //!
 //! **One allocation, one history.** The kernel gives a new pty the lowest
 //! free number, and devpts gives `/dev/pts/N` the same inode number at every
-//! allocation: neither the number nor the inode number tells one login's pty
-//! from the next one's. What does: the closed pty's inode lives on for as
-//! long as a descriptor holds it (ours), with no link left
-//! (`devpts_pty_kill`); its own watch then hears nothing of its end, but
-//! `/dev/pts` gets `IN_DELETE` for its name. So a pty is forgotten when its
-//! name is removed (or its watch ends, without a handle), a kept handle
-//! whose link count is 0 is a closed pty,
-//! and each pty is also bound to the session whose sshd opened it: a look
-//! on behalf of another session, or of the same one from a list of its ptys
-//! older than the pty, is told to look at the session's processes again
-//! ([`PtyLook::Stale`]) and inherits nothing. Events are read
-//! into one buffer kept for the purpose, and looked up by their raw watch
-//! number, so a batch of keystrokes allocates nothing.
+//! allocation: neither tells one login's pty from the next one's. What does:
+//! a closed pty's inode lives on while a descriptor (ours) holds it, with no
+//! link left (`devpts_pty_kill`); its own watch then hears nothing of its
+//! end, but `/dev/pts` gets `IN_DELETE` for its name. So a pty is forgotten
+//! when its name is removed (or its watch ends, when no handle is held), a
+//! kept handle whose link count is 0 is a closed pty, and each pty is bound
+//! to the session whose sshd opened it: a look on behalf of another session,
+//! or of the same one from a list of its ptys older than the pty, is told to
+//! read the session's processes again ([`PtyLook::Stale`]) and inherits
+//! nothing.
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use sshidle::activity::pty_times;
