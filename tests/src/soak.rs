@@ -93,8 +93,9 @@ pub struct DayReport {
     /// Sessions whose monitor had the PID of an earlier session's monitor.
     pub monitor_pids_reused: usize,
     pub typists_kept: usize,
-    /// Seconds from the last key (tty) or start (no tty) past the limit at
-    /// which each idler was ended.
+    /// Seconds past the limit at which each idler was ended, from when its
+    /// last key's answer was seen (tty) or from its start (no tty); the
+    /// later limit when a policy change fell in between.
     pub lateness: Vec<f64>,
     pub status_samples: usize,
     pub status_rows_checked: usize,
@@ -303,7 +304,7 @@ impl Shared {
         } else if after_echo > max + slack {
             self.fail(format!("{name} {user}: ended {after_echo:?} after its last key, past {max:?} + {slack:?}"));
         }
-        self.report.lock().unwrap().lateness.push(after.as_secs_f64() - max.as_secs_f64());
+        self.report.lock().unwrap().lateness.push(after_echo.as_secs_f64() - max.as_secs_f64());
         if let Some(t) = self.untrack(user) {
             if let Some((sampled, announced)) = t.announced.filter(|_| t.idler) {
                 let off =
