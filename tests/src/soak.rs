@@ -23,7 +23,7 @@
 //! RSS, descriptors and inotify watches flat; nothing of an ended session
 //! left (processes, records, ending marks, the activity memory).
 
-use crate::session::{sessions_of, ssh_with, user_processes, Enforcer, Login, Pane};
+use crate::session::{sessions_of, ssh_with, ttys_of, user_processes, Enforcer, Login, Pane};
 use crate::sshd::{Sshd, SshdOptions};
 use crate::util::{describe, wait_until};
 use crate::TestUser;
@@ -253,18 +253,7 @@ impl Shared {
 
     /// The one tty status gives the session of `user`, once found.
     fn tty_of(&self, user: &str) -> Option<String> {
-        let mut ttys = Vec::new();
-        wait_until(Duration::from_secs(10), || {
-            ttys = sessions_of(&self.sshd, user)
-                .first()
-                .and_then(|s| s["ttys"].as_array().cloned())
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|t| t.as_str().map(str::to_string))
-                .collect();
-            !ttys.is_empty()
-        });
-        ttys.first().cloned()
+        ttys_of(&self.sshd, user).first().cloned()
     }
 
     /// Notes the pty a login got (counting a number an earlier login had).
