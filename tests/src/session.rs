@@ -124,9 +124,20 @@ pub fn exited(child: &mut Child) -> bool {
     matches!(child.try_wait(), Ok(Some(_)))
 }
 
+/// The processes of `user` that still run, as "PID ARGS".
 pub fn user_processes(user: &TestUser) -> Vec<String> {
-    let out = Command::new("ps").args(["-o", "pid=,args=", "-u", &user.name]).output().expect("ps");
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    let out = Command::new("ps").args(["-o", "pid=,stat=,args=", "-u", &user.name]).output().expect("ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            // "PID ARGS" of those that still run: a zombie has ended (where
+            // PID 1 reaps late, as this VM's init does, one reparented to it
+            // stays a while: an sshd child hung up before its exec).
+            let mut words = line.split_whitespace();
+            let (pid, stat) = (words.next()?, words.next()?);
+            (!stat.starts_with('Z')).then(|| format!("{pid} {}", words.collect::<Vec<_>>().join(" ")))
+        })
+        .collect()
 }
 
 pub fn wait_recorded(sshd: &Sshd, user: &str, count: usize) -> Vec<serde_json::Value> {

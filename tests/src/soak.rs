@@ -266,8 +266,8 @@ impl Shared {
 
     /// Checks that nothing of `user` is left once its session ended.
     fn assert_nothing_left(&self, name: &str, user: &TestUser) {
-        if !wait_until(Duration::from_secs(8), || running_processes(user).is_empty()) {
-            self.fail(format!("{name} {}: processes left: {:?}", user.name, running_processes(user)));
+        if !wait_until(Duration::from_secs(8), || user_processes(user).is_empty()) {
+            self.fail(format!("{name} {}: processes left: {:?}", user.name, user_processes(user)));
         }
         if !wait_until(Duration::from_secs(5), || sessions_of(&self.sshd, &user.name).is_empty()) {
             self.fail(format!("{name} {}: still listed by status after its end", user.name));
@@ -448,12 +448,6 @@ pub fn run_day(day: &Day) -> DayReport {
         eprintln!("enforcer log:\n{log}");
     }
     report
-}
-
-/// The user's processes that still run: a zombie has ended (where PID 1
-/// reaps slowly, as in some sandboxes, those reparented to it stay a while).
-fn running_processes(user: &TestUser) -> Vec<String> {
-    user_processes(user).into_iter().filter(|p| !p.contains("<defunct>")).collect()
 }
 
 /// The descriptors `pid` holds.
