@@ -45,9 +45,12 @@ impl TestUser {
 
 impl Drop for TestUser {
     fn drop(&mut self) {
-        // Processes first, or userdel refuses.
+        // Processes first, or userdel refuses. Only those of this PID
+        // namespace: a container's or a private system's processes may have
+        // the same numeric uid (systemd_e2e and install_e2e run beside).
+        let own = std::process::id().to_string();
         for _ in 0..3 {
-            let _ = Command::new("pkill").args(["-KILL", "-u", &self.name]).output();
+            let _ = Command::new("pkill").args(["--ns", &own, "--nslist", "pid", "-KILL", "-u", &self.name]).output();
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = Command::new("userdel").args(["-r", "-f", &self.name]).output();

@@ -380,8 +380,12 @@ fn package_on_a_real_systemd(release: &Release) {
     // Users: an idler and a typist on ptys, a quiet command without a pty,
     // one with no limit, one whose ordinary logout shows what sshd logs
     // for one.
-    c.ok("ssh-keygen -q -t ed25519 -N '' -f /root/key && \
-          for u in idler typist notty busy plain; do useradd -m $u && install -d -o $u -m 700 /home/$u/.ssh && \
+    // Their uids are far from those the host's tests give their users
+    // (from 1000 up): the host sees the container's processes, and a host
+    // test's checks and clean-up go by uid.
+    c.ok("ssh-keygen -q -t ed25519 -N '' -f /root/key && uid=59100 && \
+          for u in idler typist notty busy plain; do uid=$((uid + 1)) && useradd -m -u $uid $u && \
+          install -d -o $u -m 700 /home/$u/.ssh && \
           install -o $u -m 600 /root/key.pub /home/$u/.ssh/authorized_keys; done");
     c.ok("printf 'user idler idle=12s warn=6s\\nuser typist idle=12s warn=6s\\nuser notty idle=12s warn=6s\\n\
           user busy idle=off\\nuser plain idle=off\\n' >/etc/security/sshidle.conf");
