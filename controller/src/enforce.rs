@@ -1195,6 +1195,12 @@ fn begin_termination(
     reason: &str,
     log: &dyn LogSink,
 ) -> Option<Termination> {
+    if !table.in_own_namespace(r.key.pid) {
+        // Discovery and the walks of /proc leave another PID namespace's
+        // processes out; a record naming one is not acted on either.
+        log.log(Level::Warning, &format!("session {} of {}: another PID namespace's; not ended", r.key, r.user));
+        return None;
+    }
     let Some(collected) = terminate::collect(table, r.key, r.uid, r.limits.end) else {
         log.log(Level::Info, &format!("session {} of {}: already gone", r.key, r.user));
         return None;

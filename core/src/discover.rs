@@ -13,6 +13,11 @@
 //! the monitor's child), else the login uid `pam_loginuid` gave the monitor
 //! when it differs from the listener's. A monitor with none of these has not
 //! authenticated yet.
+//!
+//! Only sshd's processes of the enforcer's own PID namespace count: a host
+//! that runs containers sees their processes in its `/proc` too, and their
+//! sshds' connections are theirs, under their own policy and their own
+//! sshidle (see [`procfs::in_namespace`]).
 
 use crate::procfs::{self, ProcTable};
 use crate::state::SessionKey;
@@ -40,6 +45,8 @@ pub struct ProcInfo {
     /// Real uid; `None` when unreadable (gone).
     pub uid: Option<u32>,
     pub login_uid: Option<u32>,
+    /// In the reader's PID namespace.
+    pub own_namespace: bool,
 }
 
 /// One authenticated sshd connection.
@@ -74,7 +81,7 @@ pub fn connections(procs: &HashMap<i32, ProcInfo>, privsep_uid: Option<u32>) -> 
     for p in procs.values() {
         children.entry(p.ppid).or_default().push(p);
     }
-    let sshd_root = |p: &ProcInfo| p.sshd && p.uid == Some(0);
+    let sshd_root = |p: &ProcInfo| p.sshd && p.uid == Some(0) && p.own_namespace;
     let mut out = Vec::new();
     for m in procs.values().filter(|p| sshd_root(p)) {
         let Some(listener) = procs.get(&m.ppid).filter(|l| sshd_root(l)) else { continue };
@@ -117,6 +124,7 @@ pub fn scan(table: &ProcTable, privsep_uid: Option<u32>) -> Vec<Connection> {
                 sshd: is_sshd[&p.pid],
                 uid: procfs::real_uid(p.pid),
                 login_uid: procfs::login_uid(p.pid),
+                own_namespace: table.in_own_namespace(p.pid),
             };
             (p.pid, info)
         })
@@ -131,7 +139,11 @@ mod tests {
     use super::*;
 
     fn p(pid: i32, ppid: i32, sshd: bool, uid: u32, login_uid: Option<u32>) -> ProcInfo {
-        ProcInfo { pid, ppid, start: 1000 + pid as u64, sshd, uid: Some(uid), login_uid }
+        ProcInfo { pid, ppid, start: 1000 + pid as u64, sshd, uid: Some(uid), login_uid, own_namespace: true }
+    }
+
+    fn in_another_namespace(p: ProcInfo) -> ProcInfo {
+        ProcInfo { own_namespace: false, ..p }
     }
 
     fn found(procs: &[ProcInfo]) -> Vec<(i32, u32)> {
@@ -180,6 +192,40 @@ mod tests {
             p(31, 30, true, 0, Some(0)),
         ];
         assert_eq!(found(&procs), vec![]);
+    }
+
+    #[test]
+    fn another_pid_namespaces_connections_are_not_ours() {
+        let procs = [
+            p(1, 0, false, 0, None),
+            // Our listener and alice's connection.
+            p(10, 1, true, 0, None),
+            p(20, 10, true, 0, Some(1000)),
+            p(21, 20, true, 1000, Some(1000)),
+            // A container's sshd (its PID 1 is sshd, under a runtime that
+            // is ours) with bob's connection, and another whose listener
+            // runs under the container's init.
+            p(30, 1, false, 0, None),
+            in_another_namespace(p(31, 30, true, 0, None)),
+            in_another_namespace(p(32, 31, true, 0, Some(1001))),
+            in_another_namespace(p(33, 32, true, 1001, Some(1001))),
+            in_another_namespace(p(40, 30, false, 0, None)),
+            in_another_namespace(p(41, 40, true, 0, None)),
+            in_another_namespace(p(42, 41, true, 0, Some(1000))),
+            in_another_namespace(p(43, 42, false, 1000, Some(1000))),
+        ];
+        assert_eq!(found(&procs), vec![(20, 1000)]);
+        // Neither counts when only the monitor, or only the listener, is
+        // another namespace's.
+        let half = [
+            p(10, 1, true, 0, None),
+            in_another_namespace(p(20, 10, true, 0, Some(1000))),
+            p(21, 20, true, 1000, Some(1000)),
+            in_another_namespace(p(30, 1, true, 0, None)),
+            p(31, 30, true, 0, Some(1000)),
+            p(32, 31, true, 1000, Some(1000)),
+        ];
+        assert_eq!(found(&half), vec![]);
     }
 
     #[test]

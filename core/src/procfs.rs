@@ -428,14 +428,75 @@ pub fn start_unix(start_ticks: u64) -> Option<i64> {
     Some(boot_time()? + (start_ticks / clock_ticks_per_second()) as i64)
 }
 
+/// A PID namespace: the device and inode of its `/proc/PID/ns/pid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PidNs {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// The PID namespace of `pid` (one `stat(2)`); `None` when it cannot be read
+/// (the process is gone, or no ptrace access to it).
+pub fn pid_namespace(pid: i32) -> Option<PidNs> {
+    if pid <= 0 {
+        return None;
+    }
+    ns_of(&format!("/proc/{pid}/ns/pid"))
+}
+
+/// This process's PID namespace.
+pub fn own_pid_namespace() -> Option<PidNs> {
+    ns_of("/proc/self/ns/pid")
+}
+
+fn ns_of(path: &str) -> Option<PidNs> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).ok()?;
+    Some(PidNs { dev: meta.dev(), ino: meta.ino() })
+}
+
+/// Whether a process in PID namespace `theirs` is one of ours, for a reader
+/// in `own`: our `/proc` also shows the processes of the PID namespaces below
+/// ours (containers: systemd-nspawn, LXC, Docker), which run sshds and
+/// sessions of their own, under their own policy. Known to be another
+/// namespace: not ours. Not known (a kernel without namespace files, a
+/// reader without ptrace access, which then cannot read what else a session
+/// needs either): ours, as before namespaces were looked at.
+pub fn in_namespace(own: Option<PidNs>, theirs: Option<PidNs>) -> bool {
+    match (own, theirs) {
+        (Some(own), Some(theirs)) => own == theirs,
+        _ => true,
+    }
+}
+
+/// Which processes of a [`ProcTable`] are of another PID namespace.
+#[derive(Debug, Default)]
+enum Foreign {
+    /// None is (a table built from given processes).
+    #[default]
+    None,
+    /// Those whose `/proc/PID/ns/pid` is not `own`, read on first need: one
+    /// `stat(2)` per process a walk reaches, not per process of the machine.
+    Read { own: PidNs, known: std::cell::RefCell<HashMap<i32, bool>> },
+    /// These (tests).
+    Given(std::collections::HashSet<i32>),
+}
+
 /// One reading of every process's stat line, with the parent -> children
 /// index that `/proc` itself does not offer (no `CONFIG_PROC_CHILDREN` on
 /// many kernels).
+///
+/// The walks that find a session's processes ([`ProcTable::children`],
+/// [`ProcTable::descendants`], [`ProcTable::audit_members`]) see only the
+/// processes of the reader's own PID namespace ([`in_namespace`]): another
+/// namespace's process is never counted nor signalled as a session's, nor
+/// is anything below it (a namespace's descendants are all in it or below).
 #[derive(Debug, Default)]
 pub struct ProcTable {
     pub procs: HashMap<i32, ProcStat>,
     children: HashMap<i32, Vec<i32>>,
     audit: std::cell::OnceCell<HashMap<u32, Vec<i32>>>,
+    foreign: Foreign,
 }
 
 impl ProcTable {
@@ -460,7 +521,28 @@ impl ProcTable {
             // Lossy: a command name that is not UTF-8 must not hide a process.
             parse_stat(pid, &String::from_utf8_lossy(buf.get(..usize::try_from(n).ok()?)?))
         });
-        ProcTable::from_procs(procs.collect::<Vec<_>>())
+        let mut table = ProcTable::from_procs(procs.collect::<Vec<_>>());
+        if let Some(own) = own_pid_namespace() {
+            table.foreign = Foreign::Read { own, known: Default::default() };
+        }
+        table
+    }
+
+    /// The table with `foreign` as the processes of another PID namespace.
+    pub fn with_foreign(mut self, foreign: impl IntoIterator<Item = i32>) -> ProcTable {
+        self.foreign = Foreign::Given(foreign.into_iter().collect());
+        self
+    }
+
+    /// Whether `pid` is in the reader's PID namespace (see [`in_namespace`]).
+    pub fn in_own_namespace(&self, pid: i32) -> bool {
+        match &self.foreign {
+            Foreign::None => true,
+            Foreign::Given(foreign) => !foreign.contains(&pid),
+            Foreign::Read { own, known } => {
+                *known.borrow_mut().entry(pid).or_insert_with(|| in_namespace(Some(*own), pid_namespace(pid)))
+            }
+        }
     }
 
     pub fn from_procs(procs: impl IntoIterator<Item = ProcStat>) -> ProcTable {
@@ -469,19 +551,25 @@ impl ProcTable {
         for p in procs.values() {
             children.entry(p.ppid).or_default().push(p.pid);
         }
-        ProcTable { procs, children, audit: Default::default() }
+        ProcTable { procs, children, audit: Default::default(), foreign: Foreign::None }
     }
 
     pub fn get(&self, pid: i32) -> Option<&ProcStat> {
         self.procs.get(&pid)
     }
 
-    /// The direct children of `pid`.
+    /// The direct children of `pid` in our PID namespace.
     pub fn children(&self, pid: i32) -> impl Iterator<Item = &ProcStat> {
-        self.children.get(&pid).into_iter().flatten().filter_map(|c| self.procs.get(c))
+        self.children
+            .get(&pid)
+            .into_iter()
+            .flatten()
+            .filter(|c| self.in_own_namespace(**c))
+            .filter_map(|c| self.procs.get(c))
     }
 
-    /// Every descendant of `pid`, parents before their children.
+    /// Every descendant of `pid` in our PID namespace, parents before their
+    /// children.
     pub fn descendants(&self, pid: i32) -> Vec<&ProcStat> {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::from([pid]);
@@ -491,7 +579,7 @@ impl ProcTable {
             let parent = queue[i];
             i += 1;
             for child in self.children.get(&parent).into_iter().flatten() {
-                if seen.insert(*child) {
+                if seen.insert(*child) && self.in_own_namespace(*child) {
                     queue.push(*child);
                     if let Some(p) = self.procs.get(child) {
                         out.push(p);
@@ -502,12 +590,14 @@ impl ProcTable {
         out
     }
 
-    /// The processes in audit session `id` (read on first use, once per table).
+    /// The processes in audit session `id` in our PID namespace (read on
+    /// first use, once per table). Audit sessions are not namespaced: a
+    /// container started from a login shares its audit session.
     pub fn audit_members(&self, id: u32) -> &[i32] {
         let map = self.audit.get_or_init(|| {
             let mut map: HashMap<u32, Vec<i32>> = HashMap::new();
             for pid in self.procs.keys() {
-                if let Some(sid) = audit_session(*pid) {
+                if let Some(sid) = audit_session(*pid).filter(|_| self.in_own_namespace(*pid)) {
                     map.entry(sid).or_default().push(*pid);
                 }
             }
@@ -586,6 +676,73 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(probe.sample(Some(&first)), None, "gone");
+    }
+
+    fn stat(pid: i32, ppid: i32) -> ProcStat {
+        ProcStat { pid, comm: "p".into(), ppid, tty_nr: 0, start: pid as u64 }
+    }
+
+    #[test]
+    fn walks_leave_out_another_pid_namespace_and_all_below_it() {
+        // 12 is a container's init under our 11, 13 its child.
+        let table = ProcTable::from_procs([stat(10, 1), stat(11, 10), stat(12, 11), stat(13, 12), stat(14, 10)])
+            .with_foreign([12, 13]);
+        let pids = |v: Vec<&ProcStat>| {
+            let mut pids: Vec<i32> = v.iter().map(|p| p.pid).collect();
+            pids.sort_unstable();
+            pids
+        };
+        assert_eq!(pids(table.descendants(10)), vec![11, 14]);
+        assert_eq!(pids(table.children(11).collect()), Vec::<i32>::new());
+        assert_eq!(pids(table.children(12).collect()), Vec::<i32>::new());
+        assert!(table.in_own_namespace(11) && !table.in_own_namespace(12));
+        // Looked up by PID, a process is still there (its start time is
+        // what names it); only the walks leave it out.
+        assert!(table.get(12).is_some());
+    }
+
+    #[test]
+    fn a_namespace_is_another_only_when_both_are_known() {
+        let a = Some(PidNs { dev: 4, ino: 4026531836 });
+        let b = Some(PidNs { dev: 4, ino: 4026532000 });
+        assert!(in_namespace(a, a));
+        assert!(!in_namespace(a, b));
+        assert!(in_namespace(a, None), "unreadable: counted, as before namespaces were looked at");
+        assert!(in_namespace(None, b));
+    }
+
+    #[test]
+    fn a_child_in_a_pid_namespace_of_its_own_is_left_out() {
+        // A user namespace too, so that this runs without root.
+        let mut unshare = std::process::Command::new("unshare")
+            .args(["--user", "--map-root-user", "--pid", "--fork", "--kill-child", "sleep", "30"])
+            .spawn()
+            .expect("unshare");
+        let outer = unshare.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut inner = None;
+        while inner.is_none() && std::time::Instant::now() < deadline {
+            let table = ProcTable::scan();
+            inner = table.procs.values().find(|p| p.ppid == outer && p.comm == "sleep").map(|p| p.pid);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let inner = inner.expect("the namespace's sleep");
+        let me = std::process::id() as i32;
+        assert_eq!(pid_namespace(me), own_pid_namespace());
+        assert_eq!(pid_namespace(outer), own_pid_namespace());
+        assert!(pid_namespace(inner).is_some() && pid_namespace(inner) != own_pid_namespace());
+        let table = ProcTable::scan();
+        assert!(table.in_own_namespace(outer) && !table.in_own_namespace(inner));
+        let below: Vec<i32> = table.descendants(me).iter().map(|p| p.pid).collect();
+        assert!(below.contains(&outer) && !below.contains(&inner), "{below:?}");
+        // Audit sessions are not namespaced: the namespace's process is in ours.
+        if let Some(sid) = audit_session(me) {
+            assert_eq!(audit_session(inner), Some(sid));
+            let members = table.audit_members(sid);
+            assert!(members.contains(&outer) && !members.contains(&inner), "{members:?}");
+        }
+        unshare.kill().unwrap();
+        unshare.wait().unwrap();
     }
 
     #[test]

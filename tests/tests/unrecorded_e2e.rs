@@ -4,7 +4,7 @@
 //! with its user's rule and enforces it; `status` marks it. Real sshd, real
 //! users, real ptys through tmux, a real tmpfs.
 
-use sshidle_tests::session::Enforcer;
+use sshidle_tests::session::{self, tty_login_timed, Enforcer};
 use sshidle_tests::*;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -180,4 +180,66 @@ fn an_unrecorded_session_is_disconnected_by_the_admin() {
         Command::new("pgrep").args(["-u", &user.name]).output().expect("pgrep").stdout.is_empty()
     });
     assert!(gone, "processes of {} left", user.name);
+}
+
+/// A host that runs containers sees their processes in its /proc: another
+/// PID namespace's sshd, with its own policy and its own sshidle, is none of
+/// the host enforcer's business. A private sshd in a PID namespace of its
+/// own (`unshare --pid`, as a container's) and one in the host's, the
+/// host's logins unrecorded (its state directory full): the host's pty
+/// login is adopted and ended for idleness, the namespace's, as idle and
+/// as unrecorded for the host enforcer, is neither listed nor adopted nor
+/// ended.
+#[test]
+fn another_pid_namespaces_sshd_is_none_of_ours() {
+    if !e2e_enabled() {
+        return;
+    }
+    let ns_user = TestUser::create("unsn", &[]);
+    let host_user = TestUser::create("unsh", &[]);
+    // The host enforcer's policy names both: only the namespace keeps its own out.
+    let policy = format!("user {} idle=8s warn=3s\nuser {} idle=8s warn=3s\n", ns_user.name, host_user.name);
+    let host = Sshd::start("unshost", SshdOptions { policy, ..Default::default() });
+    // The namespace's sshd records its logins in a state directory of its
+    // own, under a policy with no rule for them.
+    let launcher = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--"];
+    let contained =
+        Sshd::start("unsns", SshdOptions { launcher: launcher.map(String::from).to_vec(), ..Default::default() });
+    let ns_of = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).expect("pid namespace");
+    let listener = descendants(contained.pid).into_iter().next().expect("the namespace's sshd");
+    assert_ne!(ns_of(listener), ns_of(std::process::id() as i32), "sshd is not in a PID namespace of its own");
+    contained.authorize(&ns_user);
+    host.authorize(&host_user);
+    let _tmpfs = FullTmpfs::mount(&host.state_dir);
+    let contained_login = tty_login_timed(&contained, &ns_user.name, &[]);
+    let host_login = tty_login_timed(&host, &host_user.name, &[]);
+    // Both connections run before the enforcer starts: its first search sees both.
+    let enforcer = Enforcer::start(&host, &["--find-unrecorded"]);
+    let adopted = wait_until(Duration::from_secs(15), || {
+        rows_of(&host, &host_user.name).first().is_some_and(|r| r["adopted"] == true && r["idle_limit_secs"] == 8)
+    });
+    assert!(adopted, "the host's login was not adopted: {:#?}\n{}", status(&host), enforcer.output());
+    assert!(rows_of(&host, &ns_user.name).is_empty(), "the namespace's login is listed: {:#?}", status(&host));
+    assert!(
+        wait_until(Duration::from_secs(30), || host_login.tmux.is_dead()),
+        "the host's unrecorded login was not disconnected:\n{}\n{}",
+        host_login.tmux.capture(),
+        enforcer.output()
+    );
+    assert!(host_login.key.elapsed() >= Duration::from_secs(8), "ended before its limit");
+    // The namespace's login was idle longer, past the limit and its slack.
+    let idle_enough = contained_login.key + Duration::from_secs(8) + session::SLACK + Duration::from_secs(2);
+    std::thread::sleep(idle_enough.saturating_duration_since(Instant::now()));
+    assert!(!contained_login.tmux.is_dead(), "the namespace's login was ended:\n{}", enforcer.output());
+    contained_login.tmux.type_line("echo STILL''HERE");
+    assert!(
+        contained_login.tmux.wait_for("STILLHERE", Duration::from_secs(15)),
+        "the namespace's shell does not answer:\n{}\n{}",
+        contained_login.tmux.capture(),
+        enforcer.output()
+    );
+    assert!(rows_of(&host, &ns_user.name).is_empty(), "the namespace's login is listed: {:#?}", status(&host));
+    let log = enforcer.output();
+    assert!(log.contains(&format!("of {}: an sshd connection with no record", host_user.name)), "{log}");
+    assert!(!log.contains(&ns_user.name), "the enforcer acted on the namespace's login:\n{log}");
 }
