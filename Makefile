@@ -4,7 +4,7 @@ export CARGO_TERM_COLOR ?= never
 # Where cargo puts its output (honours CARGO_TARGET_DIR).
 TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
 
-.PHONY: all build release test test-deps lint install uninstall deps bench build-deps deb
+.PHONY: all build release test test-deps lint lint-deps install uninstall deps bench build-deps deb
 
 all: build
 
@@ -44,7 +44,7 @@ FINDING_TESTS = adversary_e2e unrecorded_e2e
 OTHER_TESTS = $(filter-out $(SLOW_TESTS) $(FINDING_TESTS),$(basename $(notdir $(wildcard tests/tests/*.rs))))
 CARGO_TEST = $(CARGO) test --no-fail-fast
 TEST_ARGS = -- --test-threads=4
-test: test-deps build lint
+test: test-deps build-deps build lint
 	@rm -f $(SKIPS) $(TEST_LOG)*
 	$(CARGO) test --workspace --no-run
 	@echo "make test: running $(SLOW_TESTS) beside the other tests (their output follows theirs)"
@@ -63,7 +63,7 @@ test: test-deps build lint
 	    [ "$$(cat $$rc 2>/dev/null)" = 0 ] || { echo "make test: failed ($$rc: $$(cat $$rc 2>/dev/null || echo missing))"; status=1; }; \
 	done; exit $$status
 
-lint:
+lint: lint-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -93,6 +93,18 @@ build-deps:
 	    { apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; }; \
 	fi
 
+# rustfmt and clippy for `make lint`: Debian packages them apart from its
+# cargo (rustfmt, rust-clippy); rustup's toolchains have them as components.
+lint-deps: build-deps
+	@$(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1 || { \
+	    if dpkg -S "$$(command -v $(CARGO))" >/dev/null 2>&1; then \
+	        echo "make: installing rustfmt rust-clippy (for Debian's cargo)"; \
+	        export DEBIAN_FRONTEND=noninteractive; \
+	        apt-get install -y -q --no-install-recommends rustfmt rust-clippy || exit 1; \
+	    else \
+	        echo "make: cargo fmt and cargo clippy are needed: rustup component add rustfmt clippy" >&2; \
+	        exit 1; \
+	    fi; }
 # Build, install the module, the PAM line, a default policy, the man pages and
 # the enforcer service, and start it (as root). `make uninstall` undoes it.
 install: build-deps

@@ -1445,7 +1445,7 @@ mod tests {
             "--- a/etc/ssh/x\n+++ b/etc/ssh/x\n@@ -1,5 +1,6 @@\n 1\n 2\n+X\n 3\n 4\n 5\n@@ -10,6 +11,5 @@\n 10\n 11\n 12\n-13\n 14\n 15\n"
         );
         // A big config (the old table needed 255 MB for 8,000 lines): one hunk.
-        let big: String = (0..8000).map(|i| format!("# line {i}\n")).collect();
+        let big = (0..8000).map(|i| format!("# line {i}")).collect::<Vec<_>>().join("\n") + "\n";
         let changed = big.replacen("# line 4000\n", "ClientAliveInterval 60\n", 1);
         let diff = unified_diff(p, Some(big.as_bytes()), Some(changed.as_bytes()));
         assert_eq!(diff.lines().filter(|l| l.starts_with("@@")).collect::<Vec<_>>(), ["@@ -3998,7 +3998,7 @@"]);

@@ -36,7 +36,7 @@ use crate::policy::{End, Limits};
 use crate::procfs;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -338,7 +338,10 @@ impl StateDir {
         let _lock = self.lock(LockKind::Exclusive, LOCK_TIMEOUT)?;
         let mut counts = self.disconnect_counts();
         *counts.entry(cause.to_string()).or_insert(0) += 1;
-        let text: String = counts.iter().map(|(c, n)| format!("{c} {n}\n")).collect();
+        let text = counts.iter().fold(String::new(), |mut text, (cause, n)| {
+            let _ = writeln!(text, "{cause} {n}");
+            text
+        });
         self.replace(DISCONNECTS_FILE, text.as_bytes())
     }
 

@@ -79,7 +79,7 @@ pub fn group_names(account: &Account) -> Vec<String> {
             break;
         }
         if gids.len() >= 65_536 {
-            gids.truncate(0);
+            gids.clear();
             break;
         }
         let wanted = (count.max(0) as usize).max(gids.len() * 2);

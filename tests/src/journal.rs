@@ -89,7 +89,7 @@ impl JournalWatch {
 
     /// The lines seen, for assertion messages.
     pub fn dump(&self) -> String {
-        self.lines().iter().map(|l| format!("  {}\n", l.text)).collect()
+        self.lines().iter().map(|l| format!("  {}", l.text)).collect::<Vec<_>>().join("\n")
     }
 }
 

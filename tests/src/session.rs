@@ -396,7 +396,7 @@ pub fn assert_ended_within(l: &Login, ended: Option<Instant>, limit: Duration, e
 
 /// A policy giving each of `users` the same `settings` (`idle=12s warn=4s`).
 pub fn policy_for(users: &[&str], settings: &str) -> String {
-    users.iter().map(|u| format!("user {u} {settings}\n")).collect()
+    users.iter().map(|u| format!("user {u} {settings}")).collect::<Vec<_>>().join("\n") + "\n"
 }
 
 /// `sshidlectl enforce` at a higher scheduling priority (nice value -10,

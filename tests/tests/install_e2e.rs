@@ -732,8 +732,9 @@ fn systemd_unit_verifies_and_is_hardened() {
         .replace("ExecStart=/usr/sbin/sshidlectl", &format!("ExecStart={}", sshidlectl_path().display()))
         .lines()
         .filter(|l| !l.starts_with("Documentation="))
-        .map(|l| format!("{l}\n"))
-        .collect::<String>();
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
     let path = dir.join("sshidle.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();

@@ -236,7 +236,8 @@ fn main_file_without_include_changes_only_the_clientalive_lines() {
     assert_eq!(added.len(), 4, "{added:?}");
     assert!(added[0].starts_with("# BEGIN sshidle keepalive"));
     assert_eq!(&added[1..], ["ClientAliveInterval 30", "ClientAliveCountMax 4", "# END sshidle keepalive"]);
-    let without_block: String = after.lines().filter(|l| !added.contains(l)).map(|l| format!("{l}\n")).collect();
+    let without_block: String =
+        after.split_inclusive('\n').filter(|l| !added.contains(&l.trim_end_matches('\n'))).collect();
     assert_eq!(without_block, original);
     assert_eq!(keepalive_values(&sshd.config_path), ("30".into(), "4".into()));
     assert_eq!(mode_owner(&sshd.config_path), attrs);
