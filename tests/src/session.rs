@@ -394,6 +394,52 @@ pub fn assert_ended_within(l: &Login, ended: Option<Instant>, limit: Duration, e
     );
 }
 
+/// The timed tests' day of idlers among typists: one login per `(name, line,
+/// user)` of `idlers`, 0.7 s apart, each in a thread of its own: logged in,
+/// watched (the enforcer notices a new pty within a second), `line` typed
+/// once as its last input, then watched until it ends (at most `limit` +
+/// 10 s). Meanwhile each of `kept` types every 3 s, until 4 s past the last
+/// idler's end. Returns each idler's login with when it ended.
+pub fn idlers_among_typists(
+    sshd: &Sshd,
+    idlers: Vec<(&'static str, &str, TestUser)>,
+    kept: &[&Tmux],
+    limit: Duration,
+) -> Vec<(Login, Option<Instant>)> {
+    let stop_typing = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let stop = &stop_typing;
+        let typing = scope.spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for tmux in kept {
+                    tmux.type_line("true");
+                }
+                std::thread::sleep(Duration::from_secs(3));
+            }
+        });
+        let threads: Vec<_> = idlers
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, line, user))| {
+                scope.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(700) * i as u32);
+                    let mut l = Login::new(sshd, name, user, &[]);
+                    std::thread::sleep(Duration::from_millis(1500));
+                    l.type_last(line);
+                    let ended = wait_ended(&[&l], limit + Duration::from_secs(10)).remove(0);
+                    (l, ended)
+                })
+            })
+            .collect();
+        let results = threads.into_iter().map(|t| t.join().expect("idler's thread")).collect();
+        // Past the last idler's end, the kept ones are still typing.
+        std::thread::sleep(Duration::from_secs(4));
+        stop_typing.store(true, std::sync::atomic::Ordering::SeqCst);
+        typing.join().expect("typing thread");
+        results
+    })
+}
+
 /// A policy giving each of `users` the same `settings` (`idle=12s warn=4s`).
 pub fn policy_for(users: &[&str], settings: &str) -> String {
     users.iter().map(|u| format!("user {u} {settings}")).collect::<Vec<_>>().join("\n") + "\n"

@@ -85,44 +85,10 @@ fn every_fake_is_disconnected_at_its_limit_and_typists_are_kept() {
     sshd.authorize(&muxer);
     let master = tty_login(&sshd, &muxer.name, &["-o", "ControlMaster=yes", "-o", &path_opt]);
     let second = tty_login(&sshd, &muxer.name, &["-o", "ControlMaster=no", "-o", &path_opt]);
-    let stop_typing = std::sync::atomic::AtomicBool::new(false);
-    let results: Vec<(Login, Option<Instant>)> = std::thread::scope(|scope| {
-        let kept = [&kept_typist.tmux, &kept_mesg.tmux, &second];
-        let stop = &stop_typing;
-        let typing = scope.spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                for tmux in kept {
-                    tmux.type_line("true");
-                }
-                std::thread::sleep(Duration::from_secs(3));
-            }
-        });
-        // Each fake in a thread of its own (0.7 s apart): logged in, watched
-        // (the enforcer notices a new pty within a second), typed once, then
-        // watched until it ends.
-        let sshd = &sshd;
-        let threads: Vec<_> = FAKES
-            .iter()
-            .zip(fake_users)
-            .enumerate()
-            .map(|(i, ((name, line), user))| {
-                scope.spawn(move || {
-                    std::thread::sleep(Duration::from_millis(700) * i as u32);
-                    let mut l = Login::new(sshd, name, user, &[]);
-                    std::thread::sleep(Duration::from_millis(1500));
-                    l.type_last(line);
-                    let ended = wait_ended(&[&l], limit + Duration::from_secs(10)).remove(0);
-                    (l, ended)
-                })
-            })
-            .collect();
-        let results = threads.into_iter().map(|t| t.join().expect("fake thread")).collect();
-        // Past the last fake's end, the kept ones are still typing.
-        std::thread::sleep(Duration::from_secs(4));
-        stop_typing.store(true, std::sync::atomic::Ordering::SeqCst);
-        typing.join().expect("typing thread");
-        results
-    });
+    // Each fake logged in, typed once, then watched until it ends.
+    let fakes = FAKES.iter().zip(fake_users).map(|((name, line), user)| (*name, *line, user)).collect();
+    let kept = [&kept_typist.tmux, &kept_mesg.tmux, &second];
+    let results = idlers_among_typists(&sshd, fakes, &kept, limit);
     for (l, ended) in &results {
         assert_ended_on_time(l, *ended, limit, &enforcer);
         let screen = l.tmux.capture();

@@ -12,7 +12,7 @@ use sshidle_tests::session::*;
 use sshidle_tests::*;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `perl push.pl TTY x|nul|high LOG`: every 2 s pushes one byte (`x`, or a
 /// NUL) into TTY's input with `ioctl(TIOCSTI)`; `high` makes the call
@@ -117,40 +117,8 @@ fn pushers_are_ended_at_their_limit_and_typists_kept() {
     sshd.authorize(&muxer);
     let master = tty_login(&sshd, &muxer.name, &["-o", "ControlMaster=yes", "-o", &path_opt]);
     let second = tty_login(&sshd, &muxer.name, &["-o", "ControlMaster=no", "-o", &path_opt]);
-    let stop_typing = std::sync::atomic::AtomicBool::new(false);
-    let results: Vec<(Login, Option<Instant>)> = std::thread::scope(|scope| {
-        let kept = [&kept_typist.tmux, &second];
-        let stop = &stop_typing;
-        let typing = scope.spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                for tmux in kept {
-                    tmux.type_line("true");
-                }
-                std::thread::sleep(Duration::from_secs(3));
-            }
-        });
-        let sshd = &sshd;
-        let threads: Vec<_> = PUSHERS
-            .iter()
-            .zip(pushers)
-            .enumerate()
-            .map(|(i, ((name, line), user))| {
-                scope.spawn(move || {
-                    std::thread::sleep(Duration::from_millis(700) * i as u32);
-                    let mut l = Login::new(sshd, name, user, &[]);
-                    std::thread::sleep(Duration::from_millis(1500));
-                    l.type_last(line);
-                    let ended = wait_ended(&[&l], limit + Duration::from_secs(10)).remove(0);
-                    (l, ended)
-                })
-            })
-            .collect();
-        let results = threads.into_iter().map(|t| t.join().expect("pusher thread")).collect();
-        std::thread::sleep(Duration::from_secs(4));
-        stop_typing.store(true, std::sync::atomic::Ordering::SeqCst);
-        typing.join().expect("typing thread");
-        results
-    });
+    let logins = PUSHERS.iter().zip(pushers).map(|((name, line), user)| (*name, *line, user)).collect();
+    let results = idlers_among_typists(&sshd, logins, &[&kept_typist.tmux, &second], limit);
     for (l, ended) in &results {
         // The pusher ran and tried, and the kernel refused every push.
         let pushed = std::fs::read_to_string(home(&l.user).join("pushed")).unwrap_or_default();
