@@ -18,7 +18,7 @@
 
 use crate::util::{describe, ensure_runtime_dirs, TempDir};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 /// Set in the inner run: the directory holding the overlays' upper layers.
@@ -124,30 +124,71 @@ pub fn package_installed() -> bool {
         .unwrap_or(false)
 }
 
-/// Takes away, inside, what the real system has of sshidle. There is no
-/// service manager here: a systemctl that does nothing stands in for the
-/// real one, so that no unit of the real system is stopped.
+/// Takes away, inside, what the real system has of sshidle.
 fn take_away_installation(upper: &Path) {
-    let shims = upper.join("shims");
-    std::fs::create_dir_all(&shims).expect("shim dir");
-    let systemctl = shims.join("systemctl");
-    std::fs::write(&systemctl, "#!/bin/sh\necho \"systemctl $*: no service manager in this private system\" >&2\n")
-        .expect("systemctl shim");
-    std::fs::set_permissions(&systemctl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap_or_default());
-    if Path::new("/var/lib/sshidle/installed").exists() {
-        let ctl = ["/usr/local/sbin/sshidlectl", "/usr/sbin/sshidlectl"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .unwrap_or_else(crate::util::sshidlectl_path);
-        let out = Command::new(ctl).arg("uninstall").env("PATH", &path).output().expect("sshidlectl uninstall");
-        eprintln!("private system: the real installation taken away inside: {}", describe(&out));
-    }
-    if package_installed() {
-        let out = Command::new("dpkg").args(["--purge", "sshidle"]).env("PATH", &path).output().expect("dpkg");
-        eprintln!("private system: the real package purged inside: {}", describe(&out));
-    }
-    let _ = std::fs::remove_dir_all("/var/lib/sshidle");
+    let out = Command::new("sh").args(["-c", &take_away_script(upper)]).output().expect("sh");
+    eprintln!("private system: the real installation taken away inside: {}", describe(&out));
     assert!(!package_installed(), "the sshidle package is still installed in the private system");
+}
+
+/// Shell commands that take away, inside a private system (a mount namespace
+/// with its own `/run`), what the real system has of sshidle: `sshidlectl
+/// uninstall` of a `make install`, `dpkg --purge` of the package, and what
+/// is left of their records. There is no service manager inside: a
+/// systemctl that does nothing stands in for the real one (in `scratch`), so
+/// that no unit of the real system is stopped, and so that the uninstall of
+/// a unit (on a machine that runs systemd) does not fail and leave its
+/// record behind for the test's own installation to find.
+pub fn take_away_script(scratch: &Path) -> String {
+    let shim = systemctl_shim_script(scratch);
+    let built = crate::util::sshidlectl_path();
+    let built = built.display();
+    [
+        shim.as_str(),
+        "if [ -f /var/lib/sshidle/installed ]; then",
+        &format!("  for ctl in /usr/local/sbin/sshidlectl /usr/sbin/sshidlectl {built}; do"),
+        r#"    if [ -x "$ctl" ]; then PATH="$shims:$PATH" "$ctl" uninstall || true; break; fi"#,
+        "  done",
+        "fi",
+        r#"if [ "$(dpkg-query -W -f '${db:Status-Status}' sshidle 2>/dev/null)" = installed ]; then"#,
+        r#"  PATH="$shims:$PATH" dpkg --purge sshidle || true"#,
+        "fi",
+        "rm -rf /var/lib/sshidle\n",
+    ]
+    .join("\n")
+}
+
+/// Shell commands that put a systemctl doing nothing in `$shims`
+/// (`scratch/shims`).
+fn systemctl_shim_script(scratch: &Path) -> String {
+    [
+        &format!("shims={}", scratch.join("shims").display()),
+        r#"mkdir -p "$shims""#,
+        r#"printf '#!/bin/sh\necho "systemctl $*: no service manager in this private system" >&2\n' > "$shims/systemctl""#,
+        r#"chmod 755 "$shims/systemctl""#,
+    ]
+    .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_away_script_is_shell_that_shims_systemctl() {
+        let script = take_away_script(Path::new("/scratch"));
+        let out = Command::new("sh").args(["-n", "-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{script}\n{}", describe(&out));
+        assert!(script.starts_with("shims=/scratch/shims\n"), "{script}");
+        assert!(script.contains(r#"PATH="$shims:$PATH" "$ctl" uninstall"#), "{script}");
+        // The shim itself, as sh writes it (the rest of the script only ever
+        // runs inside a private system).
+        let dir = TempDir::new("shim");
+        let out = Command::new("sh").args(["-c", &systemctl_shim_script(&dir.path)]).output().unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        let shim = std::fs::read_to_string(dir.join("shims/systemctl")).unwrap();
+        assert_eq!(shim, "#!/bin/sh\necho \"systemctl $*: no service manager in this private system\" >&2\n");
+        let out = Command::new(dir.join("shims/systemctl")).args(["disable", "--now", "x"]).output().unwrap();
+        assert!(out.status.success() && out.stdout.is_empty(), "{}", describe(&out));
+    }
 }

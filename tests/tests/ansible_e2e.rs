@@ -41,10 +41,7 @@ impl Namespace {
         // An installation on the real system (make install) is taken away
         // inside only (fresh /run, own PID namespace: the real enforcer is
         // out of reach), so that the role starts from a machine without it.
-        script.push_str(
-            "if [ -f /var/lib/sshidle/installed ] && [ -x /usr/local/sbin/sshidlectl ]; then\n\
-             /usr/local/sbin/sshidlectl uninstall >/dev/null 2>&1 || true\nfi\n",
-        );
+        script.push_str(&format!("{{\n{}}} >/dev/null 2>&1\n", private_system::take_away_script(&ovl)));
         script.push_str("echo ready\nexec sleep 100000\n");
         let (unshare, line) = private_system::hold_namespace(&["--pid", "--fork", "--mount-proc"], &script);
         let pid = unshare.id();
