@@ -1063,6 +1063,15 @@ fn undo(run: &mut Run, entry: &Entry) -> Result<(), String> {
     let err = io_err;
     match entry {
         Entry::Service(kind, name) => match kind {
+            // Where systemd does not run now (a chroot, a rescue system),
+            // the unit is only disabled: --now would fail, and keep the
+            // unit's record.
+            ServiceKind::Systemd if run.layout.service != ServiceKind::Systemd => {
+                run.say(&format!("run: systemctl disable {name} (systemd is not running: nothing to stop)"));
+                if !dry {
+                    run_command(&run.layout.systemctl.display().to_string(), &["disable", "--quiet", name])?;
+                }
+            }
             ServiceKind::Systemd => {
                 run.say(&format!("run: systemctl disable --now {name}"));
                 if !dry {
@@ -1606,6 +1615,16 @@ session [success=ok ignore=ignore module_unknown=ignore default=bad]        pam_
         fs::remove_file(&calls).unwrap();
         assert_eq!(uninstall_with(&layout, &args(false)), EXIT_OK);
         assert_eq!(log(), "disable --now --quiet sshidle\ndaemon-reload\n");
+        fs::remove_file(&calls).unwrap();
+        assert_eq!(snapshot(&root.0), before);
+
+        // Installed where systemd ran, taken away where it does not run (a
+        // chroot, a rescue system): disabled, nothing to stop or reload.
+        assert_eq!(install_with(&layout, &args(false)), EXIT_OK);
+        fs::remove_file(&calls).unwrap();
+        layout.service = ServiceKind::SysV;
+        assert_eq!(uninstall_with(&layout, &args(false)), EXIT_OK);
+        assert_eq!(log(), "disable --quiet sshidle\n");
         fs::remove_file(&calls).unwrap();
         assert_eq!(snapshot(&root.0), before);
     }
