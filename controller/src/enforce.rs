@@ -276,8 +276,10 @@ struct Enforcer {
     metrics_dirty: bool,
     /// The last write of the textfile failed (and was logged).
     textfile_failing: bool,
-    /// Unrecorded connections already looked at (adopted, or no limit).
-    discovered: HashSet<SessionKey>,
+    /// Unrecorded connections already looked at (adopted, or no limit), by
+    /// monitor and user: a connection first taken for another user's (in
+    /// authentication) is looked at again.
+    discovered: HashSet<(SessionKey, u32)>,
     find_unrecorded: bool,
 }
 
@@ -567,9 +569,9 @@ impl Enforcer {
         let privsep = users::lookup_user("sshd").map(|a| a.uid);
         let found = discover::scan(&ProcTable::scan(), privsep);
         self.reload_sessions(now);
-        self.discovered.retain(|k| found.iter().any(|c| c.key == *k));
+        self.discovered.retain(|(k, uid)| found.iter().any(|c| c.key == *k && c.uid == *uid));
         for c in found {
-            if self.life.contains(&c.key) || !self.discovered.insert(c.key) {
+            if self.life.contains(&c.key) || !self.discovered.insert((c.key, c.uid)) {
                 continue;
             }
             let Some(user) = users::user_name(c.uid) else { continue };

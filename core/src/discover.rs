@@ -25,13 +25,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Where sshd's executables live (OpenSSH ≤ 9.7: `sshd` alone; 9.8+ also
-/// the per-connection `sshd-session`).
+/// the per-connection `sshd-session`; 10.0+ also the pre-authentication
+/// `sshd-auth`, which runs as the privilege-separation user).
 pub const SSHD_EXECUTABLES: &[&str] = &[
     "/usr/sbin/sshd",
     "/usr/sbin/sshd-session",
     "/usr/lib/openssh/sshd-session",
     "/usr/libexec/openssh/sshd-session",
     "/usr/libexec/sshd-session",
+    "/usr/lib/openssh/sshd-auth",
+    "/usr/libexec/openssh/sshd-auth",
+    "/usr/libexec/sshd-auth",
 ];
 
 /// What discovery needs to know about one process.
@@ -91,7 +95,9 @@ pub fn connections(procs: &HashMap<i32, ProcInfo>, privsep_uid: Option<u32>) -> 
         let kids = children.get(&m.pid).map(Vec::as_slice).unwrap_or_default();
         let by_child =
             kids.iter().filter(|c| c.sshd).filter_map(|c| c.uid).find(|u| *u != 0 && Some(*u) != privsep_uid);
-        let by_command = || kids.iter().filter(|c| !c.sshd).find_map(|c| c.uid);
+        // Not the privsep user's either: an sshd-auth sshidle does not know
+        // by path is still authenticating.
+        let by_command = || kids.iter().filter(|c| !c.sshd).filter_map(|c| c.uid).find(|u| Some(*u) != privsep_uid);
         let by_login_uid = || m.login_uid.filter(|u| Some(*u) != listener.login_uid);
         if let Some(uid) = by_child.or_else(by_command).or_else(by_login_uid) {
             out.push(Connection { key: SessionKey { pid: m.pid, start: m.start }, uid });
@@ -171,6 +177,12 @@ mod tests {
             p(51, 50, true, 101, None),
             // root with ssh -N: known by the login uid pam_loginuid set
             p(60, 10, true, 0, Some(0)),
+            // authenticating on OpenSSH 10: sshd-auth, as the privsep user,
+            // also where its path is not one sshidle knows
+            p(70, 10, true, 0, None),
+            p(71, 70, true, 101, None),
+            p(80, 10, true, 0, None),
+            p(81, 80, false, 101, None),
         ];
         assert_eq!(found(&procs), vec![(20, 1000), (30, 0), (40, 1001), (60, 0)]);
     }

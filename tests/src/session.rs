@@ -124,7 +124,17 @@ pub fn exited(child: &mut Child) -> bool {
     matches!(child.try_wait(), Ok(Some(_)))
 }
 
-/// The processes of `user` that still run, as "PID ARGS".
+/// Whether `pid` runs under a user's service manager (`user@UID.service`),
+/// which logind starts at a user's first login where systemd runs, and
+/// systemd stops some seconds after the last (`UserStopDelaySec`): it is no
+/// session's, and nothing sshidle ends.
+pub fn in_user_manager(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|c| c.lines().any(|l| l.contains("/user@") && l.contains(".service")))
+}
+
+/// The processes of `user` that still run, as "PID ARGS", but for those of
+/// the user's service manager.
 pub fn user_processes(user: &TestUser) -> Vec<String> {
     let out = Command::new("ps").args(["-o", "pid=,stat=,args=", "-u", &user.name]).output().expect("ps");
     String::from_utf8_lossy(&out.stdout)
@@ -135,7 +145,8 @@ pub fn user_processes(user: &TestUser) -> Vec<String> {
             // stays a while: an sshd child hung up before its exec).
             let mut words = line.split_whitespace();
             let (pid, stat) = (words.next()?, words.next()?);
-            (!stat.starts_with('Z')).then(|| format!("{pid} {}", words.collect::<Vec<_>>().join(" ")))
+            let running = !stat.starts_with('Z') && !pid.parse().is_ok_and(in_user_manager);
+            running.then(|| format!("{pid} {}", words.collect::<Vec<_>>().join(" ")))
         })
         .collect()
 }

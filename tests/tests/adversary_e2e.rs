@@ -417,12 +417,13 @@ fn sshd_run_inside_a_session_is_the_sessions_and_ends_with_it() {
     let ended_at = Instant::now();
     assert_ended_within(&below, ended[0], limit, &enforcer);
     assert_ended_on_time(&execs, ended[1], limit, &enforcer);
-    // Nothing of the user is left but the sshd started outside the session.
+    // Nothing of the user is left but the sshd started outside the session
+    // (and the user's service manager, where systemd runs: no session's).
     let uid = below.user.uid;
     let left = || -> Vec<String> {
         procfs::all_pids()
             .into_iter()
-            .filter(|p| procfs::real_uid(*p) == Some(uid) && *p != bystanders[0].0)
+            .filter(|p| procfs::real_uid(*p) == Some(uid) && *p != bystanders[0].0 && !in_user_manager(*p))
             .map(|p| format!("{p} {:?}", procfs::title(p)))
             .collect()
     };
