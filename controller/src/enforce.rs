@@ -1237,6 +1237,17 @@ fn report_ending(term: &mut Termination, log: &dyn LogSink) {
                 Level::Warning,
                 &format!("session {key}: sshd's processes {} still ran after SIGTERM; killed", pids(&victims)),
             ),
+            terminate::Note::JoinedHungUp(victims) => log.log(
+                Level::Info,
+                &format!("session {key}: processes {} joined its tree while it was being ended; hung up too", pids(&victims)),
+            ),
+            terminate::Note::LateCommandsHungUp(victims) => log.log(
+                Level::Info,
+                &format!(
+                    "session {key}: processes {} were started for its channels as sshd exited; hung up too",
+                    pids(&victims)
+                ),
+            ),
         }
     }
     let killed: Vec<terminate::Victim> = std::mem::take(&mut term.killed);

@@ -696,7 +696,7 @@ mod tests {
     }
 
     fn proc(pid: i32, ppid: i32, tty_nr: u32) -> procfs::ProcStat {
-        procfs::ProcStat { pid, comm: "sshd".into(), ppid, tty_nr, start: pid as u64 }
+        procfs::ProcStat { pid, comm: "sshd".into(), ppid, session: pid, tty_nr, start: pid as u64 }
     }
 
     #[test]

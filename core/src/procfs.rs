@@ -86,6 +86,8 @@ pub struct ProcStat {
     /// share their monitor's.
     pub comm: String,
     pub ppid: i32,
+    /// Session id (field 6): the PID of the session's leader.
+    pub session: i32,
     /// Controlling terminal as a device number (field 7); 0 when none.
     pub tty_nr: u32,
     /// Start time in clock ticks since boot (field 22).
@@ -102,6 +104,7 @@ pub fn parse_stat(pid: i32, stat: &str) -> Option<ProcStat> {
         pid,
         comm,
         ppid: stat_field(stat, 4)?.parse().ok()?,
+        session: stat_field(stat, 6)?.parse().ok()?,
         tty_nr: tty_nr as u32,
         start: stat_field(stat, 22)?.parse().ok()?,
     })
@@ -417,6 +420,29 @@ pub fn pts_name(tty_nr: u32) -> Option<String> {
     (136..=143).contains(&major).then(|| format!("pts/{}", (major - 136) * 256 + minor))
 }
 
+/// Now on the clock of the processes' start times: clock ticks since boot
+/// (`CLOCK_BOOTTIME`, as the kernel keeps start times), rounded down as the
+/// kernel rounds them: a process forked after this call starts no earlier.
+pub fn boot_ticks() -> u64 {
+    // SAFETY: plain data, filled by the call.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid timespec to write into.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) } != 0 {
+        return 0;
+    }
+    let ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    ns / (1_000_000_000 / clock_ticks_per_second())
+}
+
+/// `SSH_CONNECTION` of the process's environment (`/proc/PID/environ`, as
+/// it stands in the process's memory): the connection sshd started it for,
+/// or its ancestor, "CLIENT_IP CLIENT_PORT SERVER_IP SERVER_PORT".
+pub fn ssh_connection(pid: i32) -> Option<String> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let value = env.split(|b| *b == 0).find_map(|var| var.strip_prefix(b"SSH_CONNECTION="))?;
+    Some(String::from_utf8_lossy(value).into_owned())
+}
+
 /// Boot time in unix seconds (`btime` of `/proc/stat`).
 pub fn boot_time() -> Option<i64> {
     let text = fs::read_to_string("/proc/stat").ok()?;
@@ -497,10 +523,14 @@ pub struct ProcTable {
     children: HashMap<i32, Vec<i32>>,
     audit: std::cell::OnceCell<HashMap<u32, Vec<i32>>>,
     foreign: Foreign,
+    /// When the reading began ([`boot_ticks`]): a process missing from it
+    /// started no earlier. 0 for a table made of given processes.
+    scanned: u64,
 }
 
 impl ProcTable {
     pub fn scan() -> ProcTable {
+        let scanned = boot_ticks();
         // Three system calls per process (open, read, close) into one reused
         // buffer: this is most of what a sweep costs.
         let mut buf = [0u8; 4096];
@@ -521,7 +551,7 @@ impl ProcTable {
             // Lossy: a command name that is not UTF-8 must not hide a process.
             parse_stat(pid, &String::from_utf8_lossy(buf.get(..usize::try_from(n).ok()?)?))
         });
-        let mut table = ProcTable::from_procs(procs.collect::<Vec<_>>());
+        let mut table = ProcTable { scanned, ..ProcTable::from_procs(procs.collect::<Vec<_>>()) };
         if let Some(own) = own_pid_namespace() {
             table.foreign = Foreign::Read { own, known: Default::default() };
         }
@@ -551,7 +581,12 @@ impl ProcTable {
         for p in procs.values() {
             children.entry(p.ppid).or_default().push(p.pid);
         }
-        ProcTable { procs, children, audit: Default::default(), foreign: Foreign::None }
+        ProcTable { procs, children, audit: Default::default(), foreign: Foreign::None, scanned: 0 }
+    }
+
+    /// When the reading began, in clock ticks since boot (see [`boot_ticks`]).
+    pub fn scanned(&self) -> u64 {
+        self.scanned
     }
 
     pub fn get(&self, pid: i32) -> Option<&ProcStat> {
@@ -679,7 +714,7 @@ mod tests {
     }
 
     fn stat(pid: i32, ppid: i32) -> ProcStat {
-        ProcStat { pid, comm: "p".into(), ppid, tty_nr: 0, start: pid as u64 }
+        ProcStat { pid, comm: "p".into(), ppid, session: pid, tty_nr: 0, start: pid as u64 }
     }
 
     #[test]
@@ -781,7 +816,7 @@ mod tests {
     fn parse_stat_fields_and_pts_names() {
         let stat = "42 (sshd: a (x)) S 7 42 42 34816 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 123456 0";
         let p = parse_stat(42, stat).unwrap();
-        assert_eq!((p.comm.as_str(), p.ppid, p.tty_nr, p.start), ("sshd: a (x)", 7, 34816, 123456));
+        assert_eq!((p.comm.as_str(), p.ppid, p.session, p.tty_nr, p.start), ("sshd: a (x)", 7, 42, 34816, 123456));
         assert_eq!(pts_name(34816), Some("pts/0".into()));
         assert_eq!(pts_name((136 << 8) | 5), Some("pts/5".into()));
         // Minor 300 of major 136: low byte in bits 0-7, the rest from bit 20.
@@ -805,10 +840,10 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         let synthetic = ProcTable::from_procs([
-            ProcStat { pid: 10, comm: "a".into(), ppid: 1, tty_nr: 0, start: 1 },
-            ProcStat { pid: 11, comm: "b".into(), ppid: 10, tty_nr: 0, start: 2 },
-            ProcStat { pid: 12, comm: "c".into(), ppid: 11, tty_nr: 0, start: 3 },
-            ProcStat { pid: 13, comm: "d".into(), ppid: 1, tty_nr: 0, start: 4 },
+            ProcStat { pid: 10, comm: "a".into(), ppid: 1, session: 10, tty_nr: 0, start: 1 },
+            ProcStat { pid: 11, comm: "b".into(), ppid: 10, session: 10, tty_nr: 0, start: 2 },
+            ProcStat { pid: 12, comm: "c".into(), ppid: 11, session: 10, tty_nr: 0, start: 3 },
+            ProcStat { pid: 13, comm: "d".into(), ppid: 1, session: 13, tty_nr: 0, start: 4 },
         ]);
         let d: Vec<i32> = synthetic.descendants(10).iter().map(|p| p.pid).collect();
         assert_eq!(d, vec![11, 12]);

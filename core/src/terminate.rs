@@ -21,7 +21,12 @@
 //!    stream as when the client closes it, logs `Connection closed by ...`
 //!    at INFO, closes the connection and exits with a status, and the
 //!    monitor runs `close_session` and writes the logout. The client sees
-//!    the connection closed by the remote host.
+//!    the connection closed by the remote host. Until sshd's processes have
+//!    exited they may still start a channel's command (an exec request read
+//!    before the end of the stream, a ControlMaster's new channel): the tree
+//!    is read again at every step, and once they have exited, a command
+//!    they forked after the last reading, reparented since, is found by what
+//!    sshd gave it (see [`LateWatch`]) and hung up too.
 //! 3. **Last resort.** A monitor still running [`GRACE`] after the hangup
 //!    (no pidfds, `pidfd_getfd` refused) gets SIGTERM, which it forwards to
 //!    its child; at twice the grace, SIGKILL. Both are logged as warnings.
@@ -44,9 +49,10 @@
 //! fallback to `kill` right after a start time check on kernels before 5.3).
 
 use crate::policy::End;
-use crate::procfs::{self, ProcTable};
+use crate::procfs::{self, ProcStat, ProcTable};
 use crate::state::SessionKey;
 use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -57,6 +63,10 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// open: time for a shell that exited to close its channel and for the
 /// client to disconnect by itself, as at a logout.
 pub const CLOSE_AFTER: Duration = Duration::from_millis(300);
+
+/// How long a channel's command that sshd forked as its processes exited
+/// is given to exec its command (and show the environment sshd gave it).
+const EXEC_WAIT: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -108,6 +118,9 @@ pub struct Collected {
     /// The login's audit session, when it can be trusted and `end=session`
     /// asks for what left the tree.
     pub audit: Option<u32>,
+    /// When the processes were read (clock ticks since boot): a command sshd
+    /// starts for a channel later is looked for (see [`LateWatch`]).
+    pub scanned: u64,
 }
 
 /// Collects the processes of session `key` (of user `uid`) that ending it
@@ -148,7 +161,122 @@ pub fn collect(table: &ProcTable, key: SessionKey, uid: u32, end: End) -> Option
             }
         }
     }
-    Some(Collected { victims, audit })
+    Some(Collected { victims, audit, scanned: table.scanned() })
+}
+
+/// What tells a command that sshd started for one of the session's channels
+/// after the session's processes were last read. sshd's user child serves
+/// the exec requests it has read, or that still arrive, until it reads the
+/// end of the connection; the command it forks runs in a session of its own
+/// and, once that child exits a moment later, is reparented: nothing in the
+/// tree leads to it any more, and a logout's hangup would miss it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateWatch {
+    /// Clock ticks since boot when the tree was last read whole while sshd's
+    /// processes ran throughout: what they forked later started no earlier.
+    pub since: u64,
+    /// sshd's processes of the connection (PID, start): the monitor and its
+    /// user child, which fork the channels' commands.
+    pub sshd: Vec<(i32, u64)>,
+    /// Where an orphan of theirs goes: PID 1 and the monitor's ancestors (a
+    /// subreaper among them).
+    pub reapers: HashSet<i32>,
+    /// The login's audit session (the monitor's; `None` when unset): what
+    /// sshd starts for the login inherits it.
+    pub audit: Option<u32>,
+    /// The connection (client, server), which sshd writes into the
+    /// commands' `SSH_CONNECTION`, when its socket could be read.
+    pub connection: Option<(SocketAddr, SocketAddr)>,
+    /// sshd's executable: a command not exec'ed yet still runs it, in sshd's
+    /// own environment.
+    pub sshd_exe: Option<(u64, u64)>,
+}
+
+/// What is read of a process that may be such a late command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Suspect {
+    pub real_uid: Option<u32>,
+    pub audit: Option<u32>,
+    pub exe: Option<(u64, u64)>,
+    pub ssh_connection: Option<String>,
+}
+
+/// What a suspect is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A command sshd started for one of the session's channels.
+    Late,
+    /// It may be one but has not exec'ed its command yet (it still runs
+    /// sshd's executable, in sshd's environment): look again in a moment.
+    NotYet,
+    /// Not the session's.
+    No,
+}
+
+/// The processes that may be commands sshd's processes of `watch` started
+/// for the session's channels since `watch.since`, once those processes
+/// have exited (or got SIGKILL): a session leader, as sshd makes a channel's
+/// command, started since then, reparented to where sshd's orphans go, or
+/// still a child of sshd. A job that a shell of the session setsid'ed
+/// before is older; one it setsid'ed meanwhile is a child of that shell or
+/// no session leader, unless it left the shell too.
+pub fn late_suspects<'a>(table: &'a ProcTable, watch: &LateWatch) -> Vec<&'a ProcStat> {
+    let sshd_child = |p: &ProcStat| {
+        watch.sshd.iter().any(|(pid, start)| *pid == p.ppid && table.get(*pid).is_some_and(|s| s.start == *start))
+    };
+    let mut out: Vec<&ProcStat> = table
+        .procs
+        .values()
+        .filter(|p| p.start >= watch.since && p.session == p.pid)
+        .filter(|p| watch.reapers.contains(&p.ppid) || sshd_child(p))
+        .filter(|p| table.in_own_namespace(p.pid))
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// Whether a suspect of [`late_suspects`] is a channel's command of the
+/// session of user `uid`: running as the user, in the login's audit session,
+/// with the `SSH_CONNECTION` sshd gives the commands of this connection
+/// (proof that sshd started it for this connection, not another login's or
+/// a daemon; none can be had when the connection was not read).
+pub fn judge_late(s: &Suspect, watch: &LateWatch, uid: u32) -> Verdict {
+    if s.real_uid != Some(uid) || s.audit != watch.audit {
+        return Verdict::No;
+    }
+    let Some(connection) = &watch.connection else { return Verdict::No };
+    match &s.ssh_connection {
+        Some(env) if names_connection(env, connection) => Verdict::Late,
+        _ if s.exe.is_some() && s.exe == watch.sshd_exe => Verdict::NotYet,
+        _ => Verdict::No,
+    }
+}
+
+/// Whether `SSH_CONNECTION` text ("CLIENT_IP CLIENT_PORT SERVER_IP
+/// SERVER_PORT", as sshd writes it) names `connection` (client, server).
+fn names_connection(env: &str, connection: &(SocketAddr, SocketAddr)) -> bool {
+    let addr = |ip: &str, port: &str| -> Option<SocketAddr> {
+        let ip: IpAddr = ip.split('%').next()?.parse().ok()?;
+        Some(SocketAddr::new(ip.to_canonical(), port.parse().ok()?))
+    };
+    let canonical = |a: &SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    match env.split_ascii_whitespace().collect::<Vec<_>>()[..] {
+        [client_ip, client_port, server_ip, server_port] => {
+            addr(client_ip, client_port) == Some(canonical(&connection.0))
+                && addr(server_ip, server_port) == Some(canonical(&connection.1))
+        }
+        _ => false,
+    }
+}
+
+/// PID 1 and the ancestors of `pid`.
+fn ancestors(pid: i32) -> HashSet<i32> {
+    let mut out = HashSet::from([1]);
+    let mut cur = procfs::parent_pid(pid);
+    while let Some(p) = cur.filter(|p| *p > 1 && out.insert(*p)) {
+        cur = procfs::parent_pid(p);
+    }
+    out
 }
 
 /// Processes of audit session `sid` (of user `uid`) not in `known`: those
@@ -298,14 +426,40 @@ impl Handle {
     }
 
     /// Shuts down the connected TCP sockets this process holds (for sshd's
-    /// monitor: its connection), taken through its pidfd. Returns how many.
+    /// monitor: its connection). Returns how many.
     fn shut_down_connections(&self) -> Result<usize, String> {
+        let mut shut = 0;
+        for fd in self.connected_sockets()? {
+            // Only the reading side: sshd reads the end of the stream,
+            // as when the client closes it, and closes the connection
+            // itself (the client then gets its FIN). Shutting the
+            // writing side too would have the client close first, and
+            // sshd could read a reset instead.
+            // SAFETY: a valid socket descriptor.
+            if unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) } == 0 {
+                shut += 1;
+            }
+        }
+        Ok(shut)
+    }
+
+    /// The connection of this process (for sshd's monitor: the client's),
+    /// as (peer, own address), without touching it.
+    fn connection(&self) -> Option<(SocketAddr, SocketAddr)> {
+        let sockets = self.connected_sockets().ok()?;
+        let fd = sockets.first()?;
+        Some((socket_address(fd, libc::getpeername)?, socket_address(fd, libc::getsockname)?))
+    }
+
+    /// The connected TCP sockets this process holds, taken through its
+    /// pidfd; an error when there is none.
+    fn connected_sockets(&self) -> Result<Vec<OwnedFd>, String> {
         let Some(pidfd) = self.pidfd.as_ref().filter(|_| !self.gone) else {
             return Err("no pidfd for the process".to_string());
         };
         let dir = format!("/proc/{}/fd", self.victim.pid);
         let entries = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
-        let mut shut = 0;
+        let mut sockets = Vec::new();
         let mut refused = None;
         // One socket may stand at several descriptors: each is shut once.
         let mut seen = HashSet::new();
@@ -324,22 +478,41 @@ impl Handle {
             // SAFETY: a descriptor just given to us, closed on drop.
             let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
             if is_connected_tcp(&fd) {
-                // Only the reading side: sshd reads the end of the stream,
-                // as when the client closes it, and closes the connection
-                // itself (the client then gets its FIN). Shutting the
-                // writing side too would have the client close first, and
-                // sshd could read a reset instead.
-                // SAFETY: a valid socket descriptor.
-                if unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) } == 0 {
-                    shut += 1;
-                }
+                sockets.push(fd);
             }
         }
-        match (shut, refused) {
-            (0, Some(err)) => Err(format!("pidfd_getfd: {err}")),
-            (0, None) => Err("no connected TCP socket".to_string()),
-            (n, _) => Ok(n),
+        match (sockets.is_empty(), refused) {
+            (true, Some(err)) => Err(format!("pidfd_getfd: {err}")),
+            (true, None) => Err("no connected TCP socket".to_string()),
+            (false, _) => Ok(sockets),
         }
+    }
+}
+
+/// The address `get` (`getpeername` or `getsockname`) gives a socket.
+fn socket_address(
+    fd: &OwnedFd,
+    get: unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int,
+) -> Option<SocketAddr> {
+    // SAFETY: plain data.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: a valid fd and a buffer with its length.
+    if unsafe { get(fd.as_raw_fd(), (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len) } != 0 {
+        return None;
+    }
+    match i32::from(addr.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in, which the storage holds.
+            let a = unsafe { &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6, which the storage holds.
+            let a = unsafe { &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::new(Ipv6Addr::from(a.sin6_addr.s6_addr).into(), u16::from_be(a.sin6_port)))
+        }
+        _ => None,
     }
 }
 
@@ -390,6 +563,12 @@ pub enum Note {
     MonitorTerminated,
     /// sshd's processes were still there after twice the grace: SIGKILL.
     SshdKilled(Vec<Victim>),
+    /// Processes that joined the session's tree while it was being ended (a
+    /// channel's command sshd started meanwhile) got the hangup too.
+    JoinedHungUp(Vec<Victim>),
+    /// Commands that sshd started for the session's channels as its
+    /// processes exited, found outside the tree, got the hangup too.
+    LateCommandsHungUp(Vec<Victim>),
 }
 
 /// A session being ended: hung up, its connection closed, waiting for its
@@ -407,6 +586,10 @@ pub struct Termination {
     pub killed: Vec<Victim>,
     /// What happened beyond the hangup, oldest first; [`Termination::take_notes`].
     notes: Vec<Note>,
+    /// What tells a command sshd starts for a channel while the session is
+    /// being ended; looked for once sshd's processes have exited.
+    late: LateWatch,
+    swept: bool,
 }
 
 impl Termination {
@@ -420,6 +603,15 @@ impl Termination {
         for h in &mut handles {
             h.hang_up(end);
         }
+        let sshd = |h: &&Handle| matches!(h.victim.role, Role::Monitor | Role::Sshd);
+        let late = LateWatch {
+            since: collected.scanned,
+            sshd: handles.iter().filter(sshd).map(|h| (h.victim.pid, h.victim.start)).collect(),
+            reapers: ancestors(key.pid),
+            audit: procfs::audit_session(key.pid),
+            connection: handles.iter().find(|h| h.victim.role == Role::Monitor).and_then(Handle::connection),
+            sshd_exe: procfs::exe_id(key.pid),
+        };
         Termination {
             key,
             uid,
@@ -430,6 +622,8 @@ impl Termination {
             stage: Stage::HungUp,
             killed: Vec::new(),
             notes: Vec::new(),
+            late,
+            swept: false,
         }
     }
 
@@ -447,6 +641,13 @@ impl Termination {
 
     fn monitor_alive(&mut self) -> bool {
         self.handles.iter_mut().any(|h| h.victim.role == Role::Monitor && h.alive())
+    }
+
+    /// How many of sshd's processes of the connection (which may start a
+    /// channel's command) still run, and how many there were.
+    fn sshd_alive(&mut self) -> (usize, usize) {
+        let sshd = self.handles.iter_mut().filter(|h| matches!(h.victim.role, Role::Monitor | Role::Sshd));
+        sshd.fold((0, 0), |(alive, all), h| (alive + usize::from(h.alive()), all + 1))
     }
 
     /// When the next stage is due, if nothing exits before.
@@ -471,6 +672,7 @@ impl Termination {
         if self.stage < Stage::Closed && (force || elapsed >= CLOSE_AFTER) {
             self.close_connection();
         }
+        self.hang_up_late_comers();
         if self.survivors().is_empty() {
             self.done();
             return true;
@@ -488,6 +690,7 @@ impl Termination {
         }
         if force || elapsed >= 2 * GRACE {
             self.kill_survivors();
+            self.hang_up_late_commands();
             self.stage = Stage::Done;
             return true;
         }
@@ -498,6 +701,7 @@ impl Termination {
     /// session's user forked in the login's audit session while it was being
     /// ended (a process started by a dying shell) gets SIGKILL too.
     fn done(&mut self) {
+        self.hang_up_late_commands();
         if self.end == End::Session && self.stage != Stage::Done {
             let killed = self.kill_users();
             self.killed.extend(killed);
@@ -517,21 +721,96 @@ impl Termination {
             Err(why) => Note::CloseFailed(why),
         };
         self.notes.push(note);
-        self.hang_up_late_comers();
     }
 
     /// Hangs up what joined the session's tree since the hangup: a channel's
     /// command that sshd started meanwhile (it runs in a session of its own
-    /// and would outlive the connection). Looked for once the connection no
-    /// longer reads requests, while the monitor still holds the tree.
+    /// and would outlive the connection). Looked for at every step while
+    /// sshd's processes run: what they fork after the last reading is looked
+    /// for when they have exited.
     fn hang_up_late_comers(&mut self) {
-        let Some(now) = collect(&ProcTable::scan(), self.key, self.uid, self.end) else { return };
-        let known = |v: &Victim| self.handles.iter().any(|h| h.victim.pid == v.pid && h.victim.start == v.start);
-        let late: Vec<Victim> = now.victims.into_iter().filter(|v| !known(v)).collect();
-        for mut h in late.into_iter().filter_map(Handle::open) {
+        if self.sshd_alive().0 == 0 {
+            return;
+        }
+        let table = ProcTable::scan();
+        let Some(now) = collect(&table, self.key, self.uid, self.end) else { return };
+        let late: Vec<Victim> = now.victims.into_iter().filter(|v| !self.knows(v)).collect();
+        let hung_up = self.hang_up_all(late);
+        if !hung_up.is_empty() {
+            self.notes.push(Note::JoinedHungUp(hung_up));
+        }
+        // Read whole while every one of sshd's processes ran: what they fork
+        // later starts after the reading began. Once one has exited, what it
+        // forked since the last such reading may have left the tree.
+        let (alive, all) = self.sshd_alive();
+        if alive == all {
+            self.late.since = table.scanned();
+        }
+    }
+
+    /// Once sshd's processes have exited (or got SIGKILL): hangs up the
+    /// commands they started for the session's channels after the tree was
+    /// last read whole, and what those started (see [`late_suspects`]).
+    fn hang_up_late_commands(&mut self) {
+        // Without the connection nothing proves a command its own.
+        if std::mem::replace(&mut self.swept, true) || self.late.connection.is_none() {
+            return;
+        }
+        let table = ProcTable::scan();
+        let read = |pid| Suspect {
+            real_uid: procfs::real_uid(pid),
+            audit: procfs::audit_session(pid),
+            exe: procfs::exe_id(pid),
+            ssh_connection: procfs::ssh_connection(pid),
+        };
+        let mut suspects = late_suspects(&table, &self.late);
+        let mut commands = Vec::new();
+        // A fork's exec follows at once: a bounded wait for it.
+        let deadline = Instant::now() + EXEC_WAIT;
+        while !suspects.is_empty() {
+            let mut not_yet = Vec::new();
+            for p in suspects {
+                match judge_late(&read(p.pid), &self.late, self.uid) {
+                    Verdict::Late if procfs::is_same_process(p.pid, p.start) => commands.push(p),
+                    Verdict::NotYet => not_yet.push(p),
+                    _ => {}
+                }
+            }
+            suspects = not_yet;
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut late = Vec::new();
+        for command in commands {
+            late.push(Victim { pid: command.pid, start: command.start, role: Role::User });
+            for p in table.descendants(command.pid) {
+                if let Some(role) = role_for(Place::Tree, false, procfs::real_uid(p.pid), self.uid) {
+                    late.push(Victim { pid: p.pid, start: p.start, role });
+                }
+            }
+        }
+        late.retain(|v| !self.knows(v));
+        let hung_up = self.hang_up_all(late);
+        if !hung_up.is_empty() {
+            self.notes.push(Note::LateCommandsHungUp(hung_up));
+        }
+    }
+
+    fn knows(&self, v: &Victim) -> bool {
+        self.handles.iter().any(|h| h.victim.pid == v.pid && h.victim.start == v.start)
+    }
+
+    /// The hangup for processes found late; returns those reached.
+    fn hang_up_all(&mut self, victims: Vec<Victim>) -> Vec<Victim> {
+        let mut hung_up = Vec::new();
+        for mut h in victims.into_iter().filter_map(Handle::open) {
             h.hang_up(self.end);
+            hung_up.push(h.victim);
             self.handles.push(h);
         }
+        hung_up
     }
 
     /// SIGTERM to a monitor still running; with `end=session`, SIGKILL to
@@ -661,7 +940,7 @@ mod tests {
             SessionKey { pid, start: start + 1 },
             0,
             End::Session,
-            Collected { victims: vec![Victim { pid, start: start + 1, role: Role::User }], audit: None },
+            Collected { victims: vec![Victim { pid, start: start + 1, role: Role::User }], audit: None, scanned: 0 },
         );
         assert!(t.survivors().is_empty());
         assert!(t.kill_survivors().is_empty());
@@ -785,6 +1064,97 @@ mod tests {
         assert!(gone, "a command started after the hangup outlived the session");
     }
 
+    /// The process running exactly `cmdline`, if one does.
+    fn running(cmdline: &str) -> Option<(i32, u64)> {
+        procfs::all_pids().into_iter().find_map(|pid| {
+            let title = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+            (title.replace('\0', " ").trim() == cmdline).then_some((pid, procfs::start_time(pid)?))
+        })
+    }
+
+    #[test]
+    // As above: clippy 1.85 may miss the wait past a panic.
+    #[allow(clippy::zombie_processes)]
+    fn a_command_sshd_starts_after_the_last_reading_is_hung_up_once_sshd_has_exited() {
+        use std::net::{TcpListener, TcpStream};
+        use std::os::unix::process::CommandExt;
+        // The connection: the "monitor" holds the server's end of it.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let server_port = listener.local_addr().unwrap().port();
+        let ours = format!("127.0.0.1 {} 127.0.0.1 {server_port}", client.local_addr().unwrap().port());
+        let other = format!("127.0.0.1 1 127.0.0.1 {server_port}");
+        // Its "user child" (sshd's executable, here sh, as sshd's is) reads
+        // the connection to its end, then serves a request read before: a
+        // channel's command in a session of its own, forked after the tree
+        // was read again, and at once exits, as sshd does. Another login's
+        // command starts then too; the session's shell setsid'ed a job
+        // before, which left the tree: a logout leaves both running.
+        let script = format!(
+            "(SSH_CONNECTION='{ours}' setsid sleep 352 &); \
+             sh -c \"while read -r _; do :; done <&3; (trap '' HUP; exec sleep 0.2); \
+             SSH_CONNECTION='{ours}' setsid sleep 351 & SSH_CONNECTION='{other}' setsid sleep 353 &\" & wait"
+        );
+        let fd = server.as_raw_fd();
+        let mut command = Command::new("sh");
+        command.args(["-c", &script]).stdout(Stdio::null());
+        // SAFETY: async-signal-safe calls only, between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                for signal in [libc::SIGHUP, libc::SIGTERM] {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+                match libc::dup2(fd, 3) {
+                    3 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            })
+        };
+        let mut monitor = command.spawn().unwrap();
+        drop(server);
+        let pid = monitor.id() as i32;
+        // The early job has left the tree (its subshell exited).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let early = loop {
+            let found = running("sleep 352")
+                .filter(|(job, _)| !ProcTable::scan().descendants(pid).iter().any(|p| p.pid == *job));
+            match found {
+                Some(found) => break found,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                None => panic!("the early job did not start"),
+            }
+        };
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let key = SessionKey { pid, start: procfs::start_time(pid).unwrap() };
+        let collected = collect(&ProcTable::scan(), key, uid, End::Logout).unwrap();
+        let mut t = Termination::begin(key, uid, End::Logout, collected);
+        assert!(t.late.connection.is_some(), "the connection was not read");
+        // The shutdown ends the child's reading; nothing needs SIGTERM.
+        assert!(t.finish(Duration::from_secs(5)).is_empty());
+        assert!(!t.take_notes().contains(&Note::MonitorTerminated));
+        monitor.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while running("sleep 351").is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let late = running("sleep 351");
+        let other = running("sleep 353");
+        let early_kept = procfs::is_same_process(early.0, early.1);
+        for (pid, start) in [late, other, Some(early)].into_iter().flatten() {
+            if procfs::is_same_process(pid, start) {
+                // SAFETY: plain kill of the process checked just now.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        drop(client);
+        assert_eq!(late, None, "a command started after the last reading outlived the session");
+        // Proof that the child served the request: the other one runs.
+        assert!(other.is_some(), "another login's command started then was ended (or none started)");
+        assert!(early_kept, "a job setsid'ed before the end was ended");
+    }
+
     /// Waits up to 2 s for a process to exit.
     fn wait_gone(pid: i32, start: u64) -> bool {
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -834,6 +1204,77 @@ mod tests {
         assert!(hangup_reaches(140, &stat(140, 140, 140, 0, -1)), "no terminal");
         assert!(hangup_reaches(141, &stat(141, 140, 140, 0, -1)), "no terminal");
         assert!(!hangup_reaches(1, "garbage"));
+    }
+
+    #[test]
+    fn late_commands_are_told_by_age_parent_session_user_and_connection() {
+        let proc = |pid: i32, ppid: i32, session: i32, start: u64| ProcStat {
+            pid,
+            comm: "sleep".into(),
+            ppid,
+            session,
+            tty_nr: 0,
+            start,
+        };
+        let table = ProcTable::from_procs([
+            proc(100, 1, 100, 50),    // sshd's monitor (its parent here PID 1)
+            proc(101, 100, 101, 51),  // its user child
+            proc(200, 1, 200, 120),   // a command reparented to PID 1
+            proc(201, 9, 201, 130),   // reparented to a subreaper above the monitor
+            proc(202, 101, 202, 140), // still the user child's
+            proc(203, 1, 203, 90),    // setsid'ed before the last reading
+            proc(204, 1, 205, 150),   // no session leader
+            proc(206, 300, 206, 150), // a child of another process
+            proc(207, 77, 207, 150),  // a child of a gone sshd process's PID, reused
+            proc(77, 1, 1, 149),
+        ]);
+        let client: SocketAddr = "192.0.2.7:50123".parse().unwrap();
+        let server: SocketAddr = "[::ffff:192.0.2.1]:22".parse().unwrap();
+        let watch = LateWatch {
+            since: 100,
+            sshd: vec![(100, 50), (101, 51), (77, 10)],
+            reapers: HashSet::from([1, 9]),
+            audit: Some(7),
+            connection: Some((client, server)),
+            sshd_exe: Some((1, 2)),
+        };
+        let suspects: Vec<i32> = late_suspects(&table, &watch).iter().map(|p| p.pid).collect();
+        assert_eq!(suspects, vec![200, 201, 202]);
+
+        let ours = Suspect {
+            real_uid: Some(1000),
+            audit: Some(7),
+            exe: Some((5, 6)),
+            ssh_connection: Some("192.0.2.7 50123 192.0.2.1 22".into()),
+        };
+        assert_eq!(judge_late(&ours, &watch, 1000), Verdict::Late);
+        let with = |f: &dyn Fn(&mut Suspect)| {
+            let mut s = ours.clone();
+            f(&mut s);
+            judge_late(&s, &watch, 1000)
+        };
+        assert_eq!(with(&|s| s.real_uid = Some(0)), Verdict::No, "another user's (a root daemon)");
+        assert_eq!(with(&|s| s.audit = Some(8)), Verdict::No, "another login's");
+        assert_eq!(with(&|s| s.audit = None), Verdict::No, "started outside any login");
+        assert_eq!(with(&|s| s.ssh_connection = Some("192.0.2.7 50124 192.0.2.1 22".into())), Verdict::No);
+        assert_eq!(with(&|s| s.ssh_connection = Some("192.0.2.8 50123 192.0.2.1 22".into())), Verdict::No);
+        assert_eq!(with(&|s| s.ssh_connection = Some("192.0.2.7 50123".into())), Verdict::No);
+        assert_eq!(with(&|s| s.ssh_connection = None), Verdict::No, "no proof: a daemon");
+        // Not exec'ed yet: sshd's executable and environment.
+        assert_eq!(with(&|s| s.exe = Some((1, 2))), Verdict::Late);
+        assert_eq!(with(&|s| (s.exe, s.ssh_connection) = (Some((1, 2)), None)), Verdict::NotYet);
+        assert_eq!(with(&|s| (s.exe, s.ssh_connection) = (Some((1, 2)), Some("x".into()))), Verdict::NotYet);
+        // A connection that could not be read proves nothing.
+        let unread = LateWatch { connection: None, ..watch.clone() };
+        assert_eq!(judge_late(&ours, &unread, 1000), Verdict::No);
+        // IPv6, a scope, and an IPv4-mapped socket address.
+        let v6 = LateWatch {
+            connection: Some(("[fe80::1]:40000".parse().unwrap(), "[fe80::2]:2222".parse().unwrap())),
+            ..watch.clone()
+        };
+        let env = |e: &str| Suspect { ssh_connection: Some(e.into()), ..ours.clone() };
+        assert_eq!(judge_late(&env("fe80::1%eth0 40000 fe80::2%eth0 2222"), &v6, 1000), Verdict::Late);
+        assert_eq!(judge_late(&env("fe80::1 40000 fe80::3 2222"), &v6, 1000), Verdict::No);
     }
 
     #[test]

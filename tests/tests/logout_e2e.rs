@@ -385,3 +385,115 @@ fn from_rules_match_where_the_login_comes_from() {
     assert!(text.contains(&at(2, &user_group)), "{text}");
     assert!(text.contains(&format!("rule:   {}", at(6, "*"))), "{text}");
 }
+
+/// A ControlMaster connection whose client opens new channels in a tight
+/// loop while `disconnect` ends it: sshd may start a channel's command (in a
+/// session of its own) after the session's processes were collected, until
+/// its user child has read the end of the connection and exited. None of
+/// those commands may outlive the session under `end=logout`; what a logout
+/// leaves running must: the user's process started outside the login, and
+/// jobs the session started before its end that left its tree (setsid'ed,
+/// one of them nohup'ed too).
+#[test]
+fn channels_opened_while_the_session_ends_do_not_outlive_it() {
+    if !e2e_enabled() {
+        return;
+    }
+    let user = TestUser::create("lgr", &[]);
+    let policy = format!("user {} idle=10m\n", user.name);
+    // Enough channels for the loop: sshd refuses a channel past MaxSessions.
+    let sshd = Sshd::start("race", SshdOptions { policy, sshd_extra: "MaxSessions 1000".into(), ..Default::default() });
+    sshd.authorize(&user);
+    let p = sshd.port;
+    let outside = {
+        let cmd = format!("sleep 24{p}");
+        let mut child = Command::new("runuser")
+            .args(["-u", &user.name, "--", "setsid"])
+            .args(cmd.split(' '))
+            .spawn()
+            .expect("runuser");
+        let found = process_of(&user, &cmd);
+        let _ = child.try_wait();
+        found
+    };
+    let socket = sshd.dir.join("master.sock");
+    let path_opt = format!("ControlPath={}", socket.display());
+    // The master's own command starts the detached jobs, then waits.
+    let (setsid_job, nohup_job) = (format!("sleep 25{p}"), format!("sleep 26{p}"));
+    let master_cmd = format!(
+        "(setsid {setsid_job} >/dev/null 2>&1 </dev/null &); (nohup setsid {nohup_job} >/dev/null 2>&1 </dev/null &); \
+         exec sleep 1003"
+    );
+    let mut master = {
+        let args = session::ssh_with(&sshd, &user.name, &["-o", "ControlMaster=yes", "-o", &path_opt]);
+        Command::new(&args[0])
+            .args(&args[1..])
+            .arg(&master_cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh")
+    };
+    let jobs = [process_of(&user, &setsid_job), process_of(&user, &nohup_job)];
+    wait_recorded(&sshd, &user.name, 1);
+    assert!(wait_until(Duration::from_secs(10), || socket.exists()), "no control socket");
+    // New channels of the master, as fast as clients start. A client whose
+    // master is gone fails (ProxyCommand=false) instead of logging in anew.
+    let channel = format!("sleep 27{p}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = {
+        let stop = std::sync::Arc::clone(&stop);
+        let args = session::ssh_with(
+            &sshd,
+            &user.name,
+            &["-o", "ControlMaster=no", "-o", &path_opt, "-o", "ProxyCommand=false"],
+        );
+        let channel = channel.clone();
+        std::thread::spawn(move || {
+            let (mut clients, mut spawned) = (Vec::new(), 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let client = Command::new(&args[0])
+                    .args(&args[1..])
+                    .arg(&channel)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("ssh");
+                clients.push(client);
+                spawned += 1;
+                std::thread::sleep(Duration::from_millis(10));
+                clients.retain_mut(|c| !exited(c));
+            }
+            for mut c in clients {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            spawned
+        })
+    };
+    let channels = || user_processes(&user).iter().filter(|p| p.ends_with(&channel)).count();
+    assert!(wait_until(Duration::from_secs(10), || channels() >= 3), "no channel started: {:?}", user_processes(&user));
+    let out = sshd.ctl(&["disconnect", "--user", &user.name]);
+    // The loop goes on a little: its clients now fail.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let spawned = looping.join().expect("the loop");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(spawned >= 20, "the loop started only {spawned} clients");
+    assert!(wait_until(Duration::from_secs(8), || exited(&mut master)), "the master was not disconnected");
+    let kept: Vec<i32> = [outside, jobs[0], jobs[1]].iter().map(|(pid, _)| *pid).collect();
+    let left = || -> Vec<String> {
+        user_processes(&user)
+            .into_iter()
+            .filter(|p| !kept.iter().any(|k| p.split(' ').next() == Some(k.to_string().as_str())))
+            .collect()
+    };
+    let ended = wait_until(Duration::from_secs(8), || left().is_empty());
+    assert!(ended, "outlived the session: {:?}\ndisconnect: {}", left(), describe(&out));
+    for ((pid, start), what) in [(outside, "started outside the login"), (jobs[0], "setsid'ed"), (jobs[1], "nohup'ed")]
+    {
+        assert!(procfs::is_same_process(pid, start), "the user's process {what} was ended");
+    }
+}
