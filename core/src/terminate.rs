@@ -66,7 +66,7 @@ pub const CLOSE_AFTER: Duration = Duration::from_millis(300);
 
 /// How long a channel's command that sshd forked as its processes exited
 /// is given to exec its command (and show the environment sshd gave it).
-const EXEC_WAIT: Duration = Duration::from_millis(50);
+const EXEC_WAIT: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -195,6 +195,8 @@ pub struct LateWatch {
 /// What is read of a process that may be such a late command.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Suspect {
+    /// It leads a session of its own, as sshd makes a channel's command.
+    pub session_leader: bool,
     pub real_uid: Option<u32>,
     pub audit: Option<u32>,
     pub exe: Option<(u64, u64)>,
@@ -215,11 +217,10 @@ pub enum Verdict {
 
 /// The processes that may be commands sshd's processes of `watch` started
 /// for the session's channels since `watch.since`, once those processes
-/// have exited (or got SIGKILL): a session leader, as sshd makes a channel's
-/// command, started since then, reparented to where sshd's orphans go, or
-/// still a child of sshd. A job that a shell of the session setsid'ed
-/// before is older; one it setsid'ed meanwhile is a child of that shell or
-/// no session leader, unless it left the shell too.
+/// have exited (or got SIGKILL): started since then, reparented to where
+/// sshd's orphans go, or still a child of sshd. A job that a shell of the
+/// session setsid'ed before is older; one it setsid'ed meanwhile is a child
+/// of that shell, unless it left the shell too.
 pub fn late_suspects<'a>(table: &'a ProcTable, watch: &LateWatch) -> Vec<&'a ProcStat> {
     let sshd_child = |p: &ProcStat| {
         watch.sshd.iter().any(|(pid, start)| *pid == p.ppid && table.get(*pid).is_some_and(|s| s.start == *start))
@@ -227,7 +228,7 @@ pub fn late_suspects<'a>(table: &'a ProcTable, watch: &LateWatch) -> Vec<&'a Pro
     let mut out: Vec<&ProcStat> = table
         .procs
         .values()
-        .filter(|p| p.start >= watch.since && p.session == p.pid)
+        .filter(|p| p.start >= watch.since)
         .filter(|p| watch.reapers.contains(&p.ppid) || sshd_child(p))
         .filter(|p| table.in_own_namespace(p.pid))
         .collect();
@@ -237,17 +238,19 @@ pub fn late_suspects<'a>(table: &'a ProcTable, watch: &LateWatch) -> Vec<&'a Pro
 
 /// Whether a suspect of [`late_suspects`] is a channel's command of the
 /// session of user `uid`: running as the user, in the login's audit session,
-/// with the `SSH_CONNECTION` sshd gives the commands of this connection
-/// (proof that sshd started it for this connection, not another login's or
-/// a daemon; none can be had when the connection was not read).
+/// a session leader with the `SSH_CONNECTION` sshd gives the commands of
+/// this connection (proof that sshd started it for this connection, not
+/// another login's or a daemon; none can be had when the connection was not
+/// read). One still running sshd's executable has not exec'ed its command
+/// (nor, maybe, called `setsid`) yet.
 pub fn judge_late(s: &Suspect, watch: &LateWatch, uid: u32) -> Verdict {
     if s.real_uid != Some(uid) || s.audit != watch.audit {
         return Verdict::No;
     }
     let Some(connection) = &watch.connection else { return Verdict::No };
     match &s.ssh_connection {
-        Some(env) if names_connection(env, connection) => Verdict::Late,
         _ if s.exe.is_some() && s.exe == watch.sshd_exe => Verdict::NotYet,
+        Some(env) if s.session_leader && names_connection(env, connection) => Verdict::Late,
         _ => Verdict::No,
     }
 }
@@ -758,6 +761,7 @@ impl Termination {
         }
         let table = ProcTable::scan();
         let read = |pid| Suspect {
+            session_leader: procfs::read_stat(pid).is_some_and(|p| p.session == pid),
             real_uid: procfs::real_uid(pid),
             audit: procfs::audit_session(pid),
             exe: procfs::exe_id(pid),
@@ -1223,10 +1227,10 @@ mod tests {
             proc(201, 9, 201, 130),   // reparented to a subreaper above the monitor
             proc(202, 101, 202, 140), // still the user child's
             proc(203, 1, 203, 90),    // setsid'ed before the last reading
-            proc(204, 1, 205, 150),   // no session leader
+            proc(204, 1, 205, 150),   // no session leader (yet: judged)
             proc(206, 300, 206, 150), // a child of another process
             proc(207, 77, 207, 150),  // a child of a gone sshd process's PID, reused
-            proc(77, 1, 1, 149),
+            proc(77, 300, 77, 149),
         ]);
         let client: SocketAddr = "192.0.2.7:50123".parse().unwrap();
         let server: SocketAddr = "[::ffff:192.0.2.1]:22".parse().unwrap();
@@ -1239,9 +1243,10 @@ mod tests {
             sshd_exe: Some((1, 2)),
         };
         let suspects: Vec<i32> = late_suspects(&table, &watch).iter().map(|p| p.pid).collect();
-        assert_eq!(suspects, vec![200, 201, 202]);
+        assert_eq!(suspects, vec![200, 201, 202, 204]);
 
         let ours = Suspect {
+            session_leader: true,
             real_uid: Some(1000),
             audit: Some(7),
             exe: Some((5, 6)),
@@ -1260,10 +1265,12 @@ mod tests {
         assert_eq!(with(&|s| s.ssh_connection = Some("192.0.2.8 50123 192.0.2.1 22".into())), Verdict::No);
         assert_eq!(with(&|s| s.ssh_connection = Some("192.0.2.7 50123".into())), Verdict::No);
         assert_eq!(with(&|s| s.ssh_connection = None), Verdict::No, "no proof: a daemon");
-        // Not exec'ed yet: sshd's executable and environment.
-        assert_eq!(with(&|s| s.exe = Some((1, 2))), Verdict::Late);
+        assert_eq!(with(&|s| s.session_leader = false), Verdict::No, "a job of the session's");
+        // Not exec'ed yet: sshd's executable and environment (and maybe
+        // before its setsid).
         assert_eq!(with(&|s| (s.exe, s.ssh_connection) = (Some((1, 2)), None)), Verdict::NotYet);
-        assert_eq!(with(&|s| (s.exe, s.ssh_connection) = (Some((1, 2)), Some("x".into()))), Verdict::NotYet);
+        assert_eq!(with(&|s| (s.exe, s.session_leader) = (Some((1, 2)), false)), Verdict::NotYet);
+        assert_eq!(with(&|s| (s.exe, s.real_uid) = (Some((1, 2)), Some(0))), Verdict::No, "a new connection");
         // A connection that could not be read proves nothing.
         let unread = LateWatch { connection: None, ..watch.clone() };
         assert_eq!(judge_late(&ours, &unread, 1000), Verdict::No);

@@ -491,7 +491,18 @@ fn channels_opened_while_the_session_ends_do_not_outlive_it() {
             .collect()
     };
     let ended = wait_until(Duration::from_secs(8), || left().is_empty());
-    assert!(ended, "outlived the session: {:?}\ndisconnect: {}", left(), describe(&out));
+    // What the sweep saw of them, if it did.
+    let details = |p: &String| {
+        let pid: i32 = p.split(' ').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let stat = procfs::read_stat(pid).map(|s| (s.ppid, s.session, s.start));
+        format!("{p}: (ppid, session, start) {stat:?}, SSH_CONNECTION {:?}", procfs::ssh_connection(pid))
+    };
+    assert!(
+        ended,
+        "outlived the session:\n{}\ndisconnect: {}",
+        left().iter().map(details).collect::<Vec<_>>().join("\n"),
+        describe(&out)
+    );
     for ((pid, start), what) in [(outside, "started outside the login"), (jobs[0], "setsid'ed"), (jobs[1], "nohup'ed")]
     {
         assert!(procfs::is_same_process(pid, start), "the user's process {what} was ended");
