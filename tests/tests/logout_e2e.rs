@@ -391,9 +391,10 @@ fn from_rules_match_where_the_login_comes_from() {
 /// session of its own) after the session's processes were collected, until
 /// its user child has read the end of the connection and exited. None of
 /// those commands may outlive the session under `end=logout`; what a logout
-/// leaves running must: the user's process started outside the login, and
-/// jobs the session started before its end that left its tree (setsid'ed,
-/// one of them nohup'ed too).
+/// leaves running must: the user's process started outside the login, jobs
+/// the session started before its end that left its tree (setsid'ed, one of
+/// them nohup'ed too), and another login of the same user, which detaches
+/// jobs of its own all the while.
 #[test]
 fn channels_opened_while_the_session_ends_do_not_outlive_it() {
     if !e2e_enabled() {
@@ -436,7 +437,15 @@ fn channels_opened_while_the_session_ends_do_not_outlive_it() {
             .expect("ssh")
     };
     let jobs = [process_of(&user, &setsid_job), process_of(&user, &nohup_job)];
-    wait_recorded(&sshd, &user.name, 1);
+    let id = wait_recorded(&sshd, &user.name, 1)[0]["id"].as_str().unwrap().to_string();
+    // The other login: a setsid'ed job every 20 ms, each PID noted.
+    let other_job = format!("sleep 28{p}");
+    let mut other = spawn_ssh(
+        &sshd,
+        &user.name,
+        &format!("while :; do (setsid {other_job} >/dev/null 2>&1 </dev/null & echo $! >>jobs); sleep 0.02; done"),
+    );
+    wait_recorded(&sshd, &user.name, 2);
     assert!(wait_until(Duration::from_secs(10), || socket.exists()), "no control socket");
     // New channels of the master, as fast as clients start. A client whose
     // master is gone fails (ProxyCommand=false) instead of logging in anew.
@@ -475,7 +484,7 @@ fn channels_opened_while_the_session_ends_do_not_outlive_it() {
     };
     let channels = || user_processes(&user).iter().filter(|p| p.ends_with(&channel)).count();
     assert!(wait_until(Duration::from_secs(10), || channels() >= 3), "no channel started: {:?}", user_processes(&user));
-    let out = sshd.ctl(&["disconnect", "--user", &user.name]);
+    let out = sshd.ctl(&["disconnect", &id]);
     // The loop goes on a little: its clients now fail.
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -483,12 +492,20 @@ fn channels_opened_while_the_session_ends_do_not_outlive_it() {
     assert!(out.status.success(), "{}", describe(&out));
     assert!(spawned >= 20, "the loop started only {spawned} clients");
     assert!(wait_until(Duration::from_secs(8), || exited(&mut master)), "the master was not disconnected");
-    let kept: Vec<i32> = [outside, jobs[0], jobs[1]].iter().map(|(pid, _)| *pid).collect();
+    // The other login's jobs noted by now have all exec'ed 0.3 s later.
+    let home = std::path::PathBuf::from(format!("/home/{}", user.name));
+    let noted = std::fs::read_to_string(home.join("jobs")).expect("the other login's jobs");
+    std::thread::sleep(Duration::from_millis(300));
+    let other_jobs: Vec<i32> = noted.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert!(other_jobs.len() >= 20, "the other login started only {} jobs", other_jobs.len());
+    for pid in &other_jobs {
+        let title = procfs::title(*pid);
+        assert_eq!(title.as_deref(), Some(other_job.as_str()), "the other login's job {pid} was ended");
+    }
+    assert!(!exited(&mut other), "the other login was ended");
+    // What the master's session ran: its command and its channels'.
     let left = || -> Vec<String> {
-        user_processes(&user)
-            .into_iter()
-            .filter(|p| !kept.iter().any(|k| p.split(' ').next() == Some(k.to_string().as_str())))
-            .collect()
+        user_processes(&user).into_iter().filter(|p| p.ends_with(" sleep 1003") || p.ends_with(&channel)).collect()
     };
     let ended = wait_until(Duration::from_secs(8), || left().is_empty());
     // What the sweep saw of them, if it did.
