@@ -10,7 +10,11 @@
 //! The real enforcer's process is not even visible, so no init script or
 //! signal can reach it. Whatever the test left behind (files, users, the
 //! enforcer it started, sshd) vanishes with the namespace when the test ends,
-//! also when it fails or is killed. `/tmp`, `/dev` and the network stay shared.
+//! also when it fails or is killed. `/tmp` and `/dev` stay shared. The
+//! network is the namespace's own (loopback only): the machine's own sshd,
+//! which answers on port 22 of a server where the tests run after `make
+//! install`, is not the private system's (keepalive would find a listener
+//! its PID file does not name), and cargo runs offline inside.
 //!
 //! Inside, an installation of sshidle the real system has (by `make install`
 //! or the package) is first taken away, so the test starts from a machine
@@ -44,6 +48,8 @@ pub fn inside() -> bool {
 pub fn set_up() {
     let upper = std::env::var(PRIVATE_SYSTEM_VAR).expect("only inside a private system");
     assert_eq!(std::process::id(), 1, "{PRIVATE_SYSTEM_VAR} set outside a private system");
+    let out = Command::new("ip").args(["link", "set", "lo", "up"]).output().expect("ip (iproute2)");
+    assert!(out.status.success(), "loopback of the private system: {}", describe(&out));
     mount_overlays(Path::new(&upper));
     take_away_installation(Path::new(&upper));
 }
@@ -54,10 +60,11 @@ pub fn run(test: &str) {
     let upper = TempDir::new("private-system");
     let exe = std::env::current_exe().expect("test executable");
     let out = Command::new("unshare")
-        .args(["--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private", "--"])
+        .args(["--mount", "--pid", "--net", "--fork", "--mount-proc", "--propagation", "private", "--"])
         .arg(exe)
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(PRIVATE_SYSTEM_VAR, &upper.path)
+        .env("CARGO_NET_OFFLINE", "true")
         .stdin(std::process::Stdio::null())
         .output()
         .expect("unshare (util-linux)");
