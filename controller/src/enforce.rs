@@ -38,7 +38,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sshidle::activity::{self, Activity, IoMemo, IoProbes, Members, Memory};
 use sshidle::audit::{AuditLine, Event};
 use sshidle::input::block_end;
-use sshidle::lifecycle::{Cause, Lifecycle, Observation, Step};
+use sshidle::lifecycle::{ceil_secs, Cause, Lifecycle, Observation, Step};
 use sshidle::policy::{self, Policy};
 use sshidle::procfs::{self, Pidfd, ProcTable};
 use sshidle::state::{EndCause, SessionKey, SessionRecord, StateDir, StateError};
@@ -129,8 +129,9 @@ struct Seen {
     /// Its monitor's pidfd, opened at the first check: whether it still runs
     /// costs one poll(2), not a read of /proc.
     pidfd: Option<Pidfd>,
-    /// Since when the session was quiet at the last look (for the metrics).
-    quiet_since: Option<i64>,
+    /// Since when (unix ms) the session was quiet at the last look (for the
+    /// metrics).
+    quiet_since_ms: Option<i64>,
 }
 
 /// Every change the enforcer makes to the world goes through here. With
@@ -159,8 +160,9 @@ impl Effects {
         }
     }
 
-    /// Writes the warning to the session's terminals and records it.
-    fn warn(&self, key: SessionKey, ttys: &[u32], text: &str, now: i64, what: &str) {
+    /// Writes the warning to the session's terminals and records it as
+    /// given at `at_ms` (unix ms).
+    fn warn(&self, key: SessionKey, ttys: &[u32], text: &str, at_ms: i64, what: &str) {
         if self.dry_run {
             return self.say(Level::Notice, &format!("would warn {what}"));
         }
@@ -170,7 +172,7 @@ impl Effects {
             }
         }
         if let Some(state) = &self.state {
-            if let Err(err) = state.record_warned(key, now) {
+            if let Err(err) = state.record_warned(key, at_ms) {
                 self.log.log(Level::Error, &format!("recording the warning of session {key}: {err}"));
             }
         }
@@ -426,7 +428,7 @@ impl Enforcer {
 
     /// Applies the current policy to a session; records the new limits so
     /// `status` shows them.
-    fn apply_policy(&mut self, key: SessionKey, now: i64) {
+    fn apply_policy(&mut self, key: SessionKey, now_ms: i64) {
         let Some((user, rhost)) =
             self.life.get(&key).map(|t| (t.session.record.user.clone(), t.session.record.rhost.clone()))
         else {
@@ -440,7 +442,7 @@ impl Enforcer {
             return;
         }
         let t = self.life.get_mut(&key).expect("present");
-        let Some(change) = t.session.apply_policy(limits, &rule, now) else { return };
+        let Some(change) = t.session.apply_policy(limits, &rule, now_ms) else { return };
         if key.is_alive() {
             if let Err(err) = self.fx.record(&t.session.record) {
                 self.fx.log.log(Level::Error, &format!("recording new limits of session {key}: {err}"));
@@ -453,7 +455,7 @@ impl Enforcer {
     }
 
     /// Re-reads the state file: new sessions are tracked, closed ones dropped.
-    fn reload_sessions(&mut self, now: i64) {
+    fn reload_sessions(&mut self, now_ms: i64) {
         self.resolved.clear();
         self.open_state();
         let Some(state) = &self.fx.state else { return };
@@ -473,14 +475,14 @@ impl Enforcer {
         let memory = Memory::load(state);
         let new = self.life.sync(
             snapshot.sessions,
-            now,
+            now_ms,
             |r| Seen { memo: memory.entries.get(&r.key).cloned(), ..Seen::default() },
             // Sessions closed meanwhile are forgotten; adopted ones are in no
             // file (in --dry-run not even in ours).
             |s| (s.record.service == ADOPTED || s.record.service == DISCOVERED) && s.key().is_alive(),
         );
         for key in new {
-            self.apply_policy(key, now);
+            self.apply_policy(key, now_ms);
         }
         self.retain_ptys();
         self.metrics_dirty = true;
@@ -488,7 +490,7 @@ impl Enforcer {
 
     /// Sessions in utmp without a record (logged in before sshidle was
     /// installed) get one, with the limits the policy gives their user.
-    fn adopt_from_utmp(&mut self, now: i64) {
+    fn adopt_from_utmp(&mut self, now_ms: i64) {
         let Some(path) = self.utmp_path.clone() else { return };
         // utmp first, then the state file: a login recorded in between is
         // then found in the state file, never adopted twice.
@@ -509,7 +511,7 @@ impl Enforcer {
         if entries.is_empty() {
             return;
         }
-        self.reload_sessions(now);
+        self.reload_sessions(now_ms);
         let sshd = discover::sshd_executables();
         for entry in entries {
             let Some(start) = procfs::start_time(entry.pid) else { continue };
@@ -531,7 +533,7 @@ impl Enforcer {
                 login_time: entry.time,
                 limits,
                 rule,
-                warned_at: None,
+                warned_at_ms: None,
             };
             if let Err(err) = self.fx.record(&record) {
                 self.log().log(Level::Error, &format!("recording session {key} from utmp: {err}"));
@@ -553,14 +555,14 @@ impl Enforcer {
             self.fx.audit(Event::Adoption, &line);
             self.counters.adoptions += 1;
             self.metrics_dirty = true;
-            self.life.adopt(record, Seen::default(), now);
+            self.life.adopt(record, Seen::default(), now_ms);
         }
     }
 
     /// Connections of sshd's with no record (the module could not write it:
     /// a full directory, the lock, an NSS error) are adopted with the
     /// limits the policy gives their user now.
-    fn adopt_discovered(&mut self, now: i64) {
+    fn adopt_discovered(&mut self, now_ms: i64) {
         if !self.find_unrecorded {
             return;
         }
@@ -568,7 +570,7 @@ impl Enforcer {
         // is then found in the state file, never adopted twice.
         let privsep = users::lookup_user("sshd").map(|a| a.uid);
         let found = discover::scan(&ProcTable::scan(), privsep);
-        self.reload_sessions(now);
+        self.reload_sessions(now_ms);
         self.discovered.retain(|(k, uid)| found.iter().any(|c| c.key == *k && c.uid == *uid));
         for c in found {
             if self.life.contains(&c.key) || !self.discovered.insert((c.key, c.uid)) {
@@ -588,10 +590,10 @@ impl Enforcer {
                 user: user.clone(),
                 rhost,
                 service: DISCOVERED.into(),
-                login_time: procfs::start_unix(key.start).unwrap_or(now),
+                login_time: procfs::start_unix(key.start).unwrap_or(now_ms.div_euclid(1000)),
                 limits,
                 rule,
-                warned_at: None,
+                warned_at_ms: None,
             };
             let recorded = match self.fx.record(&record) {
                 Ok(()) => String::new(),
@@ -613,7 +615,7 @@ impl Enforcer {
             self.fx.audit(Event::Adoption, &line);
             self.counters.adoptions += 1;
             self.metrics_dirty = true;
-            self.life.adopt(record, Seen::default(), now);
+            self.life.adopt(record, Seen::default(), now_ms);
         }
     }
 
@@ -739,7 +741,7 @@ impl Enforcer {
     /// Looks at a session, cheaply with what was known, and again with a
     /// fresh process table when the lifecycle wants to act on it. `None`
     /// when its monitor is gone.
-    fn look(&mut self, key: SessionKey, now: i64, table: &mut Option<ProcTable>) -> Option<(Step, Activity)> {
+    fn look(&mut self, key: SessionKey, now_ms: i64, table: &mut Option<ProcTable>) -> Option<(Step, Activity)> {
         let t = self.life.get_mut(&key).expect("tracked");
         let mut scan = t.seen.members.is_none();
         let mut fresh = false;
@@ -752,7 +754,9 @@ impl Enforcer {
             let members = t.seen.members.as_ref().expect("scanned");
             let essence = |m: &Option<IoMemo>| m.as_ref().map(|m| (m.fingerprint, m.last_active));
             let had = essence(&t.seen.memo);
-            let now_ms = now_millis().max(now.saturating_mul(1000));
+            // The moment of the look, not of the sweep's start: what the
+            // watch read meanwhile is not from the future.
+            let now_ms = now_millis().max(now_ms);
             let login = t.session.record.login_time;
             let mut tty_quiet = None;
             let mut stale = false;
@@ -771,19 +775,19 @@ impl Enforcer {
             }
             let probes = &mut t.seen.probes;
             let sample = |commands: &[(i32, u64)], before: Option<&_>| probes.sample(commands, before);
-            let act = activity::assess_sampled(&t.session.record, members, &mut t.seen.memo, sample, tty_quiet, now);
-            t.seen.quiet_since = act.quiet_since;
+            let act = activity::assess_sampled(&t.session.record, members, &mut t.seen.memo, sample, tty_quiet, now_ms);
+            t.seen.quiet_since_ms = act.quiet_since_ms;
             // sampled_at alone is not worth a write.
             if essence(&t.seen.memo) != had {
                 self.memory_dirty = true;
             }
             let seen = Observation {
-                quiet_since: act.quiet_since,
+                quiet_since_ms: act.quiet_since_ms,
                 ttys: !members.ttys.is_empty(),
                 commands: !members.commands.is_empty(),
                 fresh,
             };
-            match t.session.step(&seen, now) {
+            match t.session.step(&seen, now_ms) {
                 Step::Refresh => scan = true,
                 step @ Step::Wait { rescan } => {
                     if rescan {
@@ -797,23 +801,23 @@ impl Enforcer {
     }
 
     /// Looks at the sessions that are due (or all), and acts.
-    fn sweep(&mut self, now: i64, all: bool) {
+    fn sweep(&mut self, now_ms: i64, all: bool) {
         let mut table = None;
         let mut dead = false;
-        let due = self.life.due(now, all);
+        let due = self.life.due(now_ms, all);
         let gone = self.dead_among(&due);
         for key in due {
             if gone.contains(&key) {
                 dead = true;
                 continue;
             }
-            match self.look(key, now, &mut table) {
+            match self.look(key, now_ms, &mut table) {
                 None => dead = true,
                 Some((Step::Wait { .. } | Step::Refresh, _)) => {}
-                Some((Step::Warn { cause, ends_at }, act)) => self.warn(key, &act, cause, ends_at, now),
+                Some((Step::Warn { cause, ends_at_ms }, act)) => self.warn(key, &act, cause, ends_at_ms, now_ms),
                 Some((Step::End(cause), act)) => {
                     let table = table.get_or_insert_with(ProcTable::scan);
-                    self.end(key, &act, cause, table, now);
+                    self.end(key, &act, cause, table, now_ms);
                 }
             }
         }
@@ -822,15 +826,21 @@ impl Enforcer {
         }
     }
 
-    fn warn(&mut self, key: SessionKey, act: &Activity, cause: Cause, ends_at: i64, now: i64) {
+    fn warn(&mut self, key: SessionKey, act: &Activity, cause: Cause, ends_at_ms: i64, now_ms: i64) {
         let t = self.life.get(&key).expect("tracked");
         let r = &t.session.record;
+        // The moment the lifecycle took as the warning's: recorded as it.
+        let now_ms = r.warned_at_ms.unwrap_or(now_ms);
         let ttys = t.seen.members.as_ref().map(|m| m.ttys.clone()).unwrap_or_default();
-        let left = format_duration((ends_at - now).max(0) as u64);
+        // The lead in whole seconds, rounded up (the end is due to the ms).
+        let left_secs = ceil_secs(ends_at_ms - now_ms).max(0);
+        let left = format_duration(left_secs as u64);
         let text = warning_text(cause, &r.limits, act.idle_secs, &left);
         let what = match cause {
             Cause::Idle => format!("idle {}", format_duration(act.idle_secs)),
-            Cause::Hard => format!("logged in for {}", format_duration((now - r.login_time).max(0) as u64)),
+            Cause::Hard => {
+                format!("logged in for {}", format_duration((now_ms.div_euclid(1000) - r.login_time).max(0) as u64))
+            }
         };
         let what = format!(
             "session {key} of {} from {} on {}: {what}, disconnect in {left} (limits {}, rule {})",
@@ -840,13 +850,13 @@ impl Enforcer {
             r.limits,
             r.rule
         );
-        self.fx.warn(key, &ttys, &text, now, &what);
+        self.fx.warn(key, &ttys, &text, now_ms, &what);
         let line = AuditLine {
             tty: Some(act.ttys.join(",")),
             idle: Some(act.idle_secs),
             limit: limit_of(cause, &r.limits),
             cause: Some(cause_name(cause)),
-            extra: vec![("left", (ends_at - now).max(0).to_string())],
+            extra: vec![("left", left_secs.to_string())],
             ..audit_fields(r)
         };
         self.fx.audit(Event::Warning, &line);
@@ -854,7 +864,7 @@ impl Enforcer {
         self.metrics_dirty = true;
     }
 
-    fn end(&mut self, key: SessionKey, act: &Activity, cause: Cause, table: &ProcTable, now: i64) {
+    fn end(&mut self, key: SessionKey, act: &Activity, cause: Cause, table: &ProcTable, now_ms: i64) {
         let r = &self.life.get(&key).expect("tracked").session.record;
         let reason = match cause {
             Cause::Idle => format!(
@@ -865,7 +875,7 @@ impl Enforcer {
             ),
             Cause::Hard => format!(
                 "logged in for {} (limit hard={}, rule {})",
-                format_duration((now - r.login_time).max(0) as u64),
+                format_duration((now_ms.div_euclid(1000) - r.login_time).max(0) as u64),
                 r.limits.hard.map_or_else(|| "off".into(), format_duration),
                 r.rule
             ),
@@ -935,9 +945,10 @@ impl Enforcer {
         if up && !self.metrics_dirty && !textfile.heartbeat_due(Instant::now()) {
             return;
         }
-        let now = now_unix();
+        let now_ms = now_millis();
+        let now = now_ms.div_euclid(1000);
         let rows: Vec<SessionRow> =
-            self.life.iter().map(|(_, t)| metrics_row(&t.session, t.seen.quiet_since, now)).collect();
+            self.life.iter().map(|(_, t)| metrics_row(&t.session, t.seen.quiet_since_ms, now_ms)).collect();
         let adopted = self
             .life
             .iter()
@@ -1008,11 +1019,10 @@ impl Enforcer {
         let now_ms = now_millis();
         let mut wake: Option<Instant> = None;
         let mut consider = |at: Instant| wake = Some(wake.map_or(at, |w| w.min(at)));
-        if let Some(next) = self.life.next_check() {
-            if next < i64::MAX / 2000 {
-                let ms = (next * 1000 - now_ms).max(0) as u64;
-                consider(Instant::now() + Duration::from_millis(ms));
-            }
+        if let Some(next) = self.life.next_check_ms() {
+            // Due to the millisecond; never further than the longest sleep.
+            let ms = next.saturating_sub(now_ms).clamp(0, MAX_SLEEP.as_millis() as i64) as u64;
+            consider(Instant::now() + Duration::from_millis(ms));
         }
         for term in &self.terminations {
             // Look at the processes being ended every 200 ms, and when the
@@ -1080,10 +1090,10 @@ fn limit_of(cause: Cause, limits: &Limits) -> Option<u64> {
     }
 }
 
-/// A session as the textfile shows it, from what the enforcer last saw.
-fn metrics_row(session: &sshidle::lifecycle::Session, quiet_since: Option<i64>, now: i64) -> SessionRow {
+/// A session as the textfile shows it, from what the enforcer last saw
+/// (`quiet_since_ms`, `now_ms`: unix ms).
+fn metrics_row(session: &sshidle::lifecycle::Session, quiet_since_ms: Option<i64>, now_ms: i64) -> SessionRow {
     let r = &session.record;
-    let quiet = quiet_since.unwrap_or(r.login_time).min(now);
     SessionRow {
         id: r.key.to_string(),
         pid: r.key.pid,
@@ -1093,14 +1103,14 @@ fn metrics_row(session: &sshidle::lifecycle::Session, quiet_since: Option<i64>, 
         from: r.rhost.clone(),
         service: r.service.clone(),
         login_time: r.login_time,
-        idle_secs: (now - quiet).max(0) as u64,
+        idle_secs: activity::idle_secs(quiet_since_ms, r.login_time, now_ms),
         idle_limit_secs: r.limits.idle,
         warn_secs: r.limits.warn,
         hard_limit_secs: r.limits.hard,
-        time_left_secs: session.outlook(quiet_since, now).map(|(at, _)| (at - now).max(0)),
+        time_left_secs: session.outlook(quiet_since_ms, now_ms).map(|(at, _)| ceil_secs(at - now_ms).max(0)),
         rule: r.rule.clone(),
         end: r.limits.end.to_string(),
-        warned: r.warned_at.is_some(),
+        warned: r.warned_at_ms.is_some(),
         adopted: r.service == ADOPTED || r.service == DISCOVERED,
     }
 }
@@ -1286,7 +1296,7 @@ fn raise_fd_limit() {
 
 pub fn run(paths: &Paths, args: &EnforceArgs) -> Outcome {
     let mut e = Enforcer::new(paths, args);
-    let now = now_unix();
+    let now_ms = now_millis();
     e.open_state();
     let saved = e.fx.state.as_ref().map(|s| Memory::load(s).ptys).unwrap_or_default();
     if !args.once {
@@ -1294,12 +1304,12 @@ pub fn run(paths: &Paths, args: &EnforceArgs) -> Outcome {
     }
     e.ttys = TtyWatch::new(!args.once, saved);
     e.load_policy(true);
-    e.reload_sessions(now);
-    e.adopt_from_utmp(now);
-    e.adopt_discovered(now);
+    e.reload_sessions(now_ms);
+    e.adopt_from_utmp(now_ms);
+    e.adopt_discovered(now_ms);
     e.drop_dead();
     if args.once {
-        e.sweep(now, true);
+        e.sweep(now_ms, true);
         for term in &mut e.terminations {
             term.finish(GRACE);
             report_ending(term, &e.fx.log);
@@ -1383,7 +1393,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
             if e.fx.dry_run { " (dry run)" } else { "" }
         ),
     );
-    e.sweep(now_unix(), true);
+    e.sweep(now_millis(), true);
     e.write_metrics(true);
     let mut reload_at: Option<Instant> = None;
     let mut policy_at: Option<Instant> = None;
@@ -1423,18 +1433,18 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
                 match info.ssi_signo as libc::c_int {
                     libc::SIGHUP => {
                         e.fx.log.log(Level::Info, "SIGHUP: re-reading the policy, the sessions and utmp");
-                        let now = now_unix();
+                        let now_ms = now_millis();
                         e.load_policy(true);
-                        e.adopt_from_utmp(now);
-                        e.adopt_discovered(now);
+                        e.adopt_from_utmp(now_ms);
+                        e.adopt_discovered(now_ms);
                         let keys = e.life.keys();
                         for key in keys {
-                            e.apply_policy(key, now);
+                            e.apply_policy(key, now_ms);
                             if let Some(t) = e.life.get_mut(&key) {
                                 t.seen.members = None;
                             }
                         }
-                        e.sweep(now, true);
+                        e.sweep(now_ms, true);
                     }
                     sig => {
                         e.fx.log.log(Level::Info, &format!("signal {sig}: stopping"));
@@ -1476,7 +1486,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
         if e.ptys_refresh_at.is_some_and(|at| at <= Instant::now()) {
             e.refresh_ptys();
         }
-        let now = now_unix();
+        let now_ms = now_millis();
         if state_wd.is_none() && e.fx.state.is_none() {
             // The state directory appeared (first login after boot, --dry-run).
             e.open_state();
@@ -1487,7 +1497,7 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
         }
         if reload_at.is_some_and(|at| at <= Instant::now()) {
             reload_at = None;
-            e.reload_sessions(now);
+            e.reload_sessions(now_ms);
             // A login or logout is in the textfile before any /proc scan.
             e.write_metrics(true);
         }
@@ -1497,22 +1507,22 @@ fn daemon(e: &mut Enforcer) -> std::io::Result<()> {
                 e.fx.log.log(Level::Info, &format!("{}: re-read; applying it to open sessions", e.config.display()));
                 let keys = e.life.keys();
                 for key in keys {
-                    e.apply_policy(key, now);
+                    e.apply_policy(key, now_ms);
                 }
             }
         }
         if discover_at <= Instant::now() {
             let nudged = nudged_until.is_some_and(|until| until > Instant::now());
             discover_at = Instant::now() + if nudged { DISCOVER_AFTER_NUDGE } else { DISCOVER_EVERY };
-            e.adopt_discovered(now);
+            e.adopt_discovered(now_ms);
         }
         if housekeeping_at <= Instant::now() {
             housekeeping_at = Instant::now() + HOUSEKEEPING;
-            e.adopt_from_utmp(now);
+            e.adopt_from_utmp(now_ms);
             e.drop_dead();
         }
         e.write_metrics(true);
-        e.sweep(now, false);
+        e.sweep(now_ms, false);
         e.write_metrics(true);
     }
 }
@@ -1547,7 +1557,7 @@ fn known_sessions(
             login_time: entry.time,
             limits: Limits::default(),
             rule: "none".into(),
-            warned_at: None,
+            warned_at_ms: None,
         });
     }
     if finds_unrecorded(state_dir, find_unrecorded) {
@@ -1564,7 +1574,7 @@ fn known_sessions(
                 login_time: procfs::start_unix(c.key.start).unwrap_or_else(now_unix),
                 limits: Limits::default(),
                 rule: "none".into(),
-                warned_at: None,
+                warned_at_ms: None,
             });
         }
     }
@@ -1595,11 +1605,11 @@ pub fn disconnect(state_dir: &Path, args: &DisconnectArgs) -> Outcome {
     }
     let observer = activity::Observer::new(state.as_ref());
     let table = ProcTable::scan();
-    let now = now_unix();
+    let now_ms = now_millis();
     let mut terms = Vec::new();
     let mut ok = true;
     for r in targets {
-        let act = observer.observe(r, now);
+        let act = observer.observe(r, now_ms);
         let reason = format!("disconnected by the administrator (idle {})", format_duration(act.idle_secs));
         if args.dry_run {
             match terminate::collect(&table, r.key, r.uid, r.limits.end) {

@@ -66,11 +66,13 @@ const ADOPTED_SERVICES: &[&str] = &["utmp", "adopted", UNRECORDED];
 const UNRECORDED: &str = "unrecorded";
 
 impl SessionRow {
-    pub fn new(record: &SessionRecord, now: i64, observer: &activity::Observer) -> SessionRow {
-        let seen = observer.observe(record, now);
+    /// The row of `record` at `now_ms` (unix ms).
+    pub fn new(record: &SessionRecord, now_ms: i64, observer: &activity::Observer) -> SessionRow {
+        let seen = observer.observe(record, now_ms);
         // The enforcer's own judgement: quiet since the end of the tty's 8-s
         // block, a warning's full lead, `ssh -N` never ended for idleness.
-        let ends = lifecycle::outlook(&record.limits, record.login_time, seen.quiet_since, record.warned_at, now);
+        let ends =
+            lifecycle::outlook(&record.limits, record.login_time, seen.quiet_since_ms, record.warned_at_ms, now_ms);
         SessionRow {
             id: record.key.to_string(),
             pid: record.key.pid,
@@ -84,10 +86,11 @@ impl SessionRow {
             idle_limit_secs: record.limits.idle,
             warn_secs: record.limits.warn,
             hard_limit_secs: record.limits.hard,
-            time_left_secs: ends.map(|(at, _)| (at - now).max(0)),
+            // Whole seconds, rounded up: 0 only once it is due.
+            time_left_secs: ends.map(|(at, _)| lifecycle::ceil_secs(at - now_ms).max(0)),
             rule: record.rule.clone(),
             end: record.limits.end.to_string(),
-            warned: record.warned_at.is_some(),
+            warned: record.warned_at_ms.is_some(),
             adopted: ADOPTED_SERVICES.contains(&record.service.as_str()),
         }
     }
@@ -121,7 +124,7 @@ pub fn unrecorded_sessions(recorded: &[SessionRecord], config: &Path) -> Vec<Ses
                 login_time: procfs::start_unix(c.key.start).unwrap_or_else(sshidle::now_unix),
                 limits,
                 rule,
-                warned_at: None,
+                warned_at_ms: None,
             })
         })
         .collect()
@@ -144,9 +147,9 @@ pub fn status(state_dir: &Path, config: &Path, args: &StatusArgs) -> Outcome {
         let unrecorded = unrecorded_sessions(&sessions, config);
         sessions.extend(unrecorded);
     }
-    let now = sshidle::now_unix();
+    let now_ms = sshidle::now_unix_ms();
     let observer = activity::Observer::new(state.as_ref());
-    let rows: Vec<SessionRow> = sessions.iter().map(|r| SessionRow::new(r, now, &observer)).collect();
+    let rows: Vec<SessionRow> = sessions.iter().map(|r| SessionRow::new(r, now_ms, &observer)).collect();
     let format = if args.json { Format::Json } else { args.format };
     match format {
         Format::Json => {

@@ -97,7 +97,7 @@ impl Pty {
 /// What the watch says of one of a session's ptys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PtyLook {
-    /// From when on it has certainly had no input (unix seconds).
+    /// From when on it has certainly had no input (unix ms).
     Quiet(i64),
     /// Not (or no longer) known as this session's: it was closed, or its
     /// number now names another allocation. The session's processes are to
@@ -230,7 +230,7 @@ impl TtyWatch {
         if let Some(wd) = wd {
             self.by_wd.insert(wd, dev);
         }
-        let quiet = input.quiet_since();
+        let quiet = input.quiet_since_ms();
         // Opened after the stat above: the same inode, or no handle at all.
         let fd = open_path(&path).filter(|fd| fstat(fd).is_some_and(|st| st.st_ino == meta.ino()));
         self.ptys.insert(dev, Pty { owner, wd, ino: meta.ino(), input, fd, pending: None });
@@ -238,7 +238,8 @@ impl TtyWatch {
         PtyLook::Quiet(quiet)
     }
 
-    /// From when on the pty has had no input, as far as the watch knows.
+    /// From when on (unix ms) the pty has had no input, as far as the watch
+    /// knows.
     /// An unwatched pty (no inotify) is looked at again.
     fn quiet_since(&mut self, dev: u32, now_ms: i64) -> Option<i64> {
         let p = self.ptys.get_mut(&dev)?;
@@ -246,7 +247,7 @@ impl TtyWatch {
             let times = p.times(dev)?;
             p.input.events_lost(&times, now_ms);
         }
-        Some(p.input.quiet_since())
+        Some(p.input.quiet_since_ms())
     }
 
     /// Stops watching the ptys that are closed or that `keep` (given the pty
@@ -502,7 +503,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             w.read(Instant::now(), wall_ms());
             let PtyLook::Quiet(quiet) = w.watch(dev, a, wall_ms(), login, false) else { panic!("not watched") };
-            assert!(quiet > login + 50, "events {events}: no input credited ({quiet})");
+            assert!(quiet > (login + 50) * 1000, "events {events}: no input credited ({quiet})");
             assert_eq!(w.ptys[&dev].input.last_input_ms().is_some(), events, "the key seen as it happened");
             assert_eq!(w.watch(dev, b, wall_ms(), login, false), PtyLook::Stale, "another session's pty");
             drop(master);
@@ -529,7 +530,7 @@ mod tests {
             // old key's time).
             let login_b = wall_ms() / 1000;
             let PtyLook::Quiet(q) = w.watch(dev, b, wall_ms(), login_b, true) else { panic!("new pty not watched") };
-            assert!(q <= login_b + 8, "events {events}: the new pty's quiet time {q} (login {login_b})");
+            assert!(q <= (login_b + 8) * 1000, "events {events}: the new pty's quiet time {q} (login {login_b})");
             assert_eq!((w.ptys[&dev].owner, w.ptys[&dev].input.last_input_ms()), (b, None), "history inherited");
             // Session A's old list of ptys still names the number: stale.
             assert_eq!(w.watch(dev, a, wall_ms(), login, false), PtyLook::Stale);

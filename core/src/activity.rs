@@ -35,6 +35,7 @@
 
 use crate::files::Fnv;
 use crate::input::{self, IoSample, PtyInput, PtySaved, PtyTimes, Stamp};
+use crate::lifecycle::secs_ms;
 use crate::procfs::{self, ProcTable};
 use crate::state::{SessionKey, SessionRecord, StateDir, StateError};
 use std::collections::{HashMap, HashSet};
@@ -54,13 +55,12 @@ const MEMORY_HEADER_V1: &str = "sshidle-activity 1";
 pub struct Activity {
     /// The session's terminals, as `pts/N`.
     pub ttys: Vec<String>,
-    /// Seconds since the session's last activity (for ttys: now − atime, as
-    /// `w` shows it).
+    /// Whole seconds since the session became quiet (rounded down).
     pub idle_secs: u64,
-    /// Unix time from which on the session has certainly been idle (later than
-    /// any input it had). `None` when sshidle does not judge its idleness (no
-    /// terminal and no command).
-    pub quiet_since: Option<i64>,
+    /// Unix milliseconds from which on the session has certainly been idle
+    /// (later than any input it had). `None` when sshidle does not judge its
+    /// idleness (no terminal and no command).
+    pub quiet_since_ms: Option<i64>,
 }
 
 /// The processes of one session.
@@ -256,16 +256,17 @@ impl IoProbes {
 }
 
 /// Judges a session from its members, updating `memo` with what is seen now
-/// (the enforcer's view: I/O seen is activity now).
-/// `tty_quiet`: what the tty watcher says of the session's ptys.
+/// (the enforcer's view: I/O seen is activity now, to the second).
+/// `tty_quiet_ms`: what the tty watcher says of the session's ptys; `now_ms`:
+/// unix ms.
 pub fn assess(
     record: &SessionRecord,
     members: &Members,
     memo: &mut Option<IoMemo>,
-    tty_quiet: Option<i64>,
-    now: i64,
+    tty_quiet_ms: Option<i64>,
+    now_ms: i64,
 ) -> Activity {
-    assess_sampled(record, members, memo, |commands, _| io_sample(commands), tty_quiet, now)
+    assess_sampled(record, members, memo, |commands, _| io_sample(commands), tty_quiet_ms, now_ms)
 }
 
 /// [`assess`], with the commands' counters read by `sample` (given the
@@ -275,9 +276,11 @@ pub fn assess_sampled(
     members: &Members,
     memo: &mut Option<IoMemo>,
     sample: impl FnOnce(&[(i32, u64)], Option<&IoSample>) -> IoSample,
-    tty_quiet: Option<i64>,
-    now: i64,
+    tty_quiet_ms: Option<i64>,
+    now_ms: i64,
 ) -> Activity {
+    // Commands are sampled on whole seconds: their memo keeps seconds.
+    let now = now_ms.div_euclid(1000);
     if !members.commands.is_empty() || memo.is_some() {
         let sample = sample(&members.commands, memo.as_ref().and_then(|m| m.sample.as_ref()));
         let fingerprint = io_fingerprint(&sample);
@@ -300,7 +303,7 @@ pub fn assess_sampled(
             None => *memo = Some(IoMemo { fingerprint, last_active: now, sampled_at: now, sample: Some(sample) }),
         }
     }
-    combine(record, members, tty_quiet, memo.as_ref().map(|m| m.last_active), now)
+    combine(record, members, tty_quiet_ms, memo.as_ref().map(|m| m.last_active), now_ms)
 }
 
 /// Judges a session without changing anything (`status`): the enforcer's
@@ -310,38 +313,45 @@ pub fn peek(
     record: &SessionRecord,
     members: &Members,
     memo: Option<&IoMemo>,
-    tty_quiet: Option<i64>,
-    now: i64,
+    tty_quiet_ms: Option<i64>,
+    now_ms: i64,
 ) -> Activity {
     let io_active = match memo {
         Some(m) => Some(m.last_active),
         None if members.commands.is_empty() => None,
         None => Some(record.login_time),
     };
-    combine(record, members, tty_quiet, io_active, now)
+    combine(record, members, tty_quiet_ms, io_active, now_ms)
 }
 
-/// Puts together what is known of the session's terminals (`tty_quiet`: from
-/// when on all its sshd ptys have had no input) and commands (`io_active`:
-/// when they last did I/O). The idle time is the one the enforcer acts on:
-/// since the session became quiet.
+/// Puts together what is known of the session's terminals (`tty_quiet_ms`:
+/// from when on all its sshd ptys have had no input, unix ms) and commands
+/// (`io_active`: when they last did I/O, unix seconds). The idle time is the
+/// one the enforcer acts on: since the session became quiet.
 fn combine(
     record: &SessionRecord,
     members: &Members,
-    tty_quiet: Option<i64>,
+    tty_quiet_ms: Option<i64>,
     io_active: Option<i64>,
-    now: i64,
+    now_ms: i64,
 ) -> Activity {
     let ttys = members.ttys.iter().filter_map(|t| procfs::pts_name(*t)).collect();
-    let tty_quiet = tty_quiet.filter(|_| !members.ttys.is_empty());
-    let quiet_since = if members.ttys.is_empty() && members.commands.is_empty() {
+    let tty_quiet_ms = tty_quiet_ms.filter(|_| !members.ttys.is_empty());
+    let quiet_since_ms = if members.ttys.is_empty() && members.commands.is_empty() {
         None
     } else {
         // The login time is recorded in whole seconds, rounded down.
-        [tty_quiet, io_active, Some(record.login_time.saturating_add(1))].into_iter().flatten().max()
+        let after_login = record.login_time.saturating_add(1);
+        [tty_quiet_ms, io_active.map(secs_ms), Some(secs_ms(after_login))].into_iter().flatten().max()
     };
-    let since = quiet_since.unwrap_or(record.login_time);
-    Activity { ttys, idle_secs: (now - since).max(0) as u64, quiet_since }
+    Activity { ttys, idle_secs: idle_secs(quiet_since_ms, record.login_time, now_ms), quiet_since_ms }
+}
+
+/// Whole seconds (rounded down) from `quiet_since_ms` (else the login) to
+/// `now_ms`.
+pub fn idle_secs(quiet_since_ms: Option<i64>, login_time: i64, now_ms: i64) -> u64 {
+    let since = quiet_since_ms.unwrap_or(secs_ms(login_time));
+    (now_ms - since).max(0).div_euclid(1000) as u64
 }
 
 /// The timestamps of a pty slave now, or `None` when it is gone.
@@ -354,7 +364,7 @@ pub fn pty_times(tty_nr: u32) -> Option<PtyTimes> {
     })
 }
 
-/// From when on the session's sshd ptys have certainly had no input, judged
+/// From when on (unix ms) the session's sshd ptys have certainly had no input, judged
 /// without watching them: from what an enforcer saved of them where that
 /// still holds, else from their timestamps ([`PtyInput::restore`]). Only
 /// what was saved for this session's own pty counts: a pty number the kernel
@@ -364,8 +374,8 @@ pub fn ptys_quiet_since(ttys: &[u32], saved: &SavedPtys, key: SessionKey, now_ms
         .filter_map(|t| {
             let times = pty_times(*t)?;
             Some(match saved.get(&(*t, key)) {
-                Some(s) => PtyInput::restore(s, &times, now_ms, login_time).quiet_since(),
-                None => PtyInput::first_look(&times, now_ms, login_time).quiet_since(),
+                Some(s) => PtyInput::restore(s, &times, now_ms, login_time).quiet_since_ms(),
+                None => PtyInput::first_look(&times, now_ms, login_time).quiet_since_ms(),
             })
         })
         .max()
@@ -490,25 +500,26 @@ impl Observer {
         Observer { table: ProcTable::scan(), memory: state.map(Memory::load).unwrap_or_default() }
     }
 
-    pub fn observe(&self, record: &SessionRecord, now: i64) -> Activity {
+    /// The session as it is at `now_ms` (unix ms: what the enforcer saved
+    /// within the current second is not from the future).
+    pub fn observe(&self, record: &SessionRecord, now_ms: i64) -> Activity {
         match members(&self.table, record.key) {
             Some(m) => {
-                // To the millisecond: what the enforcer saved within this
-                // second is not from the future (that is a clock set back).
-                let now_ms = crate::now_unix_ms().max(now.saturating_mul(1000));
                 let ttys = ptys_quiet_since(&m.ttys, &self.memory.ptys, record.key, now_ms, record.login_time);
-                peek(record, &m, self.memory.entries.get(&record.key), ttys, now)
+                peek(record, &m, self.memory.entries.get(&record.key), ttys, now_ms)
             }
-            None => {
-                Activity { ttys: Vec::new(), idle_secs: (now - record.login_time).max(0) as u64, quiet_since: None }
-            }
+            None => Activity {
+                ttys: Vec::new(),
+                idle_secs: idle_secs(None, record.login_time, now_ms),
+                quiet_since_ms: None,
+            },
         }
     }
 }
 
 /// Observes one session now (scans `/proc`; use an [`Observer`] for many).
-pub fn observe(record: &SessionRecord, now: i64) -> Activity {
-    Observer { table: ProcTable::scan(), memory: Memory::default() }.observe(record, now)
+pub fn observe(record: &SessionRecord, now_ms: i64) -> Activity {
+    Observer { table: ProcTable::scan(), memory: Memory::default() }.observe(record, now_ms)
 }
 
 #[cfg(test)]
@@ -550,7 +561,7 @@ mod tests {
             login_time: login,
             limits: crate::policy::Limits::default(),
             rule: "none".into(),
-            warned_at: None,
+            warned_at_ms: None,
         }
     }
 
@@ -590,17 +601,17 @@ mod tests {
         let rec = record(key, 500);
         let mut memo = None;
         let (mut probes, mut probed) = (IoProbes::default(), None);
-        let mut by_probe = |memo: &mut Option<IoMemo>, now| {
-            assess_sampled(&rec, &m, memo, |c, before| probes.sample(c, before), None, now).quiet_since
+        let mut by_probe = |memo: &mut Option<IoMemo>, now: i64| {
+            assess_sampled(&rec, &m, memo, |c, before| probes.sample(c, before), None, secs_ms(now)).quiet_since_ms
         };
         // First sight: activity now (conservative).
-        assert_eq!(assess(&rec, &m, &mut memo, None, 1000).quiet_since, Some(1000));
-        assert_eq!(by_probe(&mut probed, 1000), Some(1000));
-        assert_eq!(by_probe(&mut probed, 1010), Some(1000));
+        assert_eq!(assess(&rec, &m, &mut memo, None, secs_ms(1000)).quiet_since_ms, Some(secs_ms(1000)));
+        assert_eq!(by_probe(&mut probed, 1000), Some(secs_ms(1000)));
+        assert_eq!(by_probe(&mut probed, 1010), Some(secs_ms(1000)));
         // Nothing moved: quiet since then.
-        let a = assess(&rec, &m, &mut memo, None, 1010);
-        assert_eq!((a.quiet_since, a.idle_secs), (Some(1000), 10));
-        assert_eq!(peek(&rec, &m, memo.as_ref(), None, 1015).idle_secs, 15);
+        let a = assess(&rec, &m, &mut memo, None, secs_ms(1010));
+        assert_eq!((a.quiet_since_ms, a.idle_secs), (Some(secs_ms(1000)), 10));
+        assert_eq!(peek(&rec, &m, memo.as_ref(), None, secs_ms(1015)).idle_secs, 15);
         // The command reads and writes: activity, with the same processes.
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(b"hello\n").unwrap();
@@ -610,25 +621,25 @@ mod tests {
         assert!(procfs::io_bytes(pid) >= Some(before + 12), "the command did not read and write");
         assert!(procfs::is_same_process(pid, start), "the command exited: its I/O must be what counts");
         // Read and written: the probe sees it as the path reading does.
-        assert_eq!(by_probe(&mut probed, 1020), Some(1020));
-        assert_eq!(by_probe(&mut probed, 1030), Some(1020));
+        assert_eq!(by_probe(&mut probed, 1020), Some(secs_ms(1020)));
+        assert_eq!(by_probe(&mut probed, 1030), Some(secs_ms(1020)));
         // `status` shows the enforcer's judgement, not its own.
-        assert_eq!(peek(&rec, &m, memo.as_ref(), None, 1020).idle_secs, 20);
-        assert_eq!(assess(&rec, &m, &mut memo, None, 1020).quiet_since, Some(1020));
-        assert_eq!(peek(&rec, &m, memo.as_ref(), None, 1020).idle_secs, 0);
+        assert_eq!(peek(&rec, &m, memo.as_ref(), None, secs_ms(1020)).idle_secs, 20);
+        assert_eq!(assess(&rec, &m, &mut memo, None, secs_ms(1020)).quiet_since_ms, Some(secs_ms(1020)));
+        assert_eq!(peek(&rec, &m, memo.as_ref(), None, secs_ms(1020)).idle_secs, 0);
         // Nothing moved since: quiet again from then on.
-        assert_eq!(assess(&rec, &m, &mut memo, None, 1030).quiet_since, Some(1020));
+        assert_eq!(assess(&rec, &m, &mut memo, None, secs_ms(1030)).quiet_since_ms, Some(secs_ms(1020)));
         drop(stdin);
         child.wait().unwrap();
         // It exited: that is not activity either.
-        assert_eq!(assess(&rec, &m, &mut memo, None, 1040).quiet_since, Some(1020));
+        assert_eq!(assess(&rec, &m, &mut memo, None, secs_ms(1040)).quiet_since_ms, Some(secs_ms(1020)));
         // A restarted enforcer (the memo without its sample): a change while
         // nobody looked counts from now, no change keeps the judgement.
         let restored = |m: &Option<IoMemo>, flip: u64| {
             m.as_ref().map(|m| IoMemo::new(m.fingerprint ^ flip, m.last_active, m.sampled_at))
         };
-        assert_eq!(assess(&rec, &m, &mut restored(&memo, 0), None, 1050).quiet_since, Some(1020));
-        assert_eq!(assess(&rec, &m, &mut restored(&memo, 1), None, 1050).quiet_since, Some(1050));
+        assert_eq!(assess(&rec, &m, &mut restored(&memo, 0), None, secs_ms(1050)).quiet_since_ms, Some(secs_ms(1020)));
+        assert_eq!(assess(&rec, &m, &mut restored(&memo, 1), None, secs_ms(1050)).quiet_since_ms, Some(secs_ms(1050)));
         // A PID that is not the recorded process has no members.
         assert_eq!(members(&ProcTable::scan(), SessionKey { pid: key.pid, start: key.start + 1 }), None);
     }
@@ -681,17 +692,18 @@ mod tests {
         let mut memo = None;
         // The enforcer's way: probes kept open, stat read only when needed.
         let (mut probes, mut probed) = (IoProbes::default(), None);
-        let mut by_probe = |memo: &mut Option<IoMemo>, now| {
-            assess_sampled(&rec, &m, memo, |c, before| probes.sample(c, before), None, now).quiet_since
+        let mut by_probe = |memo: &mut Option<IoMemo>, now: i64| {
+            assess_sampled(&rec, &m, memo, |c, before| probes.sample(c, before), None, secs_ms(now)).quiet_since_ms
         };
-        assert_eq!(assess(&rec, &m, &mut memo, None, 1000).quiet_since, Some(1000));
-        assert_eq!(by_probe(&mut probed, 1000), Some(1000));
+        assert_eq!(assess(&rec, &m, &mut memo, None, secs_ms(1000)).quiet_since_ms, Some(secs_ms(1000)));
+        assert_eq!(by_probe(&mut probed, 1000), Some(secs_ms(1000)));
         // Children start, read their libraries, exit and are reaped below it
         // ten times a second.
         for now in 1001..1006 {
             std::thread::sleep(std::time::Duration::from_millis(300));
-            assert_eq!(assess(&rec, &m, &mut memo, None, now).quiet_since, Some(1000), "at {now}: {memo:?}");
-            assert_eq!(by_probe(&mut probed, now), Some(1000), "probed, at {now}: {probed:?}");
+            let quiet = assess(&rec, &m, &mut memo, None, secs_ms(now)).quiet_since_ms;
+            assert_eq!(quiet, Some(secs_ms(1000)), "at {now}: {memo:?}");
+            assert_eq!(by_probe(&mut probed, now), Some(secs_ms(1000)), "probed, at {now}: {probed:?}");
         }
     }
 
@@ -740,7 +752,26 @@ mod tests {
         let key = SessionKey::current_process().unwrap();
         let m = Members { sshd: vec![(key.pid, key.start)], ..Members::default() };
         let mut memo = None;
-        let a = assess(&record(key, 900), &m, &mut memo, None, 1000);
-        assert_eq!((a.quiet_since, a.idle_secs, memo), (None, 100, None));
+        let a = assess(&record(key, 900), &m, &mut memo, None, secs_ms(1000));
+        assert_eq!((a.quiet_since_ms, a.idle_secs, memo), (None, 100, None));
+    }
+
+    #[test]
+    fn a_ttys_last_input_counts_to_the_millisecond() {
+        let key = SessionKey { pid: 100, start: 100 };
+        let m = Members { sshd: vec![(100, 100)], ttys: vec![136 << 8], ..Members::default() };
+        // The last key read at 1002.300: quiet from then, not from 1003.
+        let a = peek(&record(key, 990), &m, None, Some(1_002_300), 1_012_299);
+        assert_eq!((a.quiet_since_ms, a.idle_secs, a.ttys), (Some(1_002_300), 9, vec!["pts/0".to_string()]));
+        assert_eq!(peek(&record(key, 990), &m, None, Some(1_002_300), 1_012_300).idle_secs, 10);
+        // Never before the second after the login (recorded rounded down).
+        assert_eq!(peek(&record(key, 1002), &m, None, Some(1_002_300), 1_012_300).quiet_since_ms, Some(1_003_000));
+        // Commands' I/O is known to the second it was sampled in.
+        let cmd = Members { commands: vec![(101, 101)], ..m };
+        let memo = IoMemo::new(0, 1005, 1005);
+        assert_eq!(
+            peek(&record(key, 990), &cmd, Some(&memo), Some(1_002_300), 1_012_300).quiet_since_ms,
+            Some(1_005_000)
+        );
     }
 }

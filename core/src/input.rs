@@ -91,11 +91,6 @@ pub fn kernel_atime(times: &PtyTimes, now: i64, login_time: i64) -> Option<i64> 
     (a.sec <= now && (read_since_change || untouched)).then_some(a.sec)
 }
 
-/// Milliseconds to the whole second at or after them.
-fn ceil_secs(ms: i64) -> i64 {
-    ms.div_euclid(1000) + i64::from(ms.rem_euclid(1000) != 0)
-}
-
 /// What the enforcer knows of one sshd-allocated pty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PtyInput {
@@ -170,10 +165,10 @@ impl PtyInput {
         PtySaved { times: *times, quiet_since_ms: self.quiet_since_ms, saved_ms: now_ms }
     }
 
-    /// Unix time (whole seconds, rounded up) from which on the pty has
-    /// certainly had no input.
-    pub fn quiet_since(&self) -> i64 {
-        ceil_secs(self.quiet_since_ms)
+    /// Unix milliseconds from which on the pty has certainly had no input:
+    /// the moment the last input was read, not the second after it.
+    pub fn quiet_since_ms(&self) -> i64 {
+        self.quiet_since_ms
     }
 
     /// When input was last seen as it happened (unix ms).
@@ -238,7 +233,6 @@ mod tests {
                 assert!(block_end(atime) - atime <= TTY_TIME_GRANULARITY);
             }
         }
-        assert_eq!((ceil_secs(1_000_000), ceil_secs(1_000_001), ceil_secs(999_999)), (1000, 1001, 1000));
     }
 
     #[test]
@@ -263,7 +257,7 @@ mod tests {
         // never read in a later block since.
         let fresh = times((990, 250_000_000), (990, 260_000_000));
         assert_eq!(kernel_atime(&fresh, 1005, 990), Some(990));
-        assert_eq!(PtyInput::first_look(&fresh, 1_030_000, 990).quiet_since(), 992);
+        assert_eq!(PtyInput::first_look(&fresh, 1_030_000, 990).quiet_since_ms(), 992_000);
         // Created and chown-ed in the same instant.
         assert_eq!(kernel_atime(&times((990, 5), (990, 5)), 1005, 990), Some(990));
         // Attributes changed later (`mesg n`, `touch`): not any more.
@@ -278,12 +272,12 @@ mod tests {
         // Trusted atime 1000 seen at 1005.5: input may have been read until
         // 1007.999, but certainly not after now.
         let p = PtyInput::first_look(&times((1000, 0), (990, 1)), 1_005_500, 900);
-        assert_eq!(p.quiet_since(), 1006);
+        assert_eq!(p.quiet_since_ms(), 1_005_500);
         let p = PtyInput::first_look(&times((1000, 0), (990, 1)), 1_030_000, 900);
-        assert_eq!(p.quiet_since(), 1008);
+        assert_eq!(p.quiet_since_ms(), 1_008_000);
         // Faked in any way: quiet only from now.
         for fake in [times((5000, 0), (1000, 1)), times((1000, 0), (1001, 0)), times((1029, 7), (1029, 7))] {
-            assert_eq!(PtyInput::first_look(&fake, 1_030_000, 900).quiet_since(), 1030, "{fake:?}");
+            assert_eq!(PtyInput::first_look(&fake, 1_030_000, 900).quiet_since_ms(), 1_030_000, "{fake:?}");
         }
     }
 
@@ -291,25 +285,25 @@ mod tests {
     fn reads_are_input_attribute_changes_are_not() {
         let t0 = times((990, 1), (990, 1));
         let mut p = PtyInput::first_look(&t0, 1_000_000, 900);
-        assert_eq!(p.quiet_since(), 1000);
+        assert_eq!(p.quiet_since_ms(), 1_000_000);
         // A key read at 1002.3: the ctime did not move.
         assert!(p.events(true, &times((1002, 0), (990, 1)), 1_002_300));
-        assert_eq!((p.quiet_since(), p.last_input_ms()), (1003, Some(1_002_300)));
+        assert_eq!((p.quiet_since_ms(), p.last_input_ms()), (1_002_300, Some(1_002_300)));
         // `touch -a` at 1005: IN_ACCESS, but the ctime moved: not input.
         let touched = times((1005, 10), (1005, 10));
         assert!(!p.events(true, &touched, 1_005_000));
-        assert_eq!(p.quiet_since(), 1003);
+        assert_eq!(p.quiet_since_ms(), 1_002_300);
         // Touched again and again: never input.
         for s in 1006..1100 {
             assert!(!p.events(true, &times((s, 10), (s, 10)), s * 1000 + 1));
         }
-        assert_eq!(p.quiet_since(), 1003);
+        assert_eq!(p.quiet_since_ms(), 1_002_300);
         // A future atime once: not input either.
         assert!(!p.events(true, &times((9999, 0), (1100, 5)), 1_100_000));
-        assert_eq!(p.quiet_since(), 1003);
+        assert_eq!(p.quiet_since_ms(), 1_002_300);
         // The next real key after all that counts.
         assert!(p.events(true, &times((9999, 0), (1100, 5)), 1_101_200));
-        assert_eq!(p.quiet_since(), 1102);
+        assert_eq!(p.quiet_since_ms(), 1_101_200);
     }
 
     #[test]
@@ -322,7 +316,7 @@ mod tests {
         // Typing afterwards: the ctime stays, every key counts.
         assert!(p.events(true, &times((1002, 0), (1002, 7)), 1_003_000));
         assert!(p.events(true, &times((1002, 0), (1002, 7)), 1_009_400));
-        assert_eq!(p.quiet_since(), 1010);
+        assert_eq!(p.quiet_since_ms(), 1_009_400);
     }
 
     #[test]
@@ -330,10 +324,10 @@ mod tests {
         let mut p = PtyInput::first_look(&times((990, 1), (990, 1)), 1_000_000, 900);
         // A key was read at 1016 (atime moved, kernel-made) while events were lost.
         p.events_lost(&times((1016, 0), (990, 1)), 1_020_000);
-        assert_eq!(p.quiet_since(), 1020);
+        assert_eq!(p.quiet_since_ms(), 1_020_000);
         // Touched meanwhile: nothing credited, the ctime is taken as it is now.
         p.events_lost(&times((1030, 4), (1030, 4)), 1_040_000);
-        assert_eq!(p.quiet_since(), 1020);
+        assert_eq!(p.quiet_since_ms(), 1_020_000);
         assert!(p.events(true, &times((1030, 4), (1030, 4)), 1_041_000));
     }
 
@@ -346,20 +340,20 @@ mod tests {
         assert!(p.events(true, &t, 1_002_300));
         let saved = p.saved(&t, 1_030_000);
         // Nothing moved when the next enforcer starts: to the second.
-        assert_eq!(PtyInput::restore(&saved, &t, 1_040_000, 900).quiet_since(), 1003);
+        assert_eq!(PtyInput::restore(&saved, &t, 1_040_000, 900).quiet_since_ms(), 1_002_300);
         // Saved within the atime's block: a read until its end would not show.
         let early = p.saved(&t, 1_005_000);
-        assert_eq!(PtyInput::restore(&early, &t, 1_040_000, 900).quiet_since(), 1008);
-        assert_eq!(PtyInput::restore(&early, &t, 1_006_000, 900).quiet_since(), 1006);
+        assert_eq!(PtyInput::restore(&early, &t, 1_040_000, 900).quiet_since_ms(), 1_008_000);
+        assert_eq!(PtyInput::restore(&early, &t, 1_006_000, 900).quiet_since_ms(), 1_006_000);
         // A key read since (atime moved, kernel-made): from the timestamps.
         let read = times((1035, 0), (990, 1));
-        assert_eq!(PtyInput::restore(&saved, &read, 1_040_000, 900).quiet_since(), 1040);
-        assert_eq!(PtyInput::restore(&saved, &read, 1_060_000, 900).quiet_since(), 1040);
+        assert_eq!(PtyInput::restore(&saved, &read, 1_040_000, 900).quiet_since_ms(), 1_040_000);
+        assert_eq!(PtyInput::restore(&saved, &read, 1_060_000, 900).quiet_since_ms(), 1_040_000);
         // Touched or chmod-ed since (ctime moved): from now.
         let touched = times((1000, 0), (1031, 5));
-        assert_eq!(PtyInput::restore(&saved, &touched, 1_040_000, 900).quiet_since(), 1040);
+        assert_eq!(PtyInput::restore(&saved, &touched, 1_040_000, 900).quiet_since_ms(), 1_040_000);
         // A memory from the future (clock set back): not trusted.
-        assert_eq!(PtyInput::restore(&saved, &t, 1_020_000, 900).quiet_since(), 1008);
+        assert_eq!(PtyInput::restore(&saved, &t, 1_020_000, 900).quiet_since_ms(), 1_008_000);
     }
 
     fn io(r: u64, w: u64, c: u64) -> IoCounters {

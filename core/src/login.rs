@@ -263,7 +263,7 @@ fn record_login(host: &dyn Host, args: &ModuleArgs, items: &LoginItems, log: &dy
         login_time: host.now(),
         limits: resolution.limits,
         rule: resolution.describe(),
-        warned_at: None,
+        warned_at_ms: None,
     };
     let state = match StateDir::open(&args.state_dir, true) {
         Ok(state) => state,

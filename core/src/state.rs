@@ -5,11 +5,16 @@
 //! (fields are separated by tabs)
 //! sshidle-state 1 base=000000000000
 //! open pid=4242 start=881234 uid=1000 user=alice rhost=10.0.0.5 service=sshd login=1764270000 idle=900 warn=60 hard=- rule=/etc/security/sshidle.conf:5: *
-//! warned pid=4242 start=881234 at=1764270840
+//! warned pid=4242 start=881234 at=1764270840 at_ms=1764270840412
 //! close pid=4242 start=881234
 //! ```
 //! An `open` line of a session whose rule says `end=session` ends with
-//! `end=session` (and `warned=AT` once warned); without it, `end=logout`.
+//! `end=session` (and `warned=AT warned_ms=AT_MS` once warned); without it,
+//! `end=logout`. A warning's moment is kept to the millisecond (`at_ms`,
+//! `warned_ms`), and in whole seconds (`at`, `warned`) for readers that
+//! know only those; a line with seconds alone (an older writer) is read as
+//! the start of that second, which can only make the warning count for
+//! less (given early, or before the last input), never for more.
 //! Why a journal: the login path only appends one line (O(1), whatever the
 //! number of sessions), and a single `write(2)` of a short line is never torn
 //! by `kill -9`. Each line starts with a newline of its own, so one cut short
@@ -135,8 +140,8 @@ pub struct SessionRecord {
     pub limits: Limits,
     /// `FILE:LINE: selector` of the rule that gave the limits, or `none`.
     pub rule: String,
-    /// When the enforcer last warned this session (unix seconds).
-    pub warned_at: Option<i64>,
+    /// When the enforcer last warned this session (unix milliseconds).
+    pub warned_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -250,8 +255,10 @@ impl StateDir {
         self.append(&encode_close(key), LOGIN_LOCK_WAIT)
     }
 
-    pub fn record_warned(&self, key: SessionKey, at: i64) -> Result<Option<PathBuf>> {
-        self.append(&format!("warned\tpid={}\tstart={}\tat={at}\n", key.pid, key.start), LOCK_TIMEOUT)
+    /// Notes that the session was warned at `at_ms` (unix ms).
+    pub fn record_warned(&self, key: SessionKey, at_ms: i64) -> Result<Option<PathBuf>> {
+        let at = at_ms.div_euclid(1000);
+        self.append(&format!("warned\tpid={}\tstart={}\tat={at}\tat_ms={at_ms}\n", key.pid, key.start), LOCK_TIMEOUT)
     }
 
     /// True when the journal has grown enough since its last compaction that
@@ -695,9 +702,9 @@ pub fn parse_journal(bytes: &[u8]) -> Snapshot {
                     slots[i] = None;
                 }
             }
-            Some(Entry::Warned(key, at)) => {
+            Some(Entry::Warned(key, at_ms)) => {
                 if let Some(record) = index.get(&key).and_then(|i| slots[*i].as_mut()) {
-                    record.warned_at = Some(at);
+                    record.warned_at_ms = Some(at_ms);
                 }
             }
             Some(Entry::Unknown) => {}
@@ -711,6 +718,7 @@ pub fn parse_journal(bytes: &[u8]) -> Snapshot {
 enum Entry {
     Open(SessionRecord),
     Close(SessionKey),
+    /// Warned at (unix ms).
     Warned(SessionKey, i64),
     Unknown,
 }
@@ -763,7 +771,11 @@ fn parse_entry(line: &str, bad_fields: &mut Vec<String>) -> Option<Entry> {
                     .and_then(|v| End::parse(&v))
                     .unwrap_or_default(),
             };
-            let warned_at = optional("warned", &number).and_then(|v| v.parse().ok());
+            // To the millisecond; an older writer's whole seconds from their start.
+            let warned_at_ms = match optional("warned_ms", &number) {
+                Some(ms) => ms.parse().ok(),
+                None => optional("warned", &number).and_then(|v| v.parse::<i64>().ok()?.checked_mul(1000)),
+            };
             Entry::Open(SessionRecord {
                 key,
                 uid,
@@ -773,11 +785,11 @@ fn parse_entry(line: &str, bad_fields: &mut Vec<String>) -> Option<Entry> {
                 login_time,
                 limits,
                 rule: rule.unwrap_or_else(|| "none".into()),
-                warned_at,
+                warned_at_ms,
             })
         }
         "close" => Entry::Close(key),
-        "warned" => Entry::Warned(key, num("at")?),
+        "warned" => Entry::Warned(key, num("at_ms").or_else(|| num("at")?.checked_mul(1000))?),
         _ => Entry::Unknown,
     })
 }
@@ -805,8 +817,8 @@ fn encode_open(r: &SessionRecord) -> String {
     if r.limits.end != End::default() {
         line.push_str(&format!("\tend={}", r.limits.end));
     }
-    if let Some(at) = r.warned_at {
-        line.push_str(&format!("\twarned={at}"));
+    if let Some(at_ms) = r.warned_at_ms {
+        line.push_str(&format!("\twarned={}\twarned_ms={at_ms}", at_ms.div_euclid(1000)));
     }
     line.push('\n');
     line
@@ -866,7 +878,7 @@ mod tests {
             login_time: 1_764_270_000,
             limits: Limits { idle: Some(900), warn: Some(60), hard: None, ..Default::default() },
             rule: "/etc/security/sshidle.conf:5: *".into(),
-            warned_at: None,
+            warned_at_ms: None,
         }
     }
 
@@ -900,19 +912,20 @@ mod tests {
         assert_eq!(state.load().unwrap().sessions, vec![]);
         state.record_open(&record(1, "alice")).unwrap();
         state.record_open(&record(2, "bob")).unwrap();
-        state.record_warned(SessionKey { pid: 2, start: 1002 }, 77).unwrap();
+        state.record_warned(SessionKey { pid: 2, start: 1002 }, 77_412).unwrap();
         state.record_close(SessionKey { pid: 1, start: 1001 }).unwrap();
         // A close for a different start time (PID reuse) closes nothing.
         state.record_close(SessionKey { pid: 2, start: 9 }).unwrap();
         let snap = state.load().unwrap();
         let mut expected = record(2, "bob");
-        expected.warned_at = Some(77);
+        expected.warned_at_ms = Some(77_412);
         assert_eq!(snap.sessions, vec![expected.clone()]);
         assert_eq!(snap.bad_lines, 0);
         // Compaction keeps the warning and drops closed records.
         state.compact(&|_| true).unwrap();
         let text = std::fs::read_to_string(state.file_path()).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("\twarned=77\twarned_ms=77412"), "{text}");
         assert_eq!(state.load().unwrap().sessions, vec![expected]);
         let dropped = state.compact(&|r| r.user != "bob").unwrap();
         assert_eq!(dropped.len(), 1);
@@ -964,6 +977,29 @@ mod tests {
     }
 
     #[test]
+    fn a_warning_is_kept_to_the_millisecond_and_seconds_alone_are_read() {
+        let key = SessionKey { pid: 1, start: 2 };
+        let open = "open\tpid=1\tstart=2\tuid=1000\tuser=alice\tlogin=100\tidle=60\twarn=10\thard=-\trule=x:1: *\n";
+        let read = |lines: &[&str]| {
+            let mut journal = header(0);
+            journal.push_str(open);
+            lines.iter().for_each(|l| journal.push_str(l));
+            parse_journal(journal.as_bytes()).sessions[0].warned_at_ms
+        };
+        // What this version writes: seconds for older readers, and ms.
+        assert_eq!(read(&["warned\tpid=1\tstart=2\tat=150\tat_ms=150999\n"]), Some(150_999));
+        // An older writer's whole seconds: the start of that second.
+        assert_eq!(read(&["warned\tpid=1\tstart=2\tat=150\n"]), Some(150_000));
+        let mut r = parse_journal(format!("{}{open}", header(0)).as_bytes()).sessions.remove(0);
+        assert_eq!((r.key, r.warned_at_ms), (key, None));
+        r.warned_at_ms = Some(150_999);
+        let line = encode_open(&r);
+        assert!(line.contains("\twarned=150\twarned_ms=150999"), "{line}");
+        assert_eq!(read(&[&line]), Some(150_999));
+        assert_eq!(read(&[&line.replace("\twarned_ms=150999", "")]), Some(150_000));
+    }
+
+    #[test]
     fn fields_are_parsed_independently() {
         let mut journal = header(0);
         // A bad limit, a bad escape and a bad warning time: the session is
@@ -977,7 +1013,7 @@ mod tests {
         let r = &snap.sessions[0];
         assert_eq!((r.user.as_str(), r.rhost.as_str(), r.login_time), ("alice", "", 100));
         assert_eq!(r.limits, Limits { idle: None, warn: Some(60), hard: None, ..Default::default() });
-        assert_eq!((r.warned_at, r.rule.as_str()), (None, "x:1: *"));
+        assert_eq!((r.warned_at_ms, r.rule.as_str()), (None, "x:1: *"));
         assert_eq!(snap.bad_fields, vec!["open pid=1: bad rhost", "open pid=1: bad idle", "open pid=1: bad warned"]);
         assert_eq!(snap.bad_lines, 2);
     }

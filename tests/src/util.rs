@@ -231,6 +231,6 @@ pub fn stranger_record(i: usize, rule: &str) -> SessionRecord {
         login_time: sshidle::now_unix(),
         limits: Limits { idle: Some(900), warn: Some(60), hard: None, ..Default::default() },
         rule: rule.into(),
-        warned_at: None,
+        warned_at_ms: None,
     }
 }

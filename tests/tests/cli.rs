@@ -135,7 +135,7 @@ fn status_lists_live_sessions_and_hides_dead_ones() {
         login_time: sshidle::now_unix() - 30,
         limits: sshidle::Limits { idle: Some(600), warn: Some(60), hard: None, ..Default::default() },
         rule: "x:1: *".into(),
-        warned_at: None,
+        warned_at_ms: None,
     };
     state.record_open(&record(me, "alive")).unwrap();
     state.record_open(&record(sshidle::SessionKey { pid: me.pid, start: me.start + 1 }, "reused-pid")).unwrap();

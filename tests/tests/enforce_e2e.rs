@@ -335,7 +335,7 @@ fn stale_record_with_reused_pid_is_never_signalled() {
             login_time: sshidle::now_unix() - 3600,
             limits: Limits { idle: Some(1), warn: None, hard: Some(1), ..Default::default() },
             rule: "test".into(),
-            warned_at: None,
+            warned_at_ms: None,
         })
         .unwrap();
     let ctl = |args: &[&str]| sshidlectl(&policy, &state_path).args(args).output().unwrap();

@@ -44,6 +44,7 @@
 //!    state directory.
 
 use sshidle::activity;
+use sshidle::lifecycle::decide;
 use sshidle::policy::{Limits, Policy};
 use sshidle::procfs::{self, ProcTable};
 use sshidle::state::{SessionKey, SessionRecord, StateDir};
@@ -265,7 +266,7 @@ fn record(f: &Fake, limits: Limits, rule: &str) -> SessionRecord {
         login_time: f.made,
         limits,
         rule: rule.into(),
-        warned_at: None,
+        warned_at_ms: None,
     }
 }
 
@@ -426,8 +427,8 @@ fn sweep_cost(size: usize, owners: &[Owner], policy_text: &str, notty_every: usi
             let m = activity::members(&table, r.key).expect("members");
             // The ptys judged from their timestamps, as at an enforcer's start.
             let ttys = activity::ptys_quiet_since(&m.ttys, &Default::default(), r.key, now * 1000, r.login_time);
-            let a = activity::assess(r, &m, memos.entry(r.key).or_default(), ttys, now);
-            let _ = sshidle::lifecycle::decide(&resolved[&r.user], r.login_time, a.quiet_since, r.warned_at, now);
+            let a = activity::assess(r, &m, memos.entry(r.key).or_default(), ttys, now * 1000);
+            let _ = decide(&resolved[&r.user], r.login_time, a.quiet_since_ms, r.warned_at_ms, now * 1000);
             members.push(m);
         }
         let t5 = cpu_now();
@@ -437,8 +438,8 @@ fn sweep_cost(size: usize, owners: &[Owner], policy_text: &str, notty_every: usi
         let t = cpu_now();
         for (r, m) in sessions.iter().zip(&members) {
             let ttys = activity::ptys_quiet_since(&m.ttys, &Default::default(), r.key, now * 1000, r.login_time);
-            let a = activity::assess(r, m, memos.entry(r.key).or_default(), ttys, now);
-            let _ = sshidle::lifecycle::decide(&resolved[&r.user], r.login_time, a.quiet_since, r.warned_at, now);
+            let a = activity::assess(r, m, memos.entry(r.key).or_default(), ttys, now * 1000);
+            let _ = decide(&resolved[&r.user], r.login_time, a.quiet_since_ms, r.warned_at_ms, now * 1000);
         }
         cheap.push(cpu_now() - t);
     }
