@@ -134,8 +134,11 @@ pub fn in_user_manager(pid: i32) -> bool {
 }
 
 /// The processes of `user` that still run, as "PID ARGS", but for those of
-/// the user's service manager.
+/// the user's service manager, and for those of another PID namespace (a
+/// container's users may have the same numeric uid).
 pub fn user_processes(user: &TestUser) -> Vec<String> {
+    let own = sshidle::procfs::own_pid_namespace();
+    let ours = |pid: i32| sshidle::procfs::in_namespace(own, sshidle::procfs::pid_namespace(pid));
     let out = Command::new("ps").args(["-o", "pid=,stat=,args=", "-u", &user.name]).output().expect("ps");
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -145,7 +148,7 @@ pub fn user_processes(user: &TestUser) -> Vec<String> {
             // stays a while: an sshd child hung up before its exec).
             let mut words = line.split_whitespace();
             let (pid, stat) = (words.next()?, words.next()?);
-            let running = !stat.starts_with('Z') && !pid.parse().is_ok_and(in_user_manager);
+            let running = !stat.starts_with('Z') && pid.parse().is_ok_and(|p| ours(p) && !in_user_manager(p));
             running.then(|| format!("{pid} {}", words.collect::<Vec<_>>().join(" ")))
         })
         .collect()

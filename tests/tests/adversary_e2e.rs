@@ -424,6 +424,7 @@ fn sshd_run_inside_a_session_is_the_sessions_and_ends_with_it() {
         procfs::all_pids()
             .into_iter()
             .filter(|p| procfs::real_uid(*p) == Some(uid) && *p != bystanders[0].0 && !in_user_manager(*p))
+            .filter(|p| procfs::in_namespace(procfs::own_pid_namespace(), procfs::pid_namespace(*p)))
             .map(|p| format!("{p} {:?}", procfs::title(p)))
             .collect()
     };
