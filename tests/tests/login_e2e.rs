@@ -183,8 +183,13 @@ fn the_private_sshd_runs_its_own_pam_service() {
         [format!("{} open_session", sshd.service), format!("{} close_session", sshd.service)],
         "the PAM service sshd ran"
     );
-    let opens: Vec<_> = journal.lines().into_iter().filter(|l| l.kind == "open").collect();
+    // The watcher reads the journal every few ms: it may not have read the
+    // lines yet (a loaded machine).
+    let opens = || -> Vec<_> { journal.lines().into_iter().filter(|l| l.kind == "open").collect() };
+    assert!(wait_until(Duration::from_secs(10), || !opens().is_empty()), "no open:\n{}", journal.dump());
+    let pid = opens()[0].pid;
+    journal.assert_closed(pid, Duration::from_secs(10));
+    let opens = opens();
     assert_eq!(opens.len(), 1, "the module recorded the login once:\n{}", journal.dump());
     assert!(opens[0].text.contains(&format!("\tservice={}\t", sshd.service)), "{}", opens[0].text);
-    journal.assert_closed(opens[0].pid, Duration::from_secs(10));
 }
