@@ -165,16 +165,21 @@ pub fn take_away_script(scratch: &Path) -> String {
     .join("\n")
 }
 
-/// Shell commands that put a systemctl doing nothing in `$shims`
-/// (`scratch/shims`).
+/// The systemctl of a private system: it never reaches a service manager.
+/// Enabling and disabling are done on the files (`--root=/`, the overlays),
+/// so that a unit the real installation enabled is disabled inside too;
+/// anything else does nothing.
+const SYSTEMCTL_SHIM: &str = r#"#!/bin/sh
+case "$1" in enable|disable|is-enabled) [ -x /usr/bin/systemctl ] && exec /usr/bin/systemctl --root=/ "$@" ;; esac
+echo "systemctl $*: no service manager in this private system" >&2
+"#;
+
+/// Shell commands that put [`SYSTEMCTL_SHIM`] in `$shims` (`scratch/shims`).
 fn systemctl_shim_script(scratch: &Path) -> String {
-    [
-        &format!("shims={}", scratch.join("shims").display()),
-        r#"mkdir -p "$shims""#,
-        r#"printf '#!/bin/sh\necho "systemctl $*: no service manager in this private system" >&2\n' > "$shims/systemctl""#,
-        r#"chmod 755 "$shims/systemctl""#,
-    ]
-    .join("\n")
+    format!(
+        "shims={}\nmkdir -p \"$shims\"\ncat > \"$shims/systemctl\" <<'EOF'\n{SYSTEMCTL_SHIM}EOF\nchmod 755 \"$shims/systemctl\"",
+        scratch.join("shims").display()
+    )
 }
 
 #[cfg(test)]
@@ -194,8 +199,9 @@ mod tests {
         let out = Command::new("sh").args(["-c", &systemctl_shim_script(&dir.path)]).output().unwrap();
         assert!(out.status.success(), "{}", describe(&out));
         let shim = std::fs::read_to_string(dir.join("shims/systemctl")).unwrap();
-        assert_eq!(shim, "#!/bin/sh\necho \"systemctl $*: no service manager in this private system\" >&2\n");
-        let out = Command::new(dir.join("shims/systemctl")).args(["disable", "--now", "x"]).output().unwrap();
+        assert_eq!(shim, SYSTEMCTL_SHIM);
+        let out = Command::new(dir.join("shims/systemctl")).args(["stop", "x"]).output().unwrap();
         assert!(out.status.success() && out.stdout.is_empty(), "{}", describe(&out));
+        assert!(describe(&out).contains("systemctl stop x: no service manager"), "{}", describe(&out));
     }
 }
